@@ -1,0 +1,313 @@
+"""The one exception tree of modelhaul.
+
+Everything modelhaul raises derives from :class:`ModelhaulError`. Where a built-in
+exception has the same meaning it is a second base, so ``except FileNotFoundError``
+and ``except modelhaul.NotFound`` both work::
+
+    ModelhaulError
+    ├── ConfigError (ValueError)            bad profile, config file or option
+    │   ├── InvalidURI                      not a path or s3://bucket/key
+    │   └── NoCredentials                   no credentials anywhere
+    ├── UnsafePath (ValueError)             a path that escapes its folder
+    ├── NotFound (FileNotFoundError)
+    │   ├── LocalFileNotFound               the local source does not exist
+    │   ├── NoSuchBucket       (StoreError)
+    │   ├── NoSuchKey          (StoreError)
+    │   └── NoSuchUpload       (StoreError) the store forgot a multipart upload
+    ├── StoreError                          anything the object store answered
+    │   ├── AccessDenied (PermissionError)  wrong key/secret, or no permission
+    │   │   └── CredentialsExpired          a session token ran out
+    │   ├── WrongRegion
+    │   ├── EndpointUnreachable (ConnectionError)
+    │   ├── Throttled                       503 SlowDown and friends
+    │   ├── PreconditionFailed              a conditional request lost
+    │   │   └── ObjectChanged               replaced while we were reading it
+    │   └── ServerError                     5xx the store could not explain
+    ├── IntegrityError
+    │   └── ChecksumMismatch                bytes differ from what was promised
+    ├── DiskFull (OSError)                  no space, or a file-size limit
+    ├── TransferFailed                      parts failed after all retries
+    └── ServerStartError                    the embedded SeaweedFS would not start
+
+Every message says what happened and what to do next. Errors carry the fields a
+program needs (``endpoint``, ``bucket``, ``key``, ``status``, ``code``,
+``request_id``, ``part``, ``attempts``, ``retryable``). Secrets never appear in a
+message: nothing here formats credentials, and :func:`redact` scrubs text that
+came from elsewhere before it is shown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "AccessDenied",
+    "ChecksumMismatch",
+    "ConfigError",
+    "CredentialsExpired",
+    "DiskFull",
+    "EndpointUnreachable",
+    "IntegrityError",
+    "InvalidURI",
+    "LocalFileNotFound",
+    "ModelhaulError",
+    "NoCredentials",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NoSuchUpload",
+    "NotFound",
+    "ObjectChanged",
+    "PartFailure",
+    "PreconditionFailed",
+    "ServerError",
+    "ServerStartError",
+    "StoreError",
+    "Throttled",
+    "TransferFailed",
+    "UnsafePath",
+    "WrongRegion",
+]
+
+
+class ModelhaulError(Exception):
+    """Base of every error modelhaul raises.
+
+    Attributes:
+        hint: what the user should do next, one sentence.
+        retryable: whether trying the same thing again can help.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message}\n  hint: {hint}" if hint else message)
+
+
+class ConfigError(ModelhaulError, ValueError):
+    """A profile, config file, environment variable or option is wrong."""
+
+
+class InvalidURI(ConfigError):
+    """A location is neither a local path nor ``s3://bucket/key``."""
+
+
+class NoCredentials(ConfigError):
+    """No credentials were found in arguments, environment, config file or ~/.aws."""
+
+
+class UnsafePath(ModelhaulError, ValueError):
+    """A relative path that would land outside the folder it belongs to."""
+
+
+class NotFound(ModelhaulError, FileNotFoundError):
+    """Something asked for does not exist."""
+
+
+class LocalFileNotFound(NotFound):
+    """A local source file or folder does not exist."""
+
+
+class StoreError(ModelhaulError):
+    """The object store refused a request or could not be reached.
+
+    Attributes:
+        endpoint: the store's URL (no credentials in it).
+        bucket: the bucket, when the request named one.
+        key: the object key, when the request named one.
+        status: the HTTP status, when the store answered.
+        code: the store's error code (``NoSuchBucket``, ``SlowDown``...).
+        request_id: the store's request id, for its support.
+        operation: the S3 operation (``GetObject``...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        endpoint: str | None = None,
+        bucket: str | None = None,
+        key: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        operation: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.key = key
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.operation = operation
+        if retryable is not None:
+            self.retryable = retryable
+        details = [
+            f"{name}={value}"
+            for name, value in (
+                ("operation", operation),
+                ("status", status),
+                ("code", code),
+                ("endpoint", endpoint),
+                ("request_id", request_id),
+            )
+            if value is not None
+        ]
+        if details:
+            message = f"{message} [{', '.join(details)}]"
+        super().__init__(message, hint=hint)
+
+
+class NoSuchBucket(StoreError, NotFound):
+    """The bucket does not exist at this endpoint."""
+
+
+class NoSuchKey(StoreError, NotFound):
+    """The object does not exist."""
+
+
+class NoSuchUpload(StoreError, NotFound):
+    """The store has no multipart upload with this id (completed, aborted or expired)."""
+
+
+class AccessDenied(StoreError, PermissionError):
+    """The credentials were refused, or they lack a permission."""
+
+
+class CredentialsExpired(AccessDenied):
+    """Temporary credentials ran out and could not be refreshed."""
+
+
+class WrongRegion(StoreError):
+    """The bucket lives in another region than the one the request was signed for."""
+
+
+class EndpointUnreachable(StoreError, ConnectionError):
+    """No connection to the store's endpoint."""
+
+    retryable = True
+
+
+class Throttled(StoreError):
+    """The store asked us to slow down (503 SlowDown, 429...)."""
+
+    retryable = True
+
+
+class PreconditionFailed(StoreError):
+    """A conditional request (If-Match, If-None-Match) did not hold."""
+
+
+class ObjectChanged(PreconditionFailed):
+    """The object was replaced while it was being read."""
+
+
+class ServerError(StoreError):
+    """The store failed in a way it did not explain (5xx, a cut connection)."""
+
+    retryable = True
+
+
+class IntegrityError(ModelhaulError):
+    """Data is not what it should be."""
+
+
+class ChecksumMismatch(IntegrityError):
+    """Bytes do not match the checksum or size they were promised to have.
+
+    Attributes:
+        what: the file or object checked.
+        algorithm: ``crc32c``, ``sha256`` or ``size``.
+        expected: what the source promised.
+        actual: what arrived.
+    """
+
+    def __init__(
+        self, what: str, *, algorithm: str, expected: str, actual: str, hint: str = ""
+    ) -> None:
+        self.what = what
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{algorithm} of {what} is {actual}, expected {expected}",
+            hint=hint or "the data was altered or damaged in transit; run the command again, "
+            "and if it fails the same way the source itself is damaged",
+        )
+
+
+class DiskFull(ModelhaulError, OSError):
+    """The local disk has no room (or a file-size limit was hit)."""
+
+    def __init__(self, path: str, needed: int | None = None) -> None:
+        self.path = path
+        self.needed = needed
+        need = f" ({needed:,} bytes needed)" if needed is not None else ""
+        super().__init__(
+            f"no space left to write {path}{need}",
+            hint="free some space on that disk (or raise the file-size limit), then run the "
+            "same command again: finished parts are kept and only the rest is fetched",
+        )
+
+
+@dataclass(frozen=True)
+class PartFailure:
+    """One part of one object that failed after all its retries."""
+
+    what: str
+    part: int
+    attempts: int
+    cause: BaseException
+
+    def __str__(self) -> str:
+        return f"{self.what} part {self.part} after {self.attempts} attempts: {self.cause}"
+
+
+class TransferFailed(ModelhaulError):
+    """Some parts of a transfer failed after all retries.
+
+    Attributes:
+        failures: each failed part, with the object, the part number and the cause.
+    """
+
+    def __init__(self, failures: Sequence[PartFailure], *, hint: str = "") -> None:
+        self.failures = list(failures)
+        first = self.failures[0]
+        self.retryable = all(getattr(f.cause, "retryable", False) for f in self.failures)
+        lines = "\n".join(f"  - {f}" for f in self.failures[:10])
+        more = f"\n  ... and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
+        super().__init__(
+            f"{len(self.failures)} part(s) failed, first {first.what} part {first.part}:\n"
+            f"{lines}{more}",
+            hint=hint
+            or "run the same command again: parts already done are kept and only the "
+            "failed ones are sent",
+        )
+
+
+class ServerStartError(ModelhaulError):
+    """The embedded SeaweedFS server did not start."""
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(aws_secret_access_key|secret_access_key|secret|password|token)"
+               r"(\s*[=:]\s*)(\S+)"),
+    re.compile(r"(?i)(X-Amz-Security-Token=|X-Amz-Signature=|Signature=)([^&\s]+)"),
+    re.compile(r"(?i)(Credential=)([^/&\s]+)"),
+]
+
+
+def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
+    """Return ``text`` with known secrets and secret-looking fields replaced by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + (m.group(2) if m.lastindex == 3 else "")
+                           + "***", text)
+    return text

@@ -1,0 +1,191 @@
+"""The object-store interface: small on purpose, so every backend can pass one conformance suite.
+
+Byte ranges are half-open, ``[start, end)``. Checksums are CRC32C values as ints;
+backends convert them to whatever their wire format needs. Every method raises
+modelhaul errors only (see :mod:`modelhaul._errors`); foreign errors are translated at
+this boundary.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD or a listing says about one object.
+
+    Attributes:
+        key: the object key.
+        size: bytes.
+        etag: the store's ETag, quotes included. For multipart objects this is *not* an
+            MD5 of the content; modelhaul only ever compares ETags for equality.
+        last_modified: seconds since the epoch.
+        crc32c: the full-object CRC32C, when the store has one for this object.
+        metadata: user metadata (``x-amz-meta-*``), keys lowercase.
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float = 0.0
+    crc32c: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded part of a multipart upload, as the store lists it."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """One multipart upload that was started and not completed or aborted."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
+class RangeReader(abc.ABC):
+    """The body of a ranged GET, read into caller-owned buffers."""
+
+    @abc.abstractmethod
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill up to ``len(buffer)`` bytes; return how many, 0 at the end of the range."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection (or drop it, if the body was not read to the end)."""
+
+    def __enter__(self) -> RangeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ObjectStore(abc.ABC):
+    """An S3-like object store. Implementations: :class:`~modelhaul._s3.S3Store`,
+    :class:`~modelhaul._localstore.LocalStore`."""
+
+    #: whether put/complete honour ``if_none_match`` atomically.
+    conditional_writes: bool = True
+    #: whether objects carry a full-object CRC32C that downloads can verify.
+    checksums: bool = True
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this store is, for messages (no secrets)."""
+
+    @abc.abstractmethod
+    def head_bucket(self, bucket: str) -> None:
+        """Check the bucket exists and is reachable with these credentials."""
+
+    @abc.abstractmethod
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        """Describe one object."""
+
+    @abc.abstractmethod
+    def open_range(
+        self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None
+    ) -> RangeReader:
+        """Start reading bytes ``[start, end)``; ``if_match`` pins the object's ETag."""
+
+    def get_bytes(
+        self,
+        bucket: str,
+        key: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+    ) -> bytes:
+        """Read a whole small object, or one range of it, into memory."""
+        if start is None or end is None:
+            info = self.head(bucket, key)
+            start, end = 0, info.size
+        out = bytearray(end - start)
+        view = memoryview(out)
+        got = 0
+        if end > start:
+            with self.open_range(bucket, key, start, end, if_match=if_match) as reader:
+                while got < len(out):
+                    n = reader.readinto(view[got:])
+                    if n == 0:
+                        break
+                    got += n
+        return bytes(out[:got])
+
+    @abc.abstractmethod
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes | bytearray,
+        *,
+        crc32c: int | None = None,
+        if_none_match: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Write a whole object in one request; return its ETag."""
+
+    @abc.abstractmethod
+    def create_multipart(
+        self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None
+    ) -> str:
+        """Start a multipart upload; return its upload id."""
+
+    @abc.abstractmethod
+    def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | bytearray,
+        *,
+        crc32c: int | None = None,
+    ) -> str:
+        """Upload part ``number`` (from 1); return its ETag."""
+
+    @abc.abstractmethod
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts the store holds for an upload, by number."""
+
+    @abc.abstractmethod
+    def complete_multipart(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str, int | None]],
+        *,
+        crc32c: int | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Assemble ``(number, etag, crc32c)`` parts into the object; return its ETag."""
+
+    @abc.abstractmethod
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        """Drop an upload and its parts."""
+
+    @abc.abstractmethod
+    def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
+        """Multipart uploads started under ``prefix`` and not yet completed or aborted."""
+
+    @abc.abstractmethod
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove an object; removing an absent object is not an error."""
