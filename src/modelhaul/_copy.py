@@ -37,8 +37,10 @@ log = logging.getLogger("modelhaul")
 MAX_RESTARTS = 3
 
 
-def open_store(profile: Profile | str | None = None, config: TransferConfig | None = None,
-               ) -> S3Store:
+def open_store(
+    profile: Profile | str | None = None,
+    config: TransferConfig | None = None,
+) -> S3Store:
     """An :class:`S3Store` for a profile (a :class:`Profile`, a profile name, or the default).
 
     Raises:
@@ -62,11 +64,13 @@ class _Plan:
 
 def _matches(relative: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     name = relative.rsplit("/", 1)[-1]
-    if include and not any(fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g)
-                           for g in include):
+    if include and not any(
+        fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in include
+    ):
         return False
-    return not any(fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g)
-                   for g in exclude)
+    return not any(
+        fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in exclude
+    )
 
 
 def _local_files(root: Path) -> Iterator[tuple[str, Path]]:
@@ -146,7 +150,8 @@ def copy(
         store_in = open_store(src_profile or profile, config)
     if isinstance(target, S3URI) and store_out is None:
         store_out = (
-            store_in if store_in is not None and dst_profile is None and src_store is None
+            store_in
+            if store_in is not None and dst_profile is None and src_store is None
             else open_store(dst_profile or profile, config)
         )
 
@@ -201,8 +206,13 @@ def _again(job: Job) -> Job:
         return DownloadJob(job.store, job.bucket, job.key, job.dest, label=job.label)
     if isinstance(job, UploadJob) and isinstance(job.source, ObjectSource):
         src = job.source
-        return UploadJob(job.store, job.bucket, job.key,
-                         ObjectSource(src.store, src.bucket, src.key), label=job.label)
+        return UploadJob(
+            job.store,
+            job.bucket,
+            job.key,
+            ObjectSource(src.store, src.bucket, src.key),
+            label=job.label,
+        )
     return job
 
 
@@ -219,7 +229,8 @@ def _plan(
     into_dir = dst_text.endswith("/") or (isinstance(target, Path) and target.is_dir())
     jobs: list[Job] = []
     if isinstance(source, Path):
-        assert isinstance(target, S3URI) and store_out is not None
+        assert isinstance(target, S3URI)
+        assert store_out is not None
         if not source.exists():
             raise LocalFileNotFound(f"{source} does not exist", hint="check the source path")
         if recursive:
@@ -241,37 +252,59 @@ def _plan(
         prefix = source.key if source.is_prefix else source.key + "/"
         objects = [o for o in store_in.list(source.bucket, prefix) if not o.key.endswith("/")]
         if not objects:
-            raise NoSuchKey(f"no objects under s3://{source.bucket}/{prefix}",
-                            hint="check the prefix (`modelhaul ls`)",
-                            bucket=source.bucket, key=prefix)
+            raise NoSuchKey(
+                f"no objects under s3://{source.bucket}/{prefix}",
+                hint="check the prefix (`modelhaul ls`)",
+                bucket=source.bucket,
+                key=prefix,
+            )
         for info in objects:
-            rel = safe_relpath(info.key[len(prefix):])
+            rel = safe_relpath(info.key[len(prefix) :])
             if not _matches(rel, include, exclude):
                 continue
             if isinstance(target, Path):
-                jobs.append(DownloadJob(store_in, source.bucket, info.key,
-                                        safe_join(target, rel), info=info))
+                jobs.append(
+                    DownloadJob(
+                        store_in, source.bucket, info.key, safe_join(target, rel), info=info
+                    )
+                )
             else:
                 assert store_out is not None
                 dest = _dir_target(target).child(rel)
-                jobs.append(UploadJob(store_out, dest.bucket, dest.key,
-                                      ObjectSource(store_in, source.bucket, info.key, info)))
+                jobs.append(
+                    UploadJob(
+                        store_out,
+                        dest.bucket,
+                        dest.key,
+                        ObjectSource(store_in, source.bucket, info.key, info),
+                    )
+                )
         return jobs
     if source.is_prefix:
-        raise InvalidURI(f"{source} names a prefix, not an object",
-                         hint="add --recursive to copy everything under it")
+        raise InvalidURI(
+            f"{source} names a prefix, not an object",
+            hint="add --recursive to copy everything under it",
+        )
     name = source.key.rsplit("/", 1)[-1]
     if isinstance(target, Path):
         dest_path = target / name if into_dir else target
         return [DownloadJob(store_in, source.bucket, source.key, dest_path)]
     assert store_out is not None
     dest = target.child(name) if target.is_prefix else target
-    return [UploadJob(store_out, dest.bucket, dest.key,
-                      ObjectSource(store_in, source.bucket, source.key))]
+    return [
+        UploadJob(
+            store_out, dest.bucket, dest.key, ObjectSource(store_in, source.bucket, source.key)
+        )
+    ]
 
 
-def list_uploads(uri: str, *, older_than: float = 0.0, profile: Profile | str | None = None,
-                 store: ObjectStore | None = None) -> list[UploadInfo]:
+def list_uploads(
+    uri: str,
+    *,
+    older_than: float = 0.0,
+    profile: Profile | str | None = None,
+    store: ObjectStore | None = None,
+) -> list[UploadInfo]:
     """Incomplete multipart uploads under ``s3://bucket/prefix`` started over
     ``older_than`` seconds ago.
 
@@ -285,8 +318,13 @@ def list_uploads(uri: str, *, older_than: float = 0.0, profile: Profile | str | 
     return [u for u in store.list_uploads(where.bucket, where.key) if u.initiated <= cutoff]
 
 
-def abort_uploads(uri: str, *, older_than: float = 0.0, profile: Profile | str | None = None,
-                  store: ObjectStore | None = None) -> list[UploadInfo]:
+def abort_uploads(
+    uri: str,
+    *,
+    older_than: float = 0.0,
+    profile: Profile | str | None = None,
+    store: ObjectStore | None = None,
+) -> list[UploadInfo]:
     """Abort the uploads :func:`list_uploads` finds; return them.
 
     Raises:
@@ -299,4 +337,3 @@ def abort_uploads(uri: str, *, older_than: float = 0.0, profile: Profile | str |
     for u in found:
         store.abort_multipart(where.bucket, u.key, u.upload_id)
     return found
-

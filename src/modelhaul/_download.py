@@ -130,8 +130,9 @@ class DownloadJob(Job):
     def prepare(self, engine: Engine) -> None:
         self._engine = engine
         if self.info is None or self.store.checksums:
-            self.info = engine.retry(lambda: self.store.head(self.bucket, self.key),
-                                     label=self.label, part=0)
+            self.info = engine.retry(
+                lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
+            )
         info = self.info
         if self.dest.is_dir():
             raise ConfigError(
@@ -147,8 +148,7 @@ class DownloadJob(Job):
             self._fd = -1
             raise TransferBusy(
                 f"another modelhaul process is downloading to {self.dest}",
-                hint="wait for it to finish, or stop it; its partial file is "
-                f"{self.partial}",
+                hint=f"wait for it to finish, or stop it; its partial file is {self.partial}",
             ) from None
         self._segments = self._resume(info)
         done = sum(e - s for s, e, _ in self._segments)
@@ -187,8 +187,12 @@ class DownloadJob(Job):
                 if 0 <= start < end <= info.size and self._crc_of(start, end) == crc:
                     keep.append((start, end, crc))
                 else:
-                    log.warning("%s: bytes %d-%d on disk do not match the journal; "
-                                "fetching them again", self.partial, start, end)
+                    log.warning(
+                        "%s: bytes %d-%d on disk do not match the journal; fetching them again",
+                        self.partial,
+                        start,
+                        end,
+                    )
         if not keep:
             os.ftruncate(self._fd, 0)
         keep.sort()
@@ -273,10 +277,17 @@ class DownloadJob(Job):
             # page cache, so the renamed journal and the data are both there; after a
             # power cut, unsynced data may be gone whatever the journal says, which is
             # why every range a journal claims is re-checked by CRC32C before it is kept.
-            write_journal(self.journal_path, {
-                "bucket": self.bucket, "key": self.key, "etag": self.info.etag,
-                "size": self.info.size, "segments": sorted(segments),
-            }, durable=False)
+            write_journal(
+                self.journal_path,
+                {
+                    "bucket": self.bucket,
+                    "key": self.key,
+                    "etag": self.info.etag,
+                    "size": self.info.size,
+                    "segments": sorted(segments),
+                },
+                durable=False,
+            )
 
     # -- moving bytes ------------------------------------------------------------------------
 
@@ -310,8 +321,11 @@ class DownloadJob(Job):
                     if n == 0:
                         raise ServerError(
                             f"{self.label}: the connection ended {end - task.pos} bytes early",
-                            hint="retried automatically", bucket=self.bucket, key=self.key,
-                            operation="GetObject", retryable=True,
+                            hint="retried automatically",
+                            bucket=self.bucket,
+                            key=self.key,
+                            operation="GetObject",
+                            retryable=True,
                         )
                     with self._lock:
                         # An idle worker may have taken the tail meanwhile.
@@ -348,12 +362,18 @@ class DownloadJob(Job):
             if actual != info.crc32c:
                 self._discard()
                 raise ChecksumMismatch(
-                    self.label, algorithm="crc32c", expected=crc32c_hex(info.crc32c),
+                    self.label,
+                    algorithm="crc32c",
+                    expected=crc32c_hex(info.crc32c),
                     actual=crc32c_hex(actual),
                 )
         if os.fstat(self._fd).st_size != info.size:
-            raise ChecksumMismatch(self.label, algorithm="size", expected=str(info.size),
-                                   actual=str(os.fstat(self._fd).st_size))
+            raise ChecksumMismatch(
+                self.label,
+                algorithm="size",
+                expected=str(info.size),
+                actual=str(os.fstat(self._fd).st_size),
+            )
         # Rename only now, after verification: the destination never holds a bad file.
         os.replace(self.partial, self.dest)
         remove_journal(self.journal_path)

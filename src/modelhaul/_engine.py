@@ -111,7 +111,9 @@ class ProgressSubscriber:
     def file_failed(self, label: str, error: BaseException) -> None:
         """A file failed."""
 
-    def retrying(self, label: str, part: int, attempt: int, error: BaseException, delay: float) -> None:
+    def retrying(
+        self, label: str, part: int, attempt: int, error: BaseException, delay: float
+    ) -> None:
         """A request failed and is tried again after ``delay`` seconds."""
 
 
@@ -232,8 +234,14 @@ class Engine:
         if self.cancelled.is_set():
             raise Cancelled("the transfer was cancelled")
 
-    def retry(self, fn: Callable[[], T], *, label: str, part: int,
-              progressed: Callable[[], bool] | None = None) -> T:
+    def retry(
+        self,
+        fn: Callable[[], T],
+        *,
+        label: str,
+        part: int,
+        progressed: Callable[[], bool] | None = None,
+    ) -> T:
         """Call ``fn`` until it succeeds, retrying retryable errors with backoff + jitter.
 
         ``progressed``, if given, tells whether the failed attempt moved bytes forward;
@@ -258,11 +266,19 @@ class Engine:
                     attempt = 0
                 if attempt >= cfg.max_attempts:
                     raise RetriesExhausted(exc, attempt) from exc
-                delay = random.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1)))
+                delay = random.uniform(
+                    0, min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
+                )
                 with self._stats_lock:
                     self.stats.retries += 1
-                log.info("retrying %s part %d in %.2fs (attempt %d): %s", label, part, delay,
-                         attempt + 1, exc.message)
+                log.info(
+                    "retrying %s part %d in %.2fs (attempt %d): %s",
+                    label,
+                    part,
+                    delay,
+                    attempt + 1,
+                    exc.message,
+                )
                 self.emit("retrying", label, part, attempt, exc, delay)
                 if self.cancelled.wait(delay):
                     raise Cancelled("the transfer was cancelled") from exc
@@ -324,12 +340,12 @@ class Engine:
                     if task is not None:
                         return self._start(task), None
                 if not self._exhausted:
-                    job = next(self._pending, None)
-                    if job is None:
+                    fresh = next(self._pending, None)
+                    if fresh is None:
                         self._exhausted = True
                         continue
                     self._preparing += 1
-                    return None, job
+                    return None, fresh
                 for job in self._active:
                     task = job.steal()
                     if task is not None:

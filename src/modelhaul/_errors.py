@@ -236,7 +236,8 @@ class ChecksumMismatch(IntegrityError):
         self.actual = actual
         super().__init__(
             f"{algorithm} of {what} is {actual}, expected {expected}",
-            hint=hint or "the data was altered or damaged in transit; run the command again, "
+            hint=hint
+            or "the data was altered or damaged in transit; run the command again, "
             "and if it fails the same way the source itself is damaged",
         )
 
@@ -295,8 +296,10 @@ class ServerStartError(ModelhaulError):
 
 
 _SECRET_PATTERNS = [
-    re.compile(r"(?i)(aws_secret_access_key|secret_access_key|secret|password|token)"
-               r"(\s*[=:]\s*)(\S+)"),
+    re.compile(
+        r"(?i)(aws_secret_access_key|secret_access_key|secret|password|token)"
+        r"(\s*[=:]\s*)(\S+)"
+    ),
     re.compile(r"(?i)(X-Amz-Security-Token=|X-Amz-Signature=|Signature=)([^&\s]+)"),
     re.compile(r"(?i)(Credential=)([^/&\s]+)"),
 ]
@@ -308,6 +311,7 @@ def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + (m.group(2) if m.lastindex == 3 else "")
-                           + "***", text)
+        text = pattern.sub(
+            lambda m: m.group(1) + (m.group(2) if m.lastindex == 3 else "") + "***", text
+        )
     return text

@@ -26,7 +26,8 @@ VERSION = 1
 
 
 def state_dir() -> Path:
-    """``$MODELHAUL_STATE_DIR``, else ``$XDG_STATE_HOME/modelhaul`` or ``~/.local/state/modelhaul``."""
+    """``$MODELHAUL_STATE_DIR``, else ``$XDG_STATE_HOME/modelhaul``
+    (``~/.local/state/modelhaul``)."""
     if os.environ.get("MODELHAUL_STATE_DIR"):
         return Path(os.environ["MODELHAUL_STATE_DIR"]).expanduser()
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

@@ -12,6 +12,7 @@ multiprocessing pool) the child makes its own instead of sharing the parent's so
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import logging
 import os
@@ -54,12 +55,28 @@ log = logging.getLogger("modelhaul.store")
 
 T = TypeVar("T")
 
-_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-                   "TooManyRequests", "RequestThrottled", "ServiceUnavailable"}
-_BAD_KEY_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
-                  "AuthFailure", "InvalidSecurity"}
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "RequestThrottled",
+    "ServiceUnavailable",
+}
+BAD_KEY_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "AuthFailure",
+    "InvalidSecurity",
+}
 _EXPIRED_CODES = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired", "ExpiredTokenException"}
-_REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+_REGION_CODES = {
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+}
 _NETWORK_ERRORS = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ConnectionClosedError,
@@ -162,8 +179,10 @@ class S3Store(ObjectStore):
         p = self.profile
         session = self._session
         if session is None:
-            session = botocore.session.Session(profile=p.aws_profile) if p.aws_profile else (
-                botocore.session.Session()
+            session = (
+                botocore.session.Session(profile=p.aws_profile)
+                if p.aws_profile
+                else (botocore.session.Session())
             )
             if p.access_key_id and p.secret_access_key:
                 session.set_credentials(p.access_key_id, p.secret_access_key, p.session_token)
@@ -173,8 +192,7 @@ class S3Store(ObjectStore):
             signature_version="s3v4",
             # With our CRC32C on every upload, a SHA-256 of each payload (what botocore
             # does by default over plain http) only burns CPU.
-            s3={"addressing_style": p.addressing_style,
-                "payload_signing_enabled": not p.checksums},
+            s3={"addressing_style": p.addressing_style, "payload_signing_enabled": not p.checksums},
             retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=self._max_connections,
             connect_timeout=self._connect_timeout,
@@ -187,7 +205,7 @@ class S3Store(ObjectStore):
             response_checksum_validation="when_required",
             user_agent_extra="modelhaul/0.1",
         )
-        client: S3Client = session.create_client(
+        client: S3Client = session.create_client(  # type: ignore[assignment]
             "s3", region_name=region, endpoint_url=p.endpoint_url, config=config
         )
         return client
@@ -213,8 +231,12 @@ class S3Store(ObjectStore):
                 if isinstance(err, WrongRegion) and bucket and getattr(err, "region", None):
                     region = err.region  # type: ignore[attr-defined]
                     if region != self._region_for(bucket):
-                        log.warning("bucket %s is in region %s, not %s: switching",
-                                    bucket, region, self._region_for(bucket))
+                        log.warning(
+                            "bucket %s is in region %s, not %s: switching",
+                            bucket,
+                            region,
+                            self._region_for(bucket),
+                        )
                         self._bucket_region[bucket] = region
                         continue
                 raise err from exc
@@ -230,25 +252,41 @@ class S3Store(ObjectStore):
     ) -> ModelhaulError:
         """Map a botocore/urllib3/socket error to the most specific modelhaul error."""
         endpoint = self.profile.endpoint_url or f"AWS S3 ({self._region_for(bucket)})"
-        where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}" if bucket else endpoint
-        common: dict[str, Any] = {"endpoint": endpoint, "bucket": bucket, "key": key,
-                                  "operation": operation}
+        where = (
+            f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}" if bucket else endpoint
+        )
+        common: dict[str, Any] = {
+            "endpoint": endpoint,
+            "bucket": bucket,
+            "key": key,
+            "operation": operation,
+        }
         if isinstance(exc, botocore.exceptions.ClientError):
             return self._translate_client_error(exc, where, common)
-        if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        if isinstance(
+            exc,
+            botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError,
+        ):
             return NoCredentials(
                 f"no credentials found for {self.profile.describe()}",
                 hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, or add "
                 "credentials to the modelhaul config file",
             )
-        if isinstance(exc, botocore.exceptions.CredentialRetrievalError | botocore.exceptions.RefreshWithMFAUnsupportedError):
+        if isinstance(
+            exc,
+            botocore.exceptions.CredentialRetrievalError
+            | botocore.exceptions.RefreshWithMFAUnsupportedError,
+        ):
             return CredentialsExpired(
                 f"credentials for {self.profile.describe()} could not be refreshed: "
                 f"{redact(str(exc), self.profile.secrets)}",
                 hint="log in again (e.g. `aws sso login`) or renew the session token",
                 **common,
             )
-        if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
+        if isinstance(
+            exc,
+            botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError,
+        ):
             return EndpointUnreachable(
                 f"cannot connect to {endpoint} for {where}",
                 hint="check the endpoint URL and that the store is running and reachable "
@@ -314,8 +352,12 @@ class S3Store(ObjectStore):
                 "whose credentials refresh themselves (role, SSO, credential_process)",
                 **fields,
             )
-        if code in _BAD_KEY_CODES:
-            what = "access key id is unknown" if code == "InvalidAccessKeyId" else "secret key is wrong"
+        if code in BAD_KEY_CODES:
+            what = (
+                "access key id is unknown"
+                if code == "InvalidAccessKeyId"
+                else "secret key is wrong"
+            )
             return AccessDenied(
                 f"the store rejected the credentials of {self.profile.describe()}: the {what}",
                 hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile's keys",
@@ -326,8 +368,9 @@ class S3Store(ObjectStore):
             err = WrongRegion(
                 f"bucket {bucket!r} is not in region {self._region_for(bucket)}"
                 + (f" but in {region}" if region else ""),
-                hint=f"set AWS_REGION={region}" if region else "set the bucket's region with "
-                "AWS_REGION or the profile's region",
+                hint=f"set AWS_REGION={region}"
+                if region
+                else "set the bucket's region with AWS_REGION or the profile's region",
                 **fields,
             )
             err.region = region  # type: ignore[attr-defined]
@@ -378,8 +421,10 @@ class S3Store(ObjectStore):
     def head(self, bucket: str, key: str) -> ObjectInfo:
         extra: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self.checksums else {}
         r = self._call(
-            "HeadObject", lambda c: c.head_object(Bucket=bucket, Key=key, **extra),
-            bucket=bucket, key=key,
+            "HeadObject",
+            lambda c: c.head_object(Bucket=bucket, Key=key, **extra),
+            bucket=bucket,
+            key=key,
         )
         return ObjectInfo(
             key=key,
@@ -402,8 +447,13 @@ class S3Store(ObjectStore):
             raise ObjectChanged(
                 f"s3://{bucket}/{key} was replaced while it was being read",
                 hint="the download restarts from the new version",
-                endpoint=exc.endpoint, bucket=bucket, key=key, status=exc.status, code=exc.code,
-                request_id=exc.request_id, operation="GetObject",
+                endpoint=exc.endpoint,
+                bucket=bucket,
+                key=key,
+                status=exc.status,
+                code=exc.code,
+                request_id=exc.request_id,
+                operation="GetObject",
             ) from exc
         length = int(r.get("ContentLength", -1))
         if length != end - start:
@@ -412,7 +462,10 @@ class S3Store(ObjectStore):
                 f"s3://{bucket}/{key}: asked for {end - start} bytes at {start}, the store "
                 f"answered {length}",
                 hint="the object may have shrunk; run the command again",
-                bucket=bucket, key=key, operation="GetObject", retryable=True,
+                bucket=bucket,
+                key=key,
+                operation="GetObject",
+                retryable=True,
             )
         return _S3RangeReader(self, r["Body"], bucket, key)
 
@@ -445,8 +498,10 @@ class S3Store(ObjectStore):
         if metadata:
             kwargs["Metadata"] = dict(metadata)
         r = self._call(
-            "CreateMultipartUpload", lambda c: c.create_multipart_upload(**kwargs),
-            bucket=bucket, key=key,
+            "CreateMultipartUpload",
+            lambda c: c.create_multipart_upload(**kwargs),
+            bucket=bucket,
+            key=key,
         )
         return r["UploadId"]
 
@@ -460,8 +515,13 @@ class S3Store(ObjectStore):
         *,
         crc32c: int | None = None,
     ) -> str:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id,
-                                  "PartNumber": number, "Body": body}
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "Body": body,
+        }
         if crc32c is not None and self.checksums:
             kwargs["ChecksumCRC32C"] = _b64(crc32c)
         r = self._call("UploadPart", lambda c: c.upload_part(**kwargs), bucket=bucket, key=key)
@@ -469,18 +529,20 @@ class S3Store(ObjectStore):
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
         parts: list[PartInfo] = []
-        marker = 0
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
         while True:
             r = self._call(
                 "ListParts",
-                lambda c: c.list_parts(Bucket=bucket, Key=key, UploadId=upload_id,
-                                       PartNumberMarker=marker),
-                bucket=bucket, key=key,
+                lambda c: c.list_parts(**kwargs),
+                bucket=bucket,
+                key=key,
             )
-            parts.extend(PartInfo(p["PartNumber"], p["Size"], p["ETag"]) for p in r.get("Parts", []))
+            parts.extend(
+                PartInfo(p["PartNumber"], p["Size"], p["ETag"]) for p in r.get("Parts", [])
+            )
             if not r.get("IsTruncated"):
                 return parts
-            marker = int(r["NextPartNumberMarker"])
+            kwargs["PartNumberMarker"] = int(r["NextPartNumberMarker"])
 
     def complete_multipart(
         self,
@@ -498,27 +560,32 @@ class S3Store(ObjectStore):
             if part_crc is not None and self.checksums:
                 entry["ChecksumCRC32C"] = _b64(part_crc)
             listed.append(entry)
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id,
-                                  "MultipartUpload": {"Parts": listed}}
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "MultipartUpload": {"Parts": listed},
+        }
         if crc32c is not None and self.checksums:
             kwargs.update(ChecksumCRC32C=_b64(crc32c), ChecksumType="FULL_OBJECT")
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         r = self._call(
-            "CompleteMultipartUpload", lambda c: c.complete_multipart_upload(**kwargs),
-            bucket=bucket, key=key,
+            "CompleteMultipartUpload",
+            lambda c: c.complete_multipart_upload(**kwargs),
+            bucket=bucket,
+            key=key,
         )
         return r.get("ETag", "")
 
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        try:
+        with contextlib.suppress(NoSuchUpload):
             self._call(
                 "AbortMultipartUpload",
                 lambda c: c.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id),
-                bucket=bucket, key=key,
+                bucket=bucket,
+                key=key,
             )
-        except NoSuchUpload:
-            pass
 
     def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
         out: list[UploadInfo] = []
@@ -551,8 +618,12 @@ class S3Store(ObjectStore):
             kwargs["ContinuationToken"] = r["NextContinuationToken"]
 
     def delete(self, bucket: str, key: str) -> None:
-        self._call("DeleteObject", lambda c: c.delete_object(Bucket=bucket, Key=key),
-                   bucket=bucket, key=key)
+        self._call(
+            "DeleteObject",
+            lambda c: c.delete_object(Bucket=bucket, Key=key),
+            bucket=bucket,
+            key=key,
+        )
 
 
 class _S3RangeReader(RangeReader):

@@ -152,7 +152,7 @@ def _pid_alive(pid: int) -> bool:
 def _s3_answers(host: str, port: int, timeout: float) -> bool:
     # Any HTTP answer (403 for an unsigned request) means the S3 gateway is up.
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=timeout):  # noqa: S310
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=timeout):
             return True
     except urllib.error.HTTPError:
         return True
@@ -223,8 +223,16 @@ def start_server(
             )
         used.add(port)
     s3_port = port or _free_port(host, used)
-    names = ["s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
-             "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port"]
+    names = [
+        "s3.port.grpc",
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "admin.port",
+    ]
     ports = {name: _free_port(host, used) for name in names}
     ports["admin.port.grpc"] = ports["admin.port"] + 10000
     key_id = access_key_id or "mh" + secrets.token_hex(8)
@@ -233,9 +241,17 @@ def start_server(
         if not b or "," in b:
             raise ConfigError(f"invalid bucket name {b!r}")
     args = [
-        binary, "mini", f"-dir={data_dir}", f"-ip={host}", f"-ip.bind={host}",
-        f"-s3.port={s3_port}", *(f"-{name}={p}" for name, p in ports.items()),
-        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        binary,
+        "mini",
+        f"-dir={data_dir}",
+        f"-ip={host}",
+        f"-ip.bind={host}",
+        f"-s3.port={s3_port}",
+        *(f"-{name}={p}" for name, p in ports.items()),
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-master.telemetry=false",
     ]
     if buckets:
@@ -243,9 +259,14 @@ def start_server(
     env = dict(os.environ, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
     log_path = data_dir / LOG_FILE
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own binary, argument list
-            args, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+        proc = subprocess.Popen(
+            args,
+            cwd=data_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     server = EmbeddedServer(str(data_dir), proc.pid, host, s3_port, key_id, secret, tuple(buckets))
     state = data_dir / STATE_FILE

@@ -38,7 +38,7 @@ from ._errors import (
 from ._journal import read_journal, remove_journal, upload_journal_path, write_journal
 from ._store import ObjectInfo, ObjectStore
 
-__all__ = ["LocalSource", "ObjectSource", "SourceChanged", "Source", "UploadJob"]
+__all__ = ["LocalSource", "ObjectSource", "Source", "SourceChanged", "UploadJob"]
 
 log = logging.getLogger("modelhaul.upload")
 
@@ -69,7 +69,7 @@ class Source(abc.ABC):
         """Whether parts kept from a journal can be re-checked cheaply against the source."""
         return False
 
-    def check_unchanged(self) -> None:
+    def check_unchanged(self) -> None:  # noqa: B027 - optional: most sources cannot change
         """Raise if the source changed since :meth:`open`."""
 
     def close(self) -> None:  # noqa: B027 - optional
@@ -89,8 +89,9 @@ class LocalSource(Source):
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            raise LocalFileNotFound(f"{self.path} does not exist",
-                                    hint="check the source path") from None
+            raise LocalFileNotFound(
+                f"{self.path} does not exist", hint="check the source path"
+            ) from None
         except IsADirectoryError:
             raise LocalFileNotFound(
                 f"{self.path} is a folder", hint="use --recursive to copy a folder"
@@ -100,8 +101,12 @@ class LocalSource(Source):
 
     def identity(self) -> dict[str, Any]:
         assert self._stat is not None
-        return {"path": str(self.path.resolve()), "size": self._stat.st_size,
-                "mtime_ns": self._stat.st_mtime_ns, "inode": self._stat.st_ino}
+        return {
+            "path": str(self.path.resolve()),
+            "size": self._stat.st_size,
+            "mtime_ns": self._stat.st_mtime_ns,
+            "inode": self._stat.st_ino,
+        }
 
     def read_into(self, offset: int, view: memoryview, engine: Engine, part: int) -> None:
         got = 0
@@ -121,7 +126,9 @@ class LocalSource(Source):
         assert self._stat is not None
         now = os.stat(self.path)
         if (now.st_size, now.st_mtime_ns, now.st_ino) != (
-            self._stat.st_size, self._stat.st_mtime_ns, self._stat.st_ino
+            self._stat.st_size,
+            self._stat.st_mtime_ns,
+            self._stat.st_ino,
         ):
             raise SourceChanged(
                 f"{self.path} changed while it was being uploaded; the upload was not completed",
@@ -137,8 +144,9 @@ class LocalSource(Source):
 class ObjectSource(Source):
     """An object in a (possibly other) store; every read is pinned to its ETag."""
 
-    def __init__(self, store: ObjectStore, bucket: str, key: str,
-                 info: ObjectInfo | None = None) -> None:
+    def __init__(
+        self, store: ObjectStore, bucket: str, key: str, info: ObjectInfo | None = None
+    ) -> None:
         self.store = store
         self.bucket = bucket
         self.key = key
@@ -147,8 +155,9 @@ class ObjectSource(Source):
 
     def open(self, engine: Engine) -> None:
         if self.info is None or not self.info.etag:
-            self.info = engine.retry(lambda: self.store.head(self.bucket, self.key),
-                                     label=self.label, part=0)
+            self.info = engine.retry(
+                lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
+            )
         self.size = self.info.size
 
     def identity(self) -> dict[str, Any]:
@@ -157,17 +166,23 @@ class ObjectSource(Source):
 
     def read_into(self, offset: int, view: memoryview, engine: Engine, part: int) -> None:
         assert self.info is not None
+        etag = self.info.etag or None
         got = [0]
 
         def attempt() -> None:
             start = offset + got[0]
-            with self.store.open_range(self.bucket, self.key, start, offset + len(view),
-                                       if_match=self.info.etag or None) as r:  # type: ignore[union-attr]
+            with self.store.open_range(
+                self.bucket, self.key, start, offset + len(view), if_match=etag
+            ) as r:
                 while got[0] < len(view):
-                    n = r.readinto(view[got[0]:])
+                    n = r.readinto(view[got[0] :])
                     if n == 0:
-                        raise ServerError(f"{self.label}: the connection ended early",
-                                          retryable=True, bucket=self.bucket, key=self.key)
+                        raise ServerError(
+                            f"{self.label}: the connection ended early",
+                            retryable=True,
+                            bucket=self.bucket,
+                            key=self.key,
+                        )
                     got[0] += n
 
         mark = [0]
@@ -245,27 +260,29 @@ class UploadJob(Job):
         self.part_size = upload_part_size(size, engine.config)
         endpoint = self.store.describe()
         self._journal_path = upload_journal_path(
-            endpoint, self.bucket, self.key, str(self.source.identity().get("path")
-                                                 or self.source.label))
+            endpoint,
+            self.bucket,
+            self.key,
+            str(self.source.identity().get("path") or self.source.label),
+        )
         done = self._resume(engine)
         if self.upload_id is None:
             self.upload_id = engine.retry(
-                lambda: self.store.create_multipart(self.bucket, self.key,
-                                                    metadata=self.metadata),
-                label=self.label, part=0,
+                lambda: self.store.create_multipart(self.bucket, self.key, metadata=self.metadata),
+                label=self.label,
+                part=0,
             )
             self._save_journal()
-        number = 0
-        for start in range(0, size, self.part_size):
-            number += 1
+        for number, start in enumerate(range(0, size, self.part_size), start=1):
             if number not in done:
                 self._queue.append(Task(self, number, start, min(start + self.part_size, size)))
         resumed = sum(min(self.part_size, size - (n - 1) * self.part_size) for n in done)
         engine.add_resumed(resumed)
         engine.emit("file_started", self.label, size, resumed)
         if resumed:
-            log.info("resuming upload of %s: %d of %d bytes already sent", self.label,
-                     resumed, size)
+            log.info(
+                "resuming upload of %s: %d of %d bytes already sent", self.label, resumed, size
+            )
 
     def _resume(self, engine: Engine) -> set[int]:
         """Parts of an earlier run that the store still holds and the source still matches."""
@@ -290,11 +307,13 @@ class UploadJob(Job):
         try:
             listed = engine.retry(
                 lambda: self.store.list_parts(self.bucket, self.key, upload_id),
-                label=self.label, part=0,
+                label=self.label,
+                part=0,
             )
         except NoSuchUpload:
-            log.info("the store no longer has the interrupted upload of %s: starting over",
-                     self.label)
+            log.info(
+                "the store no longer has the interrupted upload of %s: starting over", self.label
+            )
             remove_journal(self._journal_path)
             return set()
         on_store = {p.number: p for p in listed}
@@ -307,8 +326,9 @@ class UploadJob(Job):
             if held is None or held.etag != etag or held.size != length:
                 continue
             if self.source.verifiable() and self._crc_of(start, length, engine) != crc:
-                log.warning("%s part %d differs from what was sent: sending it again",
-                            self.label, number)
+                log.warning(
+                    "%s part %d differs from what was sent: sending it again", self.label, number
+                )
                 continue
             self._parts[number] = (etag, crc)
             kept.add(number)
@@ -333,11 +353,17 @@ class UploadJob(Job):
         if self._journal_path is None:
             return
         with self._journal_lock:
-            write_journal(self._journal_path, {
-                "bucket": self.bucket, "key": self.key, "upload_id": self.upload_id,
-                "identity": self.source.identity(), "part_size": self.part_size,
-                "parts": {str(n): list(v) for n, v in sorted(self._parts.items())},
-            })
+            write_journal(
+                self._journal_path,
+                {
+                    "bucket": self.bucket,
+                    "key": self.key,
+                    "upload_id": self.upload_id,
+                    "identity": self.source.identity(),
+                    "part_size": self.part_size,
+                    "parts": {str(n): list(v) for n, v in sorted(self._parts.items())},
+                },
+            )
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -373,18 +399,26 @@ class UploadJob(Job):
             if self._single:
                 self.crc = crc
                 self.etag = engine.retry(
-                    lambda: self.store.put(self.bucket, self.key, body, crc32c=crc,
-                                           if_none_match=self.if_none_match,
-                                           metadata=self.metadata),
-                    label=self.label, part=task.number,
+                    lambda: self.store.put(
+                        self.bucket,
+                        self.key,
+                        body,
+                        crc32c=crc,
+                        if_none_match=self.if_none_match,
+                        metadata=self.metadata,
+                    ),
+                    label=self.label,
+                    part=task.number,
                 )
             else:
                 assert self.upload_id is not None
                 upload_id = self.upload_id
                 task.etag = engine.retry(
-                    lambda: self.store.upload_part(self.bucket, self.key, upload_id,
-                                                   task.number, body, crc32c=crc),
-                    label=self.label, part=task.number,
+                    lambda: self.store.upload_part(
+                        self.bucket, self.key, upload_id, task.number, body, crc32c=crc
+                    ),
+                    label=self.label,
+                    part=task.number,
                 )
                 task.crc = crc
             engine.add_bytes(self.label, length)
@@ -403,9 +437,10 @@ class UploadJob(Job):
             self.source.close()
 
     def _complete(self, engine: Engine) -> None:
-        assert self.upload_id is not None and self._journal_path is not None
+        assert self.upload_id is not None
+        assert self._journal_path is not None
         size = self.source.size
-        parts = []
+        parts: list[tuple[int, str, int | None]] = []
         crc = 0
         for number in sorted(self._parts):
             etag, part_crc = self._parts[number]
@@ -418,7 +453,11 @@ class UploadJob(Job):
         def complete() -> str:
             try:
                 return self.store.complete_multipart(
-                    self.bucket, self.key, upload_id, parts, crc32c=crc,
+                    self.bucket,
+                    self.key,
+                    upload_id,
+                    parts,
+                    crc32c=crc,
                     if_none_match=self.if_none_match,
                 )
             except NoSuchUpload:
@@ -434,14 +473,23 @@ class UploadJob(Job):
     def _verify(self, engine: Engine) -> None:
         if not engine.config.verify:
             return
-        info = engine.retry(lambda: self.store.head(self.bucket, self.key),
-                            label=self.label, part=0)
+        info = engine.retry(
+            lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
+        )
         if info.size != self.source.size:
-            raise ChecksumMismatch(f"s3://{self.bucket}/{self.key}", algorithm="size",
-                                   expected=str(self.source.size), actual=str(info.size))
+            raise ChecksumMismatch(
+                f"s3://{self.bucket}/{self.key}",
+                algorithm="size",
+                expected=str(self.source.size),
+                actual=str(info.size),
+            )
         if info.crc32c is not None and self.crc is not None and info.crc32c != self.crc:
-            raise ChecksumMismatch(f"s3://{self.bucket}/{self.key}", algorithm="crc32c",
-                                   expected=crc32c_hex(self.crc), actual=crc32c_hex(info.crc32c))
+            raise ChecksumMismatch(
+                f"s3://{self.bucket}/{self.key}",
+                algorithm="crc32c",
+                expected=crc32c_hex(self.crc),
+                actual=crc32c_hex(info.crc32c),
+            )
 
     def abort(self, error: BaseException) -> None:
         self.source.close()

@@ -1,4 +1,5 @@
-"""Locations: a local path or ``s3://bucket/key``; and the check that a relative path stays inside its folder."""
+"""Locations: a local path or ``s3://bucket/key``; and keeping relative paths inside
+their folder."""
 
 from __future__ import annotations
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install modelhaul with its test tools and run every check CI runs: ruff (lint and
+# format), mypy --strict on the package, and the test suite against a real SeaweedFS
+# that the tests start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,459 @@
+"""A fault-injecting HTTP/1.1 proxy for tests, standard library only.
+
+It listens on 127.0.0.1 (a free port), reads each request from the client and sends its
+bytes upstream unchanged (a SigV4 signature covers the Host header, so clients sign for
+the proxy's ``host:port``, which is what they see), then relays the upstream answer. One
+upstream connection is opened per request; the client's connection is kept alive across
+requests.
+
+Faults are picked per request with a seeded RNG, each :class:`Fault` taking its share of
+the requests whose method it matches:
+
+``reset``
+    forward, relay the headers and part of the body, then close with SO_LINGER 0 (RST).
+``truncate``
+    forward, relay the headers (with the original Content-Length) and part of the body,
+    then close cleanly (FIN).
+``stall``
+    forward, relay the headers and part of the body, then go silent for
+    ``stall_seconds`` (longer than the client's read timeout), then close.
+``error500``
+    answer ``500 InternalError`` without forwarding.
+``slowdown503``
+    answer ``503 SlowDown`` without forwarding.
+
+Where a response has no body (HEAD, UploadPart, 204), the cut falls inside the headers.
+Everything stays on loopback; :meth:`FaultProxy.stop` closes every socket and joins every
+thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+__all__ = ["MODES", "Fault", "FaultProxy"]
+
+MODES = ("reset", "error500", "slowdown503", "stall", "truncate")
+
+_MAX_HEAD = 64 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Inject ``mode`` into ``share`` (0..1) of the requests with ``method`` (any if None)."""
+
+    mode: str
+    share: float
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown fault mode {self.mode!r}; known: {', '.join(MODES)}")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"share must be within 0..1, not {self.share}")
+
+    def matches(self, method: str) -> bool:
+        return self.method is None or self.method.upper() == method.upper()
+
+
+class _Closed(Exception):
+    """The peer closed the connection (or the proxy is stopping)."""
+
+
+class _Reader:
+    """Buffered reads from a socket: heads, exact lengths, chunked bodies."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(_CHUNK)
+        if not data:
+            raise _Closed
+        self.buf += data
+
+    def head(self) -> bytes:
+        """Bytes up to and including the blank line that ends a head."""
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                out = bytes(self.buf[: end + 4])
+                del self.buf[: end + 4]
+                return out
+            if len(self.buf) > _MAX_HEAD:
+                raise _Closed
+            self._fill()
+
+    def line(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n")
+            if end >= 0:
+                out = bytes(self.buf[: end + 2])
+                del self.buf[: end + 2]
+                return out
+            self._fill()
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def some(self, n: int) -> bytes:
+        """Between 1 and ``n`` bytes."""
+        if not self.buf:
+            self._fill()
+        out = bytes(self.buf[:n])
+        del self.buf[: len(out)]
+        return out
+
+    def chunked(self) -> bytes:
+        """A whole chunked body, raw (sizes, extensions and trailers kept as sent)."""
+        out = bytearray()
+        while True:
+            size_line = self.line()
+            out += size_line
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while True:  # trailers, then the blank line
+                    trailer = self.line()
+                    out += trailer
+                    if trailer == b"\r\n":
+                        return bytes(out)
+            out += self.exact(size + 2)
+
+    def until_close(self) -> bytes:
+        out = bytearray(self.buf)
+        self.buf.clear()
+        while True:
+            data = self.sock.recv(_CHUNK)
+            if not data:
+                return bytes(out)
+            out += data
+
+
+def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    """The start line and the headers (lower-cased names; last one wins)."""
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
+class FaultProxy:
+    """A threaded fault-injecting proxy in front of ``upstream_host:upstream_port``.
+
+    Args:
+        upstream_host: the real server's address (loopback).
+        upstream_port: its port.
+        faults: the faults to inject; change them later with :meth:`set_faults`.
+        seed: seeds the RNG that picks faulty requests and cut points.
+        stall_seconds: how long a ``stall`` stays silent.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        faults: Iterable[Fault] = (),
+        *,
+        seed: int = 0,
+        stall_seconds: float = 3.0,
+    ) -> None:
+        if upstream_host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("the fault proxy only forwards to loopback")
+        self.upstream = (upstream_host, upstream_port)
+        self.stall_seconds = stall_seconds
+        self._faults: tuple[Fault, ...] = tuple(faults)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._threads: set[threading.Thread] = set()
+        self._sockets: set[socket.socket] = set()
+        self._requests = 0
+        self._by_method: Counter[str] = Counter()
+        self._injected: Counter[str] = Counter()
+        self._log: list[tuple[str, str, str | None]] = []
+        self.port = 0
+
+    # -- configuration and counters ------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_faults(self, faults: Iterable[Fault]) -> None:
+        with self._lock:
+            self._faults = tuple(faults)
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return self._requests
+
+    @property
+    def injected(self) -> dict[str, int]:
+        """Faults injected so far, by mode."""
+        with self._lock:
+            return dict(self._injected)
+
+    @property
+    def injected_total(self) -> int:
+        with self._lock:
+            return sum(self._injected.values())
+
+    def stats(self) -> dict[str, object]:
+        """A snapshot: requests, requests by method, injected faults by mode."""
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "by_method": dict(self._by_method),
+                "injected": dict(self._injected),
+            }
+
+    @property
+    def log(self) -> list[tuple[str, str, str | None]]:
+        """``(method, target, fault or None)`` of every request, in arrival order."""
+        with self._lock:
+            return list(self._log)
+
+    def _choose(self, method: str, target: str) -> tuple[str | None, float]:
+        """Count the request; pick its fault (or None) and a cut fraction."""
+        with self._lock:
+            self._requests += 1
+            self._by_method[method] += 1
+            draw = self._rng.random()
+            frac = self._rng.uniform(0.1, 0.9)
+            mode = None
+            edge = 0.0
+            for fault in self._faults:
+                if fault.matches(method):
+                    edge += fault.share
+                    if draw < edge:
+                        mode = fault.mode
+                        break
+            if mode is not None:
+                self._injected[mode] += 1
+            self._log.append((method, target, mode))
+            return mode, frac
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._acceptor = threading.Thread(target=self._accept_loop, name="faultproxy-accept",
+                                          daemon=True)
+        self._acceptor.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._acceptor is not None:
+            self._acceptor.join(5)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            socks = list(self._sockets)
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(5)
+        with self._lock:
+            socks = list(self._sockets)
+            self._sockets.clear()
+            alive = [t.name for t in self._threads if t.is_alive()]
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.close()
+        if alive:
+            raise RuntimeError(f"fault proxy threads did not stop: {alive}")
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _track(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.add(sock)
+        return sock
+
+    def _close(self, sock: socket.socket | None, *, rst: bool = False) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.discard(sock)
+        if rst:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self._track(conn)
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                                 name=f"faultproxy-conn-{conn.fileno()}")
+            with self._lock:
+                self._threads = {x for x in self._threads if x.is_alive()}
+                self._threads.add(t)
+            t.start()
+
+    # -- one client connection -------------------------------------------------------------
+
+    def _serve(self, client: socket.socket) -> None:
+        reader = _Reader(client)
+        keep = True
+        try:
+            while keep and not self._stopping.is_set():
+                keep = self._one_request(client, reader)
+        except (_Closed, OSError, ValueError):
+            pass
+        finally:
+            self._close(client)
+
+    def _one_request(self, client: socket.socket, reader: _Reader) -> bool:
+        """Handle one request; return whether the client connection stays open."""
+        head = reader.head()
+        start, headers = _parse_head(head)
+        parts = start.split(" ")
+        if len(parts) != 3:
+            raise _Closed
+        method, target, _version = parts
+        if headers.get("expect", "").lower() == "100-continue":
+            client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = reader.chunked()
+        else:
+            body = reader.exact(int(headers.get("content-length", "0") or 0))
+        client_close = headers.get("connection", "").lower() == "close"
+
+        mode, frac = self._choose(method, target)
+        if mode in ("error500", "slowdown503"):
+            self._send_error(client, method, target, mode)
+            return not client_close
+        return self._forward(client, method, head + body, mode, frac) and not client_close
+
+    def _send_error(self, client: socket.socket, method: str, target: str, mode: str) -> None:
+        if mode == "error500":
+            status, code, text = "500 Internal Server Error", "InternalError", (
+                "We encountered an internal error. Please try again.")
+        else:
+            status, code, text = "503 Slow Down", "SlowDown", "Please reduce your request rate."
+        with self._lock:
+            rid = f"faultproxy-{self._requests}"
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{text}</Message>"
+            f"<Resource>{target.split('?', 1)[0]}</Resource><RequestId>{rid}</RequestId></Error>"
+        ).encode()
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(xml)}\r\nx-amz-request-id: {rid}\r\n"
+            "Connection: keep-alive\r\n\r\n"
+        ).encode()
+        client.sendall(head if method == "HEAD" else head + xml)
+
+    def _forward(self, client: socket.socket, method: str, request: bytes, mode: str | None,
+                 frac: float) -> bool:
+        upstream = self._track(socket.create_connection(self.upstream, timeout=60))
+        try:
+            upstream.sendall(request)
+            up = _Reader(upstream)
+            while True:
+                head = up.head()
+                status_line, headers = _parse_head(head)
+                status = int(status_line.split(" ", 2)[1])
+                if not 100 <= status < 200:
+                    break  # interim answers (100 Continue) were already given to the client
+            keep = headers.get("connection", "").lower() != "close"
+            if method == "HEAD" or status in (204, 304):
+                length: int | None = 0
+                body = b""
+            elif "chunked" in headers.get("transfer-encoding", "").lower():
+                body = up.chunked()
+                length = len(body)
+            elif "content-length" in headers:
+                length = int(headers["content-length"])
+                body = b""  # streamed below
+            else:
+                body = up.until_close()
+                length = len(body)
+                keep = False
+            if mode is None:
+                client.sendall(head + body)
+                self._stream(up, client, length - len(body) if length else 0)
+                return keep
+            cut = len(head) // 2 if not length else len(head) + max(1, int(length * frac))
+            self._cut(up, client, head + body, length or 0, cut)
+        finally:
+            self._close(upstream)
+        self._act(client, mode)
+        return False
+
+    def _stream(self, up: _Reader, client: socket.socket, left: int) -> None:
+        while left > 0:
+            data = up.some(min(left, _CHUNK))
+            client.sendall(data)
+            left -= len(data)
+
+    def _cut(self, up: _Reader, client: socket.socket, first: bytes, length: int,
+             cut: int) -> None:
+        """Send the first ``cut`` bytes of the response (``first`` plus streamed body)."""
+        if cut <= len(first):
+            client.sendall(first[:cut])
+            return
+        client.sendall(first)
+        self._stream(up, client, min(cut - len(first), length))
+
+    def _act(self, client: socket.socket, mode: str) -> None:
+        if mode == "reset":
+            self._close(client, rst=True)
+        elif mode == "truncate":
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_WR)
+            self._close(client)
+        elif mode == "stall":
+            self._stopping.wait(self.stall_seconds)
+            self._close(client)
