@@ -31,6 +31,9 @@ from ._errors import ConfigError, ServerStartError
 __all__ = ["EmbeddedServer", "default_server_dir", "server_status", "start_server", "stop_server"]
 
 STATE_FILE = "modelhaul-server.json"
+# Servers this process started: kept so they can be reaped, and not warned about as
+# "still running" when the Popen object would otherwise be collected.
+_children: dict[int, subprocess.Popen[bytes]] = {}
 LOG_FILE = "weed.log"
 
 
@@ -268,6 +271,7 @@ def start_server(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     server = EmbeddedServer(str(data_dir), proc.pid, host, s3_port, key_id, secret, tuple(buckets))
     state = data_dir / STATE_FILE
     fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -330,10 +334,19 @@ def stop_server(data_dir: Path | None = None, *, timeout: float = 15.0) -> bool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _reap(pid)
+    proc = _children.pop(pid, None)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
     state_path.unlink(missing_ok=True)
     return was_running
 
 
 def _reap(pid: int) -> None:
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _children[pid]
+        return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
