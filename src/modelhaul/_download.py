@@ -382,7 +382,7 @@ class DownloadJob(Job):
     def abort(self, error: BaseException) -> None:
         if isinstance(error, ObjectChanged | ChecksumMismatch):
             self._discard()  # nothing here can be resumed
-        elif self._fd >= 0 and self.info is not None:
+        elif self._fd >= 0 and self.info is not None and self.partial.exists():
             with contextlib.suppress(OSError):
                 self._save_journal()
         self._close()

@@ -345,6 +345,11 @@ class S3Store(ObjectStore):
                 hint="check the key (`modelhaul ls` lists what is there)",
                 **fields,
             )
+        if status == 403 and code in ("403", "Forbidden") and bucket:
+            # A HEAD answer has no body, so no code: ask again with a GET, whose error
+            # body says whether the keys are wrong or only a permission is missing.
+            code = self._probe_403_code(bucket, common["key"]) or code
+            fields["code"] = code
         if code in _EXPIRED_CODES:
             return CredentialsExpired(
                 f"the session token for {self.profile.describe()} has expired",
@@ -402,6 +407,18 @@ class S3Store(ObjectStore):
                 **fields,
             )
         return StoreError(f"{operation} of {where} failed: {code} {text}".rstrip(), **fields)
+
+    def _probe_403_code(self, bucket: str, key: str | None) -> str | None:
+        try:
+            if key:
+                self.client(bucket).get_object(Bucket=bucket, Key=key, Range="bytes=0-0")
+            else:
+                self.client(bucket).list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except botocore.exceptions.ClientError as exc:
+            return str(exc.response.get("Error", {}).get("Code") or "") or None
+        except Exception:
+            return None
+        return None
 
     def _bucket_exists(self, bucket: str) -> bool:
         try:

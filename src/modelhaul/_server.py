@@ -256,6 +256,8 @@ def start_server(
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
+        # A typo in a bucket name must fail, not quietly create a new bucket.
+        "-s3.autoCreateBucket=false",
     ]
     if buckets:
         args.append(f"-bucket={','.join(buckets)}")
