@@ -79,14 +79,19 @@ def make_file(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``modelhaul`` command in a child process."""
     proc = subprocess.run(
         [sys.executable, "-m", "modelhaul", *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"modelhaul {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"modelhaul {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc

@@ -105,7 +105,11 @@ def test_disk_full_via_file_size_limit(tmp_path: Path, env: dict[str, str], buck
 
     proc = subprocess.run(
         [sys.executable, "-m", "modelhaul", "cp", f"s3://{bucket}/big.bin", str(out / "big.bin")],
-        env=env, capture_output=True, text=True, preexec_fn=limit, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "DiskFull" in proc.stderr and "no space left" in proc.stderr
@@ -117,8 +121,9 @@ def test_disk_full_via_file_size_limit(tmp_path: Path, env: dict[str, str], buck
 def test_disk_full_on_tiny_tmpfs(tmp_path: Path, env: dict[str, str], bucket: str) -> None:
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -135,8 +140,9 @@ def test_disk_full_on_tiny_tmpfs(tmp_path: Path, env: dict[str, str], bucket: st
 def test_cli_error_is_a_message_not_a_traceback(tmp_path: Path, env: dict[str, str]) -> None:
     bad_env = dict(env, AWS_SECRET_ACCESS_KEY="wrong-" + SECRET_KEY)
     for verbosity in ([], ["-vvv"]):
-        proc = run_cli(*verbosity, "cp", "s3://shared-bucket/x", str(tmp_path / "x"),
-                       env=bad_env, check=False)
+        proc = run_cli(
+            *verbosity, "cp", "s3://shared-bucket/x", str(tmp_path / "x"), env=bad_env, check=False
+        )
         assert proc.returncode == 1
         assert "error: AccessDenied" in proc.stderr and "hint:" in proc.stderr
         assert SECRET_KEY not in proc.stderr + proc.stdout
@@ -144,7 +150,9 @@ def test_cli_error_is_a_message_not_a_traceback(tmp_path: Path, env: dict[str, s
     assert proc.returncode == 2 and "error: InvalidURI" in proc.stderr
 
 
-def test_no_credentials(tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_credentials(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(modelhaul.NoCredentials, match="no credentials"):

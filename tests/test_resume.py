@@ -67,8 +67,9 @@ def test_download_killed_then_resumed(tmp_path: Path, env: dict[str, str], bucke
     moved = kill_midway(f"s3://{bucket}/obj.bin", str(dest), tmp_path, env)
     assert not dest.exists()
     assert (tmp_path / "out.bin.modelhaul-partial").exists()
-    stats = modelhaul.copy(f"s3://{bucket}/obj.bin", dest,
-                           config=TransferConfig(part_size=PART, concurrency=CONC))
+    stats = modelhaul.copy(
+        f"s3://{bucket}/obj.bin", dest, config=TransferConfig(part_size=PART, concurrency=CONC)
+    )
     assert dest.read_bytes() == src.read_bytes()
     assert stats.bytes + stats.bytes_resumed == SIZE
     # The rerun fetched only what was missing: at most what the first run had not
@@ -79,14 +80,17 @@ def test_download_killed_then_resumed(tmp_path: Path, env: dict[str, str], bucke
     assert not list(tmp_path.glob("out.bin.modelhaul-partial*"))
 
 
-def test_upload_killed_then_resumed(tmp_path: Path, env: dict[str, str], store: S3Store,
-                                    bucket: str) -> None:
+def test_upload_killed_then_resumed(
+    tmp_path: Path, env: dict[str, str], store: S3Store, bucket: str
+) -> None:
     src = make_file(tmp_path / "src.bin", SIZE, seed=12)
     moved = kill_midway(str(src), f"s3://{bucket}/up.bin", tmp_path, env)
     assert [u.key for u in store.list_uploads(bucket)] == ["up.bin"]
-    stats = modelhaul.copy(src, f"s3://{bucket}/up.bin",
-                           config=TransferConfig(part_size=PART, multipart_threshold=PART,
-                                                 concurrency=CONC))
+    stats = modelhaul.copy(
+        src,
+        f"s3://{bucket}/up.bin",
+        config=TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=CONC),
+    )
     assert stats.bytes_resumed > 0
     assert stats.bytes + stats.bytes_resumed == SIZE
     # Parts in flight at the kill are sent again: at most one per stream.
@@ -95,25 +99,33 @@ def test_upload_killed_then_resumed(tmp_path: Path, env: dict[str, str], store: 
     assert store.list_uploads(bucket) == []
 
 
-def test_upload_of_changed_file_starts_over(tmp_path: Path, env: dict[str, str],
-                                            store: S3Store, bucket: str) -> None:
+def test_upload_of_changed_file_starts_over(
+    tmp_path: Path, env: dict[str, str], store: S3Store, bucket: str
+) -> None:
     src = make_file(tmp_path / "src.bin", SIZE, seed=13)
     kill_midway(str(src), f"s3://{bucket}/ch.bin", tmp_path, env)
     make_file(src, SIZE, seed=14)  # rewritten: new mtime, new bytes
-    stats = modelhaul.copy(src, f"s3://{bucket}/ch.bin",
-                           config=TransferConfig(part_size=PART, multipart_threshold=PART))
+    stats = modelhaul.copy(
+        src,
+        f"s3://{bucket}/ch.bin",
+        config=TransferConfig(part_size=PART, multipart_threshold=PART),
+    )
     assert stats.bytes_resumed == 0
     assert store.get_bytes(bucket, "ch.bin") == src.read_bytes()
     assert store.list_uploads(bucket) == []
 
 
-def test_upload_forgotten_by_store_starts_over(tmp_path: Path, env: dict[str, str],
-                                              store: S3Store, bucket: str) -> None:
+def test_upload_forgotten_by_store_starts_over(
+    tmp_path: Path, env: dict[str, str], store: S3Store, bucket: str
+) -> None:
     src = make_file(tmp_path / "src.bin", SIZE, seed=15)
     kill_midway(str(src), f"s3://{bucket}/gone.bin", tmp_path, env)
     modelhaul.abort_uploads(f"s3://{bucket}/", older_than=0)
-    stats = modelhaul.copy(src, f"s3://{bucket}/gone.bin",
-                           config=TransferConfig(part_size=PART, multipart_threshold=PART))
+    stats = modelhaul.copy(
+        src,
+        f"s3://{bucket}/gone.bin",
+        config=TransferConfig(part_size=PART, multipart_threshold=PART),
+    )
     assert stats.bytes == SIZE and stats.bytes_resumed == 0
     assert store.get_bytes(bucket, "gone.bin") == src.read_bytes()
 
@@ -146,9 +158,12 @@ def test_object_replaced_during_download(tmp_path: Path, store: S3Store, bucket:
 
     t = threading.Thread(target=overwrite)
     t.start()
-    modelhaul.copy(f"s3://{bucket}/v.bin", dest, progress=[Trigger()],
-                   config=TransferConfig(part_size=MiB, concurrency=2,
-                                         bandwidth_limit=12 * MiB))
+    modelhaul.copy(
+        f"s3://{bucket}/v.bin",
+        dest,
+        progress=[Trigger()],
+        config=TransferConfig(part_size=MiB, concurrency=2, bandwidth_limit=12 * MiB),
+    )
     t.join()
     # Restarted from the new version: exactly the new bytes, never a mix.
     assert dest.read_bytes() == new.read_bytes()

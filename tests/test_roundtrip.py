@@ -88,7 +88,8 @@ def test_bandwidth_limit_is_honoured(tmp_path: Path, bucket: str) -> None:
     src = make_file(tmp_path / "b.bin", 12 * MiB, seed=4)
     modelhaul.copy(src, f"s3://{bucket}/b.bin")
     stats = modelhaul.copy(
-        f"s3://{bucket}/b.bin", tmp_path / "b.out",
+        f"s3://{bucket}/b.bin",
+        tmp_path / "b.out",
         config=TransferConfig(bandwidth_limit=8 * MiB, part_size=MiB, concurrency=4),
     )
     # 12 MiB at 8 MiB/s, less the initial burst of a quarter second: at least 1.25 s.

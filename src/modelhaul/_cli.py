@@ -254,10 +254,12 @@ def doctor_command(state: _State, uri: str | None) -> None:
     checks = run_doctor(open_store(state.profile_name), bucket)
     failed = False
     for c in checks:
-        mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]skip[/]"}[c.ok]
-        state.console.print(f"{mark:>16}  {c.name}: {c.detail}", markup=True)
+        word, colour = {True: ("ok", "green"), False: ("FAIL", "red"), None: ("skip", "yellow")}[
+            c.ok
+        ]
+        click.echo(f"{click.style(f'{word:>4}', fg=colour)}  {c.name}: {c.detail}")
         if c.fix:
-            state.console.print(f"{'':>6}fix: {c.fix}")
+            click.echo(f"      fix: {c.fix}")
         failed = failed or c.ok is False
     if failed:
         sys.exit(1)
@@ -359,14 +361,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning errors into a message, a hint and an exit code."""
     try:
         cli.main(args=argv, prog_name="modelhaul", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Finished parts are journaled; a rerun picks up from there.
+        click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted: run the same command again to resume", err=True)
-        sys.exit(130)
     except ModelhaulError as exc:
         secrets = [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
         log.debug("failed", exc_info=True)

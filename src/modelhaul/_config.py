@@ -438,6 +438,12 @@ def upload_part_size(size: int, config: TransferConfig) -> int:
     Auto: 16 MiB up to 16 GiB files, then the smallest whole MiB that fits in 10,000 parts.
     On the measured server bigger parts made uploads slower, so parts stay small.
     """
+    if size > MAX_PARTS * MAX_PART_SIZE:
+        raise ConfigError(
+            f"{size:,} bytes is more than one S3 object can hold "
+            f"({MAX_PARTS:,} parts of {MAX_PART_SIZE // GiB} GiB)",
+            hint="split the file",
+        )
     wanted = config.part_size or 16 * MiB
     fit = -(-size // MAX_PARTS)
     part = max(wanted, fit, MIN_PART_SIZE)

@@ -1,0 +1,166 @@
+"""The embedded store through the CLI, ``doctor``, and ``uploads`` housekeeping."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import modelhaul
+from modelhaul import S3Store
+from tests.conftest import SECRET_KEY, make_file, run_cli
+
+MiB = 1024 * 1024
+
+
+def test_server_start_status_stop(tmp_path: Path, env: dict[str, str]) -> None:
+    data = tmp_path / "srv"
+    out = run_cli("server", "start", "--data-dir", str(data), "--bucket", "demo-bucket", env=env)
+    exports = dict(re.findall(r"^export (\w+)=(\S+)$", out.stdout, re.M))
+    assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(exports)
+    state = data / "modelhaul-server.json"
+    assert state.stat().st_mode & 0o777 == 0o600  # it holds the secret
+    try:
+        status = run_cli("server", "status", "--data-dir", str(data), env=env)
+        assert "running" in status.stdout and exports["AWS_ENDPOINT_URL"] in status.stdout
+        # Any S3 tool pointed at the printed lines works: use modelhaul itself.
+        child_env = dict(env, **exports)
+        src = make_file(tmp_path / "f.bin", 2 * MiB)
+        run_cli("cp", str(src), "s3://demo-bucket/f.bin", env=child_env)
+        again = run_cli("server", "start", "--data-dir", str(data), env=env)  # idempotent
+        assert exports["AWS_ENDPOINT_URL"] in again.stdout
+    finally:
+        stopped = run_cli("server", "stop", "--data-dir", str(data), env=env)
+    assert "stopped" in stopped.stdout
+    assert (
+        run_cli("server", "status", "--data-dir", str(data), env=env, check=False).returncode == 1
+    )
+    assert not state.exists()
+
+
+def test_server_refuses_a_taken_port(
+    tmp_path: Path, env: dict[str, str], server: modelhaul.EmbeddedServer
+) -> None:
+    proc = run_cli(
+        "server",
+        "start",
+        "--data-dir",
+        str(tmp_path / "s2"),
+        "--port",
+        str(server.port),
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 1 and "already in use" in proc.stderr
+
+
+def test_doctor_all_green(env: dict[str, str], bucket: str) -> None:
+    out = run_cli("doctor", f"s3://{bucket}", env=env)
+    text = out.stdout + out.stderr
+    for name in (
+        "endpoint",
+        "credentials",
+        "clock",
+        "bucket",
+        "list",
+        "put",
+        "get",
+        "multipart",
+        "delete",
+    ):
+        assert re.search(rf"ok\s+{name}:", text), (name, text)
+
+
+def test_doctor_names_each_problem(env: dict[str, str], bucket: str) -> None:
+    bad = run_cli(
+        "doctor", f"s3://{bucket}", env=dict(env, AWS_SECRET_ACCESS_KEY="wrong-secret"), check=False
+    )
+    text = bad.stdout + bad.stderr
+    assert bad.returncode == 1 and re.search(r"FAIL\s+credentials:.*secret key is wrong", text)
+    assert "fix:" in text and "wrong-secret" not in text and SECRET_KEY not in text
+    missing = run_cli("doctor", "s3://no-such-bucket-x", env=env, check=False)
+    assert missing.returncode == 1 and re.search(
+        r"FAIL\s+bucket:.*does not exist", missing.stdout + missing.stderr
+    )
+    down = run_cli("doctor", env=dict(env, AWS_ENDPOINT_URL="http://127.0.0.1:9"), check=False)
+    assert down.returncode == 1 and "FAIL" in down.stdout and "endpoint" in down.stdout
+
+
+def test_list_and_abort_stale_uploads(
+    tmp_path: Path, env: dict[str, str], store: S3Store, bucket: str
+) -> None:
+    upload_id = store.create_multipart(bucket, "stale/a.bin")
+    store.upload_part(bucket, "stale/a.bin", upload_id, 1, bytearray(5 * MiB))
+    listed = run_cli("uploads", "ls", f"s3://{bucket}/stale/", env=env)
+    assert upload_id in listed.stdout
+    kept = run_cli("uploads", "abort", f"s3://{bucket}/", "--older-than", "1d", env=env)
+    assert "0 upload(s) aborted" in kept.stderr
+    done = run_cli("uploads", "abort", f"s3://{bucket}/", "--older-than", "0", env=env)
+    assert f"aborted stale/a.bin {upload_id}" in done.stdout
+    assert store.list_uploads(bucket) == []
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path, env: dict[str, str], bucket: str) -> None:
+    """On a terminal, cp draws a bar with bytes, speed and the file; piped, it is quiet."""
+    import pty
+    import subprocess
+    import sys
+
+    src = make_file(tmp_path / "p.bin", 8 * MiB)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelhaul", "cp", str(src), f"s3://{bucket}/p.bin"],
+        env=dict(env, COLUMNS="120", TERM="xterm"),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "p.bin" in screen and "MB/s" in screen and "8.4" in screen  # 8.4 MB total
+    piped = run_cli("cp", str(src), f"s3://{bucket}/p2.bin", env=env)
+    assert "MB/s" in piped.stderr and "━" not in piped.stderr  # summary only, no bar
+    quiet = run_cli("-q", "cp", str(src), f"s3://{bucket}/p3.bin", env=env)
+    assert quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_interrupt_says_how_to_resume(tmp_path: Path, env: dict[str, str], bucket: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    src = make_file(tmp_path / "i.bin", 24 * MiB)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelhaul",
+            "cp",
+            "--bandwidth-limit",
+            "4MiB",
+            str(src),
+            f"s3://{bucket}/i.bin",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err
