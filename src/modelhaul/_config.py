@@ -386,7 +386,7 @@ class TransferConfig:
     ``64 MiB (interpreter, clients) + min(memory_budget, concurrency * part_size)``.
 
     Attributes:
-        concurrency: parallel requests across all files; None chooses from the sizes.
+        concurrency: parallel requests across all files (None: 8).
         part_size: bytes per part or range; None chooses from the file size.
         multipart_threshold: files at or below this size go up in one PUT.
         memory_budget: cap on bytes buffered at once for uploads (None: concurrency ×
@@ -462,12 +462,3 @@ def download_part_size(size: int, concurrency: int, config: TransferConfig) -> i
         return config.part_size
     per = -(-size // (concurrency * 4))
     return max(8 * MiB, min(64 * MiB, -(-per // MiB) * MiB))
-
-
-def concurrency_for(total_bytes: int, config: TransferConfig) -> int:
-    """Parallel requests: the configured number, else 8, fewer for small totals."""
-    if config.concurrency is not None:
-        return config.concurrency
-    if total_bytes <= 8 * MiB:
-        return 4
-    return DEFAULT_CONCURRENCY

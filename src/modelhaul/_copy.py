@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._config import Profile, TransferConfig, concurrency_for, load_profile
+from ._config import DEFAULT_CONCURRENCY, Profile, TransferConfig, load_profile
 from ._download import DownloadJob
 from ._engine import Engine, Job, ProgressSubscriber, TransferStats
 from ._errors import (
@@ -156,7 +156,7 @@ def copy(
         )
 
     jobs = _plan(source, target, dst_text, recursive, include, exclude, store_in, store_out)
-    concurrency = concurrency_for(1 << 40, config)
+    concurrency = config.concurrency or DEFAULT_CONCURRENCY
     stats = TransferStats()
     started = time.monotonic()
     pending: list[Job] = jobs
