@@ -24,7 +24,9 @@ and ``except modelhaul.NotFound`` both work::
     │   │   └── ObjectChanged               replaced while we were reading it
     │   └── ServerError                     5xx the store could not explain
     ├── IntegrityError
-    │   └── ChecksumMismatch                bytes differ from what was promised
+    │   ├── ChecksumMismatch                bytes differ from what was promised
+    │   ├── InvalidSafetensors              an object that is not a safetensors file
+    │   └── TruncatedObject                 an object shorter than its own header says
     ├── DiskFull (OSError)                  no space, or a file-size limit
     ├── TransferFailed                      parts failed after all retries
     └── ServerStartError                    the embedded SeaweedFS would not start
@@ -50,6 +52,7 @@ __all__ = [
     "DiskFull",
     "EndpointUnreachable",
     "IntegrityError",
+    "InvalidSafetensors",
     "InvalidURI",
     "LocalFileNotFound",
     "ModelhaulError",
@@ -66,6 +69,7 @@ __all__ = [
     "StoreError",
     "Throttled",
     "TransferFailed",
+    "TruncatedObject",
     "UnsafePath",
     "WrongRegion",
 ]
@@ -293,6 +297,47 @@ class TransferFailed(ModelhaulError):
 
 class ServerStartError(ModelhaulError):
     """The embedded SeaweedFS server did not start."""
+
+
+# -- checkpoints and weights (modelhaul.torch) ----------------------------------------------
+
+
+class InvalidSafetensors(IntegrityError):
+    """A file or object that should hold safetensors does not.
+
+    Attributes:
+        where: the file or object (``s3://bucket/key`` or a local path).
+    """
+
+    def __init__(self, where: str, problem: str, *, hint: str = "") -> None:
+        self.where = where
+        super().__init__(
+            f"{where} is not a safetensors file: {problem}",
+            hint=hint
+            or "check that the location names a .safetensors file (a torch .pt/.bin "
+            "checkpoint loads with modelhaul.torch.open and torch.load instead)",
+        )
+
+
+class TruncatedObject(IntegrityError):
+    """An object or file is shorter than its own header or record says it is.
+
+    Attributes:
+        where: the file or object.
+        size: the bytes it holds.
+        expected: the bytes its header (or the record that names it) promises.
+    """
+
+    def __init__(self, where: str, *, size: int, expected: int, hint: str = "") -> None:
+        self.where = where
+        self.size = size
+        self.expected = expected
+        super().__init__(
+            f"{where} holds {size:,} bytes, but {expected:,} were promised: it is truncated",
+            hint=hint
+            or "an upload of it was cut short or it was overwritten; upload it again, "
+            "or load an earlier copy",
+        )
 
 
 _SECRET_PATTERNS = [
