@@ -7,10 +7,11 @@ upstream connection is opened per request; the client's connection is kept alive
 requests.
 
 Faults are picked per request with a seeded RNG, each :class:`Fault` taking its share of
-the requests whose method it matches:
+the requests it matches (by method and by a substring of the target), up to its limit:
 
 ``reset``
-    forward, relay the headers and part of the body, then close with SO_LINGER 0 (RST).
+    forward, relay the headers and part of the body, wait (bounded) until the client has
+    that part, then close with SO_LINGER 0 (RST).
 ``truncate``
     forward, relay the headers (with the original Content-Length) and part of the body,
     then close cleanly (FIN).
@@ -22,17 +23,24 @@ the requests whose method it matches:
 ``slowdown503``
     answer ``503 SlowDown`` without forwarding.
 
-Where a response has no body (HEAD, UploadPart, 204), the cut falls inside the headers.
+The cut falls 10-90% (seeded) into the body; where a response has no body (HEAD,
+UploadPart, 204), in the middle of the headers; with ``Fault.cut_after``, right after
+given bytes of the head.
 Everything stays on loopback; :meth:`FaultProxy.stop` closes every socket and joins every
 thread.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import random
 import socket
+import struct
+import termios
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,11 +56,25 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class Fault:
-    """Inject ``mode`` into ``share`` (0..1) of the requests with ``method`` (any if None)."""
+    """Inject ``mode`` into ``share`` (0..1) of the matching requests.
+
+    Attributes:
+        mode: one of :data:`MODES`.
+        share: the probability that a matching request gets this fault.
+        method: match only this HTTP method (any if None).
+        target: match only request targets (path and query) containing this text.
+        limit: inject at most this many times (no limit if None).
+        cut_after: for ``reset``, ``truncate`` and ``stall``: cut the response right
+            after the first occurrence of these bytes in its head (e.g.
+            ``b"Content-Length: 4"``) instead of 10-90% into its body.
+    """
 
     mode: str
     share: float
     method: str | None = None
+    target: str | None = None
+    limit: int | None = None
+    cut_after: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -60,8 +82,10 @@ class Fault:
         if not 0.0 <= self.share <= 1.0:
             raise ValueError(f"share must be within 0..1, not {self.share}")
 
-    def matches(self, method: str) -> bool:
-        return self.method is None or self.method.upper() == method.upper()
+    def matches(self, method: str, target: str = "") -> bool:
+        return (self.method is None or self.method.upper() == method.upper()) and (
+            self.target is None or self.target in target
+        )
 
 
 class _Closed(Exception):
@@ -190,6 +214,7 @@ class FaultProxy:
         self._requests = 0
         self._by_method: Counter[str] = Counter()
         self._injected: Counter[str] = Counter()
+        self._fired: Counter[int] = Counter()
         self._log: list[tuple[str, str, str | None]] = []
         self.port = 0
 
@@ -199,9 +224,13 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def set_faults(self, faults: Iterable[Fault]) -> None:
+    def set_faults(self, faults: Iterable[Fault], *, seed: int | None = None) -> None:
+        """Replace the faults; with ``seed``, restart the RNG (see :meth:`plan`)."""
         with self._lock:
             self._faults = tuple(faults)
+            self._fired.clear()
+            if seed is not None:
+                self._rng = random.Random(seed)
 
     @property
     def requests(self) -> int:
@@ -234,25 +263,51 @@ class FaultProxy:
         with self._lock:
             return list(self._log)
 
-    def _choose(self, method: str, target: str) -> tuple[str | None, float]:
+    @staticmethod
+    def _pick(
+        faults: tuple[Fault, ...], method: str, target: str, rng: random.Random, fired: Counter[int]
+    ) -> tuple[Fault | None, float]:
+        """One draw decides the fault: the rules that match share the unit interval."""
+        draw = rng.random()
+        frac = rng.uniform(0.1, 0.9)
+        edge = 0.0
+        for i, fault in enumerate(faults):
+            if not fault.matches(method, target):
+                continue
+            if fault.limit is not None and fired[i] >= fault.limit:
+                continue
+            edge += fault.share
+            if draw < edge:
+                fired[i] += 1
+                return fault, frac
+        return None, frac
+
+    @classmethod
+    def plan(
+        cls, faults: Iterable[Fault], seed: int, n: int, method: str = "GET", target: str = "/"
+    ) -> list[str | None]:
+        """The faults the first ``n`` requests (all ``method target``) would get with ``seed``.
+
+        Lets a test choose a seed that injects early, so a short transfer is sure to meet
+        a fault whatever order its parallel requests arrive in.
+        """
+        rng = random.Random(seed)
+        rules = tuple(faults)
+        fired: Counter[int] = Counter()
+        picks = [cls._pick(rules, method, target, rng, fired)[0] for _ in range(n)]
+        return [f.mode if f is not None else None for f in picks]
+
+    def _choose(self, method: str, target: str) -> tuple[Fault | None, float]:
         """Count the request; pick its fault (or None) and a cut fraction."""
         with self._lock:
             self._requests += 1
             self._by_method[method] += 1
-            draw = self._rng.random()
-            frac = self._rng.uniform(0.1, 0.9)
-            mode = None
-            edge = 0.0
-            for fault in self._faults:
-                if fault.matches(method):
-                    edge += fault.share
-                    if draw < edge:
-                        mode = fault.mode
-                        break
+            fault, frac = self._pick(self._faults, method, target, self._rng, self._fired)
+            mode = fault.mode if fault is not None else None
             if mode is not None:
                 self._injected[mode] += 1
             self._log.append((method, target, mode))
-            return mode, frac
+            return fault, frac
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -264,8 +319,9 @@ class FaultProxy:
         listener.settimeout(0.1)
         self.port = listener.getsockname()[1]
         self._listener = listener
-        self._acceptor = threading.Thread(target=self._accept_loop, name="faultproxy-accept",
-                                          daemon=True)
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name="faultproxy-accept", daemon=True
+        )
         self._acceptor.start()
         return self
 
@@ -317,8 +373,7 @@ class FaultProxy:
             self._sockets.discard(sock)
         if rst:
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with contextlib.suppress(OSError):
             sock.close()
 
@@ -333,8 +388,12 @@ class FaultProxy:
                 return
             conn.settimeout(None)
             self._track(conn)
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                                 name=f"faultproxy-conn-{conn.fileno()}")
+            t = threading.Thread(
+                target=self._serve,
+                args=(conn,),
+                daemon=True,
+                name=f"faultproxy-conn-{conn.fileno()}",
+            )
             with self._lock:
                 self._threads = {x for x in self._threads if x.is_alive()}
                 self._threads.add(t)
@@ -361,24 +420,50 @@ class FaultProxy:
         if len(parts) != 3:
             raise _Closed
         method, target, _version = parts
-        if headers.get("expect", "").lower() == "100-continue":
-            client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = reader.chunked()
-        else:
-            body = reader.exact(int(headers.get("content-length", "0") or 0))
         client_close = headers.get("connection", "").lower() == "close"
-
-        mode, frac = self._choose(method, target)
+        fault, frac = self._choose(method, target)
+        mode = fault.mode if fault is not None else None
+        if headers.get("expect", "").lower() == "100-continue":
+            # Answered here, so the body comes at once; upstream's own 100 is dropped.
+            client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if mode in ("error500", "slowdown503"):
+            self._relay_body(reader, headers, None)  # read and dropped
             self._send_error(client, method, target, mode)
             return not client_close
-        return self._forward(client, method, head + body, mode, frac) and not client_close
+        upstream = self._track(socket.create_connection(self.upstream, timeout=60))
+        try:
+            upstream.sendall(head)
+            self._relay_body(reader, headers, upstream)
+            keep = self._relay_response(client, upstream, method, fault, frac)
+        finally:
+            self._close(upstream)
+        if mode is not None:
+            self._act(client, mode)
+            return False
+        return keep and not client_close
+
+    @staticmethod
+    def _relay_body(reader: _Reader, headers: dict[str, str], to: socket.socket | None) -> None:
+        """Pass the request body on as it arrives (or drop it when ``to`` is None)."""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = reader.chunked()
+            if to is not None:
+                to.sendall(body)
+            return
+        left = int(headers.get("content-length", "0") or 0)
+        while left > 0:
+            data = reader.some(min(left, _CHUNK))
+            if to is not None:
+                to.sendall(data)
+            left -= len(data)
 
     def _send_error(self, client: socket.socket, method: str, target: str, mode: str) -> None:
         if mode == "error500":
-            status, code, text = "500 Internal Server Error", "InternalError", (
-                "We encountered an internal error. Please try again.")
+            status, code, text = (
+                "500 Internal Server Error",
+                "InternalError",
+                ("We encountered an internal error. Please try again."),
+            )
         else:
             status, code, text = "503 Slow Down", "SlowDown", "Please reduce your request rate."
         with self._lock:
@@ -395,41 +480,50 @@ class FaultProxy:
         ).encode()
         client.sendall(head if method == "HEAD" else head + xml)
 
-    def _forward(self, client: socket.socket, method: str, request: bytes, mode: str | None,
-                 frac: float) -> bool:
-        upstream = self._track(socket.create_connection(self.upstream, timeout=60))
-        try:
-            upstream.sendall(request)
-            up = _Reader(upstream)
-            while True:
-                head = up.head()
-                status_line, headers = _parse_head(head)
-                status = int(status_line.split(" ", 2)[1])
-                if not 100 <= status < 200:
-                    break  # interim answers (100 Continue) were already given to the client
-            keep = headers.get("connection", "").lower() != "close"
-            if method == "HEAD" or status in (204, 304):
-                length: int | None = 0
-                body = b""
-            elif "chunked" in headers.get("transfer-encoding", "").lower():
-                body = up.chunked()
-                length = len(body)
-            elif "content-length" in headers:
-                length = int(headers["content-length"])
-                body = b""  # streamed below
-            else:
-                body = up.until_close()
-                length = len(body)
-                keep = False
-            if mode is None:
-                client.sendall(head + body)
-                self._stream(up, client, length - len(body) if length else 0)
-                return keep
-            cut = len(head) // 2 if not length else len(head) + max(1, int(length * frac))
-            self._cut(up, client, head + body, length or 0, cut)
-        finally:
-            self._close(upstream)
-        self._act(client, mode)
+    def _relay_response(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        method: str,
+        fault: Fault | None,
+        frac: float,
+    ) -> bool:
+        """Relay upstream's answer, or with a fault only its first part; return whether
+        upstream keeps the connection open."""
+        up = _Reader(upstream)
+        while True:
+            head = up.head()
+            status_line, headers = _parse_head(head)
+            status = int(status_line.split(" ", 2)[1])
+            if not 100 <= status < 200:
+                break  # interim answers (100 Continue) were already given to the client
+        keep = headers.get("connection", "").lower() != "close"
+        body = b""  # a body read whole; one with a Content-Length is streamed instead
+        if method == "HEAD" or status in (204, 304):
+            length = 0
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            body = up.chunked()
+            length = len(body)
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+        else:
+            body = up.until_close()
+            length = len(body)
+            keep = False
+        if fault is None:
+            client.sendall(head + body)
+            self._stream(up, client, length - len(body))
+            return keep
+        # The cut: inside the headers when there is no body, else 10-90% into the body.
+        cut = len(head) // 2 if not length else len(head) + max(1, int(length * frac))
+        if fault.cut_after is not None and fault.cut_after in head:
+            cut = head.index(fault.cut_after) + len(fault.cut_after)
+        first = head + body
+        if cut <= len(first):
+            client.sendall(first[:cut])
+        else:
+            client.sendall(first)
+            self._stream(up, client, cut - len(first))
         return False
 
     def _stream(self, up: _Reader, client: socket.socket, left: int) -> None:
@@ -438,17 +532,26 @@ class FaultProxy:
             client.sendall(data)
             left -= len(data)
 
-    def _cut(self, up: _Reader, client: socket.socket, first: bytes, length: int,
-             cut: int) -> None:
-        """Send the first ``cut`` bytes of the response (``first`` plus streamed body)."""
-        if cut <= len(first):
-            client.sendall(first[:cut])
+    def _drain(self, sock: socket.socket, timeout: float = 2.0) -> None:
+        """Wait (bounded) until the peer has acknowledged everything sent (Linux only)."""
+        if not hasattr(fcntl, "ioctl") or not hasattr(termios, "TIOCOUTQ"):
             return
-        client.sendall(first)
-        self._stream(up, client, min(cut - len(first), length))
+        deadline = time.monotonic() + timeout
+        buf = array.array("i", [0])
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            try:
+                fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf, True)
+            except OSError:
+                return
+            if buf[0] == 0:
+                return
+            time.sleep(0.002)
 
     def _act(self, client: socket.socket, mode: str) -> None:
         if mode == "reset":
+            # RST throws away what the kernel has not sent yet: let the part of the body
+            # that was "sent" reach the client first, so the reset is truly mid-body.
+            self._drain(client)
             self._close(client, rst=True)
         elif mode == "truncate":
             with contextlib.suppress(OSError):
