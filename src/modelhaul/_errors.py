@@ -7,10 +7,16 @@ and ``except modelhaul.NotFound`` both work::
     ModelhaulError
     ├── ConfigError (ValueError)            bad profile, config file or option
     │   ├── InvalidURI                      not a path or s3://bucket/key
+    │   ├── InvalidRepoId                   not ORG/NAME[@REVISION]
+    │   ├── MissingExtra (ImportError)      an optional dependency is not installed
     │   └── NoCredentials                   no credentials anywhere
     ├── UnsafePath (ValueError)             a path that escapes its folder
+    │   └── UnsafeSymlink                   a pushed folder links outside itself
     ├── NotFound (FileNotFoundError)
     │   ├── LocalFileNotFound               the local source does not exist
+    │   ├── NoSuchModel                     no source knows the repository
+    │   ├── NoSuchRevision                  the repository has no such revision or ref
+    │   ├── NotCached                       offline, and the cache lacks it
     │   ├── NoSuchBucket       (StoreError)
     │   ├── NoSuchKey          (StoreError)
     │   └── NoSuchUpload       (StoreError) the store forgot a multipart upload
@@ -25,8 +31,15 @@ and ``except modelhaul.NotFound`` both work::
     │   └── ServerError                     5xx the store could not explain
     ├── IntegrityError
     │   ├── ChecksumMismatch                bytes differ from what was promised
+    │   ├── BadContent                      an empty file or an HTML page for weights
+    │   ├── ManifestError                   a manifest that is not valid
     │   ├── InvalidSafetensors              an object that is not a safetensors file
     │   └── TruncatedObject                 an object shorter than its own header says
+    ├── SourcesFailed                       no source could serve; each one's reason
+    ├── HubError                            an origin hub (Hugging Face...) failed
+    ├── RevisionConflict                    a published revision holds other content
+    ├── LockTimeout (TimeoutError)          a lock's live holder kept it too long
+    ├── CacheError                          the local cache cannot be used
     ├── DiskFull (OSError)                  no space, or a file-size limit
     ├── TransferFailed                      parts failed after all retries
     └── ServerStartError                    the embedded SeaweedFS would not start
@@ -46,31 +59,44 @@ from dataclasses import dataclass
 
 __all__ = [
     "AccessDenied",
+    "BadContent",
+    "CacheError",
     "ChecksumMismatch",
     "ConfigError",
     "CredentialsExpired",
     "DiskFull",
     "EndpointUnreachable",
+    "HubError",
     "IntegrityError",
+    "InvalidRepoId",
     "InvalidSafetensors",
     "InvalidURI",
     "LocalFileNotFound",
+    "LockTimeout",
+    "ManifestError",
+    "MissingExtra",
     "ModelhaulError",
     "NoCredentials",
     "NoSuchBucket",
     "NoSuchKey",
+    "NoSuchModel",
+    "NoSuchRevision",
     "NoSuchUpload",
+    "NotCached",
     "NotFound",
     "ObjectChanged",
     "PartFailure",
     "PreconditionFailed",
+    "RevisionConflict",
     "ServerError",
     "ServerStartError",
+    "SourcesFailed",
     "StoreError",
     "Throttled",
     "TransferFailed",
     "TruncatedObject",
     "UnsafePath",
+    "UnsafeSymlink",
     "WrongRegion",
 ]
 
@@ -297,6 +323,162 @@ class TransferFailed(ModelhaulError):
 
 class ServerStartError(ModelhaulError):
     """The embedded SeaweedFS server did not start."""
+
+
+# -- model repositories, origin hubs and the cache ------------------------------------------
+
+
+class InvalidRepoId(ConfigError):
+    """A repository id that is not ``ORG/NAME`` (optionally ``@REVISION``)."""
+
+
+class MissingExtra(ConfigError, ImportError):
+    """An optional dependency is needed and not installed.
+
+    Attributes:
+        package: the package to install.
+    """
+
+    def __init__(self, package: str, purpose: str, extra: str | None = None) -> None:
+        self.package = package
+        install = f"pip install 'modelhaul[{extra}]'" if extra else f"pip install {package}"
+        super().__init__(
+            f"{purpose} needs the {package} package, which is not installed",
+            hint=f"{install}, or leave that source out",
+        )
+
+
+class UnsafeSymlink(UnsafePath):
+    """A symlink inside a folder to push points outside the folder."""
+
+
+class NoSuchModel(NotFound):
+    """No source knows the repository.
+
+    Attributes:
+        repo: ``ORG/NAME``.
+        tried: one line per source tried, saying what it answered.
+    """
+
+    def __init__(self, repo: str, tried: Sequence[str], *, hint: str = "") -> None:
+        self.repo = repo
+        self.tried = list(tried)
+        lines = "".join(f"\n  - {t}" for t in self.tried)
+        super().__init__(
+            f"no source has a model named {repo}{lines}",
+            hint=hint
+            or "check the spelling of ORG/NAME, and that the mirror or hub is the "
+            "one that holds it (`modelhaul ls` lists a mirror's models)",
+        )
+
+
+class NoSuchRevision(NotFound):
+    """The repository exists, but not the revision or ref asked for.
+
+    Attributes:
+        repo: ``ORG/NAME``.
+        revision: the revision or ref asked for.
+        tried: one line per source tried, saying what it answered.
+    """
+
+    def __init__(self, repo: str, revision: str, tried: Sequence[str], *, hint: str = "") -> None:
+        self.repo = repo
+        self.revision = revision
+        self.tried = list(tried)
+        lines = "".join(f"\n  - {t}" for t in self.tried)
+        super().__init__(
+            f"{repo} has no revision or ref {revision!r}{lines}",
+            hint=hint
+            or f"list the revisions with `modelhaul ls {repo}`, or drop @{revision} "
+            "to get the latest",
+        )
+
+
+class NotCached(NotFound):
+    """Offline, and the cache does not hold what was asked for."""
+
+
+class BadContent(IntegrityError):
+    """A download that cannot be the file: empty, or an HTML error page, in place of weights."""
+
+
+class ManifestError(IntegrityError):
+    """A revision's manifest is not valid JSON, or not a valid manifest.
+
+    Attributes:
+        where: the manifest's location.
+    """
+
+    def __init__(self, where: str, problem: str, *, hint: str = "") -> None:
+        self.where = where
+        super().__init__(
+            f"the manifest {where} is not valid: {problem}",
+            hint=hint or "the revision is damaged; push it again, or pull another revision",
+        )
+
+
+class SourcesFailed(ModelhaulError):
+    """No source could serve a pull.
+
+    Attributes:
+        tried: one line per source tried, saying why it failed.
+    """
+
+    def __init__(self, what: str, tried: Sequence[str], *, hint: str = "") -> None:
+        self.tried = list(tried)
+        self.retryable = True
+        lines = "".join(f"\n  - {t}" for t in self.tried)
+        super().__init__(
+            f"no source could serve {what}:{lines}",
+            hint=hint
+            or "fix the first source's problem (`modelhaul doctor` checks a store), "
+            "or add another with --mirror / --origin; then run the same command again",
+        )
+
+
+class HubError(ModelhaulError):
+    """An origin hub (Hugging Face, ModelScope) refused or failed a request.
+
+    Attributes:
+        hub: the hub's name and endpoint.
+        status: the HTTP status, when the hub answered.
+    """
+
+    def __init__(
+        self, message: str, *, hub: str, status: int | None = None, hint: str = ""
+    ) -> None:
+        self.hub = hub
+        self.status = status
+        self.retryable = status is None or status >= 500 or status == 429
+        super().__init__(message, hint=hint)
+
+
+class RevisionConflict(ModelhaulError):
+    """A revision is already published with other content; revisions never change."""
+
+
+class LockTimeout(ModelhaulError, TimeoutError):
+    """A lock stayed held by a live holder for longer than the wait allowed.
+
+    Attributes:
+        what: what the lock protects.
+        holder: who holds it (host, process, since when).
+    """
+
+    def __init__(self, what: str, holder: str, waited: float, *, hint: str = "") -> None:
+        self.what = what
+        self.holder = holder
+        self.waited = waited
+        super().__init__(
+            f"{what} is locked by {holder}; gave up after waiting {waited:.0f}s",
+            hint=hint
+            or "that process is still working on it: wait for it and run the same "
+            "command again, or stop it; a holder that died is detected and replaced by itself",
+        )
+
+
+class CacheError(ModelhaulError):
+    """The local cache cannot be used (unwritable, damaged)."""
 
 
 # -- checkpoints and weights (modelhaul.torch) ----------------------------------------------
