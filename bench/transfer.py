@@ -1,0 +1,963 @@
+"""Transfer benchmark: modelhaul against s5cmd and boto3 on one embedded SeaweedFS.
+
+Run:  .venv/bin/python bench/transfer.py [--size-mib 2048] [--repeat 3] [--json-out [PATH]]
+
+What it does, all in one run so the figures are comparable (see ../shared/DESIGN.md, "Speed"):
+
+* starts its own SeaweedFS (``modelhaul.start_server``) in a temp dir on disk, and stops it
+  at the end; working files live in the same temp dir, deleted at the end;
+* writes a random file of ``--size-mib`` MiB;
+* times uploads of that file with modelhaul, s5cmd, boto3 (default TransferConfig) and
+  boto3 tuned, and downloads of one reference object with the same four plus the server's
+  ceiling (parallel ranged GETs whose data is discarded). Repetitions are interleaved and
+  the tool order rotates each repetition; ``sync`` runs before each timing and the
+  destination is deleted before each download. Every tool runs as its own child process:
+  the wall time is measured around the child (start-up included, equally for all), the
+  peak RSS comes from ``wait4``'s rusage, and the tool's own in-process time is reported
+  where it has one;
+* kills a modelhaul download, then an upload, at ~50% (SIGKILL), reruns each to the end and
+  reports the bytes moved by both runs over the file size (target <= 1.15), then checks the
+  results byte for byte;
+* prints a table, the ratios against the peers and PASS/FAIL per target.
+
+Figures from a machine shared with other work are noisy (up to ~20% run to run): compare
+only within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+BUCKET = "bench"
+HERE = Path(__file__).resolve()
+REPO = HERE.parent.parent
+PY = sys.executable
+BIN = Path(sys.executable).parent
+TIME = "/usr/bin/time"  # GNU time, for the peak RSS of each child
+
+UP_TOOLS = ["modelhaul", "s5cmd", "boto3-default", "boto3-tuned"]
+DOWN_TOOLS = [*UP_TOOLS, "ceiling"]
+
+# boto3 "tuned": what a user who read the docs would set.
+TUNED_CHUNK = 16 * MiB
+TUNED_CONCURRENCY = 16
+# The server ceiling: parallel ranged GETs, the data read into a reused buffer and dropped.
+CEILING_THREADS = 8
+CEILING_RANGE = 16 * MiB
+CEILING_BUFFER = 1 * MiB
+
+# Targets (the issue "The transfer engine").
+TARGET_DOWN_VS_S5CMD = 1.0
+TARGET_DOWN_VS_BOTO3 = 1.5
+TARGET_UP_VS_S5CMD = 1.0
+TARGET_RESUME = 1.15
+RSS_BASE_MIB = 64
+
+
+# ------------------------------------------------------------------------------------------
+# Children: each tool runs in its own process (``transfer.py _child KIND ...``) and prints
+# one JSON line. Only the standard library is imported at module level, so a child holds
+# nothing but what its tool needs.
+# ------------------------------------------------------------------------------------------
+
+
+class _Meter:
+    """Counts, in a modelhaul child under the kill-and-resume test, the bytes the engine
+    reported moved and the bytes that crossed its sockets, and keeps the three figures in
+    a side file the parent polls (``counted sent received``, one line, rewritten in place).
+
+    Counted bytes are what ``TransferStats.bytes`` counts: an upload counts a part only
+    once the store has taken all of it. The socket figures show what actually went out or
+    came in, parts in flight at the kill included.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.counted = self.sent = self.received = 0
+        self.lock = threading.Lock()
+
+    def add(self, counted: int = 0, sent: int = 0, received: int = 0) -> None:
+        with self.lock:
+            self.counted += counted
+            self.sent += sent
+            self.received += received
+            line = b"%20d %20d %20d\n" % (self.counted, self.sent, self.received)
+            os.pwrite(self.fd, line, 0)
+
+    def patch_sockets(self) -> None:
+        import socket
+
+        cls = socket.socket
+        sendall, send, recv_into, recv = cls.sendall, cls.send, cls.recv_into, cls.recv
+        meter = self
+
+        def p_sendall(sock: Any, data: Any, *args: Any) -> None:
+            sendall(sock, data, *args)
+            meter.add(sent=memoryview(data).nbytes)
+
+        def p_send(sock: Any, data: Any, *args: Any) -> int:
+            n = send(sock, data, *args)
+            meter.add(sent=n)
+            return n
+
+        def p_recv_into(sock: Any, buffer: Any, *args: Any) -> int:
+            n = recv_into(sock, buffer, *args)
+            meter.add(received=n)
+            return n
+
+        def p_recv(sock: Any, *args: Any) -> bytes:
+            data = recv(sock, *args)
+            meter.add(received=len(data))
+            return data
+
+        cls.sendall, cls.send, cls.recv_into, cls.recv = p_sendall, p_send, p_recv_into, p_recv
+
+
+def read_meter(fd: int) -> tuple[int, int, int]:
+    """The parent's side of :class:`_Meter`: (counted, sent, received), zeros if unwritten."""
+    try:
+        a, b, c = (int(x) for x in os.pread(fd, 64, 0).split())
+    except ValueError:
+        return 0, 0, 0
+    return a, b, c
+
+
+def _child_modelhaul(direction: str, a: str, b: str, progress: str | None) -> dict[str, Any]:
+    import modelhaul
+
+    subscribers: list[modelhaul.ProgressSubscriber] = []
+    meter: _Meter | None = None
+    if progress:
+        meter = _Meter(progress)
+        meter.patch_sockets()
+
+        class Counted(modelhaul.ProgressSubscriber):
+            def bytes_moved(self, label: str, n: int) -> None:
+                meter.add(counted=n)
+
+        subscribers.append(Counted())
+    if direction == "up":
+        stats = modelhaul.copy(a, f"s3://{BUCKET}/{b}", progress=subscribers)
+    else:
+        stats = modelhaul.copy(f"s3://{BUCKET}/{a}", b, progress=subscribers)
+    out: dict[str, Any] = {"seconds": stats.seconds, "stats": stats.summary()}
+    if meter is not None:
+        out["wire"] = {"counted": meter.counted, "sent": meter.sent, "received": meter.received}
+    return out
+
+
+def _boto3_client(endpoint: str, pool: int, credentials: tuple[str, str] | None = None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    key_id, secret = credentials or (None, None)
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=pool),
+    )
+
+
+def _child_boto3(direction: str, variant: str, endpoint: str, a: str, b: str) -> dict[str, Any]:
+    from boto3.s3.transfer import TransferConfig
+
+    if variant == "default":
+        client = _boto3_client(endpoint, 10)  # botocore's default pool
+        config = TransferConfig()
+    else:
+        client = _boto3_client(endpoint, TUNED_CONCURRENCY + 4)
+        config = TransferConfig(
+            multipart_threshold=TUNED_CHUNK,
+            multipart_chunksize=TUNED_CHUNK,
+            max_concurrency=TUNED_CONCURRENCY,
+        )
+    started = time.perf_counter()
+    if direction == "up":
+        client.upload_file(a, BUCKET, b, Config=config)
+    else:
+        client.download_file(BUCKET, a, b, Config=config)
+    return {"seconds": time.perf_counter() - started}
+
+
+def _child_ceiling(endpoint: str, key: str) -> dict[str, Any]:
+    import http.client
+    import queue
+
+    import botocore.session
+    from botocore.config import Config
+
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        config=Config(
+            s3={"addressing_style": "path"},
+            max_pool_connections=CEILING_THREADS + 4,
+            response_checksum_validation="when_required",
+        ),
+    )
+    started = time.perf_counter()
+    size = int(client.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
+    ranges: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+    for start in range(0, size, CEILING_RANGE):
+        ranges.put((start, min(size, start + CEILING_RANGE)))
+    got = [0] * CEILING_THREADS
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        view = memoryview(bytearray(CEILING_BUFFER))
+        try:
+            while True:
+                try:
+                    start, end = ranges.get_nowait()
+                except queue.Empty:
+                    return
+                r = client.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={start}-{end - 1}")
+                body = r["Body"]
+                raw = body._raw_stream
+                fp = getattr(raw, "_fp", None)
+                if isinstance(fp, http.client.HTTPResponse):
+                    while n := fp.readinto(view):
+                        got[i] += n
+                    raw.release_conn()
+                else:  # another HTTP stack: plain reads
+                    while chunk := body.read(CEILING_BUFFER):
+                        got[i] += len(chunk)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CEILING_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    if sum(got) != size:
+        raise RuntimeError(f"ceiling read {sum(got)} of {size} bytes")
+    return {"seconds": time.perf_counter() - started, "bytes": sum(got)}
+
+
+def child_main(argv: list[str]) -> int:
+    kind = argv[0]
+    if kind == "modelhaul":
+        direction, a, b = argv[1:4]
+        progress = argv[4] if len(argv) > 4 else None
+        out = _child_modelhaul(direction, a, b, progress)
+    elif kind == "boto3":
+        direction, variant, endpoint, a, b = argv[1:6]
+        out = _child_boto3(direction, variant, endpoint, a, b)
+    elif kind == "ceiling":
+        out = _child_ceiling(argv[1], argv[2])
+    else:
+        raise SystemExit(f"unknown child {kind!r}")
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# The parent.
+# ------------------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fs_type(path: Path) -> str:
+    """The file system type of the mount holding ``path`` (from /proc/mounts)."""
+    best, fstype = "", "?"
+    path = path.resolve()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            mnt = fields[1].replace("\\040", " ")
+            if (str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")) and len(
+                mnt
+            ) >= len(best):
+                best, fstype = mnt, fields[2]
+    return fstype
+
+
+def make_workdir(base: str | None) -> Path:
+    """A temp dir on a real disk (not tmpfs, whose writes cost no I/O)."""
+    if base is None:
+        base = tempfile.gettempdir()
+        if _fs_type(Path(base)) in ("tmpfs", "ramfs"):
+            base = str(Path.home() / ".cache")
+    Path(base).mkdir(parents=True, exist_ok=True)
+    if _fs_type(Path(base)) in ("tmpfs", "ramfs"):
+        log(f"warning: {base} is in memory; disk writes will look faster than they are")
+    return Path(tempfile.mkdtemp(prefix="modelhaul-bench-", dir=base))
+
+
+def make_random_file(path: Path, size: int) -> str:
+    """Write ``size`` random bytes; return their sha256."""
+    digest = hashlib.sha256()
+    block = 16 * MiB
+    with path.open("wb") as fh:
+        left = size
+        while left:
+            data = os.urandom(min(block, left))
+            fh.write(data)
+            digest.update(data)
+            left -= len(data)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class Run:
+    """One finished child process."""
+
+    def __init__(self, wall: float, rss_mib: float, rc: int, out: str, err: str) -> None:
+        self.wall = wall
+        self.rss_mib = rss_mib
+        self.rc = rc
+        self.out = out
+        self.err = err
+
+    def json(self) -> dict[str, Any]:
+        for line in reversed(self.out.splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    return json.loads(line)
+        return {}
+
+
+def run_child(cmd: list[str], env: dict[str, str], logdir: Path) -> Run:
+    """Run ``cmd`` to the end under ``/usr/bin/time``; time it from spawn to exit.
+
+    The peak RSS comes from GNU time (its ``wait4``), not from our own ``wait4``: Linux
+    carries a process's high-water RSS across ``exec``, so a child forked from this
+    (large) parent would report at least the parent's RSS.
+    """
+    out_path, err_path, rss_path = logdir / "child.out", logdir / "child.err", logdir / "rss"
+    rss_path.unlink(missing_ok=True)
+    os.sync()
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.perf_counter()
+        # A session of its own, so an interrupted benchmark can stop time and its child.
+        proc = subprocess.Popen(
+            [TIME, "-f", "%M", "-o", str(rss_path), *cmd],
+            env=env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        wall = time.perf_counter() - started
+    rss = -1.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        rss = int(rss_path.read_text().split()[-1]) / 1024  # KiB
+    return Run(
+        wall,
+        rss,
+        proc.returncode,
+        out_path.read_text(errors="replace"),
+        err_path.read_text(errors="replace"),
+    )
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.size = args.size_mib * MiB
+        self.work = make_workdir(args.tmpdir)
+        self.logs = self.work / "logs"
+        self.logs.mkdir()
+        self.key_id = "bench" + secrets.token_hex(6)
+        self.secret = secrets.token_urlsafe(24)
+        self.server: Any = None
+        self.src = self.work / "src.bin"
+        self.src_sha = ""
+        self.runs: list[dict[str, Any]] = []
+        self.resume: dict[str, Any] = {}
+        self.problems: list[str] = []
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        import modelhaul
+
+        self.server = modelhaul.start_server(
+            self.work / "server",
+            access_key_id=self.key_id,
+            secret_access_key=self.secret,
+            buckets=[BUCKET],
+        )
+        self.endpoint = self.server.endpoint_url
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MODELHAUL_"))}
+        nowhere = str(self.work / "no-such-file")
+        base.update(
+            AWS_ACCESS_KEY_ID=self.key_id,
+            AWS_SECRET_ACCESS_KEY=self.secret,
+            AWS_REGION="us-east-1",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_CONFIG_FILE=nowhere,
+            AWS_SHARED_CREDENTIALS_FILE=nowhere,
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        self.env = base
+        self.mh_env = dict(
+            base,
+            AWS_ENDPOINT_URL=self.endpoint,
+            MODELHAUL_PROVIDER="seaweedfs",
+            MODELHAUL_STATE_DIR=str(self.work / "state"),
+            MODELHAUL_CONFIG=nowhere,
+        )
+        self.client = _boto3_client(self.endpoint, 10, (self.key_id, self.secret))
+        log(f"SeaweedFS at {self.endpoint}; work dir {self.work}")
+
+    def stop(self) -> None:
+        import modelhaul
+
+        with contextlib.suppress(Exception):
+            modelhaul.stop_server(self.work / "server")
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def command(self, tool: str, direction: str, key: str, path: Path) -> tuple[list[str], dict]:
+        me = [PY, str(HERE), "_child"]
+        if tool == "modelhaul":
+            a, b = (str(path), key) if direction == "up" else (key, str(path))
+            return [*me, "modelhaul", direction, a, b], self.mh_env
+        if tool == "s5cmd":
+            s3 = f"s3://{BUCKET}/{key}"
+            a, b = (str(path), s3) if direction == "up" else (s3, str(path))
+            return [str(BIN / "s5cmd"), "--endpoint-url", self.endpoint, "cp", a, b], self.env
+        if tool.startswith("boto3-"):
+            variant = tool.removeprefix("boto3-")
+            a, b = (str(path), key) if direction == "up" else (key, str(path))
+            return [*me, "boto3", direction, variant, self.endpoint, a, b], self.env
+        if tool == "ceiling":
+            return [*me, "ceiling", self.endpoint, key], self.env
+        raise ValueError(tool)
+
+    def _object_size(self, key: str) -> int | None:
+        try:
+            return int(self.client.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
+        except Exception:
+            return None
+
+    def object_sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        body = self.client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        for chunk in body.iter_chunks(8 * MiB):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    # -- timed runs ----------------------------------------------------------------------
+
+    def timed(self, rep: int, tool: str, direction: str) -> None:
+        if direction == "up":
+            key, path = f"up/{tool}", self.src
+        else:
+            key, path = "ref", self.work / f"down-{tool}.bin"
+            for p in (path, path.with_name(path.name + ".modelhaul-partial")):
+                p.unlink(missing_ok=True)
+        cmd, env = self.command(tool, direction, key, path)
+        run = run_child(cmd, env, self.logs)
+        row: dict[str, Any] = {
+            "rep": rep,
+            "tool": tool,
+            "direction": direction,
+            "wall_s": round(run.wall, 4),
+            "mb_per_s": round(self.size / run.wall / 1e6, 1),
+            "peak_rss_mib": round(run.rss_mib, 1),
+            "rc": run.rc,
+        }
+        data = run.json()
+        if "seconds" in data and data["seconds"] > 0:
+            row["inproc_s"] = round(data["seconds"], 4)
+            row["inproc_mb_per_s"] = round(self.size / data["seconds"] / 1e6, 1)
+        if "stats" in data:
+            row["stats"] = data["stats"]
+        ok = run.rc == 0
+        if ok and direction == "up":
+            got = self._object_size(key)
+            ok = got == self.size
+            if not ok:
+                row["error"] = f"object is {got} bytes, not {self.size}"
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=BUCKET, Key=key)
+        elif ok and tool != "ceiling":
+            if not path.is_file() or path.stat().st_size != self.size:
+                ok = False
+                row["error"] = "downloaded file missing or the wrong size"
+            elif self.args.verify and sha256_file(path) != self.src_sha:
+                ok = False
+                row["error"] = "downloaded file differs from the source"
+            path.unlink(missing_ok=True)
+        if run.rc != 0:
+            row["error"] = f"exit {run.rc}: {run.err.strip()[-800:]}"
+        row["ok"] = ok
+        if not ok:
+            self.problems.append(f"{tool} {direction} rep {rep}: {row.get('error')}")
+        self.runs.append(row)
+        extra = f" (in-process {row['inproc_mb_per_s']:.0f})" if "inproc_mb_per_s" in row else ""
+        status = "" if ok else f"  FAILED: {row.get('error')}"
+        log(
+            f"  rep {rep} {direction:4} {tool:14} {run.wall:7.2f} s {row['mb_per_s']:8.1f} MB/s"
+            f"{extra}  rss {run.rss_mib:6.1f} MiB{status}"
+        )
+
+    # -- kill and resume -----------------------------------------------------------------
+
+    def kill_and_resume(self, direction: str) -> dict[str, Any]:
+        """Kill a modelhaul transfer once it has moved half the file, run it again to the
+        end, and count what both runs moved."""
+        sides = [self.work / f"meter-{direction}-{i}" for i in (1, 2)]
+        for side in sides:
+            side.unlink(missing_ok=True)
+        if direction == "up":
+            key, path = "resume/up", self.src
+            args = [str(path), key]
+        else:
+            key, path = "ref", self.work / "resume-down.bin"
+            args = [key, str(path)]
+        base = [PY, str(HERE), "_child", "modelhaul", direction, *args]
+        os.sync()
+        err = (self.logs / f"kill-{direction}.err").open("wb")
+        proc = subprocess.Popen(
+            [*base, str(sides[0])],
+            env=self.mh_env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+        fd = -1
+        moved = (0, 0, 0)
+        try:
+            while proc.poll() is None:
+                if fd < 0:
+                    with contextlib.suppress(FileNotFoundError):
+                        fd = os.open(sides[0], os.O_RDONLY)
+                if fd >= 0:
+                    moved = read_meter(fd)
+                if moved[0] >= self.size // 2:
+                    break
+                time.sleep(0.002)
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the {direction} child ended (exit {proc.returncode}) before 50%: "
+                    "use a bigger --size-mib"
+                )
+            # Freeze it so the figures stop moving, read them, then kill it.
+            os.kill(proc.pid, signal.SIGSTOP)
+            moved = read_meter(fd)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err.close()
+            if fd >= 0:
+                os.close(fd)
+        counted1, sent1, received1 = moved
+        log(f"  killed {direction} at {counted1 / MiB:.0f} MiB of {self.size / MiB:.0f} MiB")
+        run = run_child([*base, str(sides[1])], self.mh_env, self.logs)
+        data = run.json()
+        stats = data.get("stats", {})
+        wire = data.get("wire", {})
+        out: dict[str, Any] = {
+            "direction": direction,
+            "killed_at_bytes": counted1,
+            "second_run_bytes": stats.get("bytes"),
+            "second_run_bytes_resumed": stats.get("bytes_resumed"),
+            "second_run_wall_s": round(run.wall, 3),
+            "rc": run.rc,
+        }
+        if run.rc != 0 or "bytes" not in stats:
+            out["error"] = f"rerun exit {run.rc}: {run.err.strip()[-800:]}"
+            self.problems.append(f"resume {direction}: {out['error']}")
+            return out
+        out["ratio"] = round((counted1 + stats["bytes"]) / self.size, 4)
+        # What crossed the sockets (payload plus HTTP headers), the kill's lost parts in
+        # flight included: sent for an upload, received for a download.
+        if direction == "up" and "sent" in wire:
+            out["wire_bytes"] = sent1 + wire["sent"]
+        elif "received" in wire:
+            out["wire_bytes"] = received1 + wire["received"]
+        if "wire_bytes" in out:
+            out["wire_ratio"] = round(out["wire_bytes"] / self.size, 4)
+        if direction == "up":
+            same = self.object_sha256(key) == self.src_sha
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=BUCKET, Key=key)
+        else:
+            same = path.is_file() and sha256_file(path) == self.src_sha
+            path.unlink(missing_ok=True)
+        out["identical"] = same
+        if not same:
+            self.problems.append(f"resume {direction}: the result differs from the source")
+        log(
+            f"  resumed {direction}: second run moved {stats['bytes'] / MiB:.0f} MiB, "
+            f"kept {stats.get('bytes_resumed', 0) / MiB:.0f} MiB; ratio {out['ratio']:.3f}"
+            + (f", wire ratio {out['wire_ratio']:.3f}" if "wire_ratio" in out else "")
+            + f"; identical: {same}"
+        )
+        return out
+
+    # -- the whole run -------------------------------------------------------------------
+
+    def run(self) -> None:
+        log(f"writing {self.args.size_mib} MiB of random data")
+        self.src_sha = make_random_file(self.src, self.size)
+        # The object every download reads: uploaded once, by modelhaul (full-object CRC32C,
+        # which modelhaul's download verifies).
+        cmd, env = self.command("modelhaul", "up", "ref", self.src)
+        ref = run_child(cmd, env, self.logs)
+        if ref.rc != 0:
+            raise RuntimeError(f"uploading the reference object failed: {ref.err[-2000:]}")
+        for rep in range(self.args.repeat):
+            log(f"repetition {rep + 1}/{self.args.repeat}")
+            for direction, tools in (("up", UP_TOOLS), ("down", DOWN_TOOLS)):
+                shift = rep % len(tools)
+                for tool in tools[shift:] + tools[:shift]:
+                    self.timed(rep + 1, tool, direction)
+        if not self.args.no_resume:
+            log("kill and resume")
+            for direction in ("down", "up"):
+                try:
+                    self.resume[direction] = self.kill_and_resume(direction)
+                except Exception as exc:
+                    self.resume[direction] = {"error": str(exc)}
+                    self.problems.append(f"resume {direction}: {exc}")
+
+    # -- report --------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        from modelhaul._config import TransferConfig, concurrency_for, upload_part_size
+
+        rows = []
+        med: dict[tuple[str, str], float] = {}
+        for direction, tools in (("up", UP_TOOLS), ("down", DOWN_TOOLS)):
+            for tool in tools:
+                runs = [
+                    r
+                    for r in self.runs
+                    if r["tool"] == tool and r["direction"] == direction and r["ok"]
+                ]
+                if not runs:
+                    rows.append({"tool": tool, "direction": direction, "runs": 0})
+                    continue
+                speeds = [r["mb_per_s"] for r in runs]
+                inproc = [r["inproc_mb_per_s"] for r in runs if "inproc_mb_per_s" in r]
+                med[tool, direction] = statistics.median(speeds)
+                rows.append(
+                    {
+                        "tool": tool,
+                        "direction": direction,
+                        "runs": len(runs),
+                        "median_mb_per_s": round(statistics.median(speeds), 1),
+                        "min_mb_per_s": min(speeds),
+                        "max_mb_per_s": max(speeds),
+                        "inproc_median_mb_per_s": round(statistics.median(inproc), 1)
+                        if inproc
+                        else None,
+                        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                    }
+                )
+
+        def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
+            return round(med[a] / med[b], 3) if a in med and b in med else None
+
+        ratios = {
+            "download modelhaul/s5cmd": ratio(("modelhaul", "down"), ("s5cmd", "down")),
+            "download modelhaul/boto3-default": ratio(
+                ("modelhaul", "down"), ("boto3-default", "down")
+            ),
+            "download modelhaul/boto3-tuned": ratio(("modelhaul", "down"), ("boto3-tuned", "down")),
+            "download modelhaul/ceiling": ratio(("modelhaul", "down"), ("ceiling", "down")),
+            "upload modelhaul/s5cmd": ratio(("modelhaul", "up"), ("s5cmd", "up")),
+            "upload modelhaul/boto3-default": ratio(("modelhaul", "up"), ("boto3-default", "up")),
+            "upload modelhaul/boto3-tuned": ratio(("modelhaul", "up"), ("boto3-tuned", "up")),
+        }
+        cfg = TransferConfig()
+        conc = concurrency_for(self.size, cfg)
+        rss_limit = {
+            "up": RSS_BASE_MIB + conc * upload_part_size(self.size, cfg) / MiB,
+            "down": RSS_BASE_MIB + conc * cfg.chunk_size / MiB,
+        }
+        rss = {
+            d: max(
+                (
+                    r["peak_rss_mib"]
+                    for r in self.runs
+                    if r["tool"] == "modelhaul" and r["direction"] == d and r["ok"]
+                ),
+                default=None,
+            )
+            for d in ("up", "down")
+        }
+
+        def check(name: str, value: float | None, limit: float, at_least: bool) -> dict:
+            if value is None:
+                verdict = "n/a"
+            else:
+                verdict = "PASS" if (value >= limit if at_least else value <= limit) else "FAIL"
+            return {
+                "target": name,
+                "value": value,
+                "limit": limit,
+                "op": ">=" if at_least else "<=",
+                "verdict": verdict,
+            }
+
+        checks = [
+            check(
+                "download modelhaul/s5cmd",
+                ratios["download modelhaul/s5cmd"],
+                TARGET_DOWN_VS_S5CMD,
+                True,
+            ),
+            check(
+                "download modelhaul/boto3-default",
+                ratios["download modelhaul/boto3-default"],
+                TARGET_DOWN_VS_BOTO3,
+                True,
+            ),
+            check(
+                "upload modelhaul/s5cmd", ratios["upload modelhaul/s5cmd"], TARGET_UP_VS_S5CMD, True
+            ),
+            check("modelhaul download peak RSS MiB", rss["down"], rss_limit["down"], False),
+            check("modelhaul upload peak RSS MiB", rss["up"], rss_limit["up"], False),
+        ]
+        for d, name in (("down", "download"), ("up", "upload")):
+            res = self.resume.get(d, {})
+            checks.append(
+                check(f"{name} resume bytes/size", res.get("ratio"), TARGET_RESUME, False)
+            )
+            if "wire_ratio" in res:
+                checks.append(
+                    check(
+                        f"{name} resume wire bytes/size (info)",
+                        res["wire_ratio"],
+                        TARGET_RESUME,
+                        False,
+                    )
+                )
+            if res and res.get("identical") is False:
+                checks.append(
+                    {
+                        "target": f"{name} resume result identical",
+                        "value": False,
+                        "limit": True,
+                        "op": "==",
+                        "verdict": "FAIL",
+                    }
+                )
+        return {
+            "rows": rows,
+            "ratios": ratios,
+            "checks": checks,
+            "resume": self.resume,
+            "runs": self.runs,
+            "problems": self.problems,
+            "modelhaul_defaults": {
+                "concurrency": conc,
+                "upload_part_mib": upload_part_size(self.size, cfg) / MiB,
+                "download_chunk_mib": cfg.chunk_size / MiB,
+            },
+        }
+
+
+def format_report(summary: dict[str, Any], size_mib: int, repeat: int) -> str:
+    lines = [
+        f"Object: {size_mib} MiB random; {repeat} repetition(s); MB/s = 10^6 bytes/s of wall "
+        "time around the child process (start-up included); in-proc = the tool's own timing.",
+        "",
+        "| tool | direction | median MB/s | min | max | in-proc median MB/s | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["rows"]:
+        if not r["runs"]:
+            lines.append(f"| {r['tool']} | {r['direction']} | ERROR | | | | |")
+            continue
+        inproc = r["inproc_median_mb_per_s"]
+        lines.append(
+            f"| {r['tool']} | {r['direction']} | {r['median_mb_per_s']:.0f} | "
+            f"{r['min_mb_per_s']:.0f} | {r['max_mb_per_s']:.0f} | "
+            f"{'' if inproc is None else f'{inproc:.0f}'} | {r['peak_rss_mib']:.0f} |"
+        )
+    lines += ["", "Ratios (medians of wall-time MB/s):"]
+    for name, value in summary["ratios"].items():
+        lines.append(f"  {name:36} {'n/a' if value is None else f'{value:.2f}x'}")
+    lines += ["", "Kill at ~50% and resume (bytes moved by both runs / size):"]
+    for d in ("down", "up"):
+        res = summary["resume"].get(d)
+        if not res:
+            continue
+        if "ratio" not in res:
+            lines.append(f"  {d:4}  ERROR: {res.get('error')}")
+            continue
+        wire = f", on the wire {res['wire_ratio']:.3f}" if "wire_ratio" in res else ""
+        kept = res["second_run_bytes_resumed"] / MiB
+        lines.append(
+            f"  {d:4}  killed at {res['killed_at_bytes'] / MiB:.0f} MiB, rerun moved "
+            f"{res['second_run_bytes'] / MiB:.0f} MiB (kept {kept:.0f} MiB): "
+            f"ratio {res['ratio']:.3f}{wire}; identical: {res['identical']}"
+        )
+    lines += ["", "Targets:"]
+    for c in summary["checks"]:
+        v = c["value"]
+        shown = "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+        lim = c["limit"]
+        lim_s = f"{lim:.3g}" if isinstance(lim, float) else str(lim)
+        lines.append(f"  {c['verdict']:4}  {c['target']:40} {shown:>8} {c['op']} {lim_s}")
+    if summary["problems"]:
+        lines += ["", "Problems:"] + [f"  - {p}" for p in summary["problems"]]
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["mem_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    with contextlib.suppress(Exception):
+        info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    versions: dict[str, str] = {}
+    with contextlib.suppress(Exception):
+        import boto3
+        import botocore
+
+        versions["boto3"] = boto3.__version__
+        versions["botocore"] = botocore.__version__
+    with contextlib.suppress(Exception):
+        import modelhaul
+
+        versions["modelhaul"] = modelhaul.__version__
+    with contextlib.suppress(Exception):
+        versions["s5cmd"] = subprocess.run(
+            [str(BIN / "s5cmd"), "version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    with contextlib.suppress(Exception):
+        versions["weed"] = (
+            subprocess.run(
+                [str(BIN / "weed"), "version"], capture_output=True, text=True, check=False
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
+    info["versions"] = versions
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        return child_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=2048, help="file size (default 2048)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument(
+        "--json-out",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="also write the results as JSON (default path: bench/results/transfer-<date>.json)",
+    )
+    parser.add_argument(
+        "--tmpdir",
+        default=None,
+        help="where the temp work dir goes (default: the system temp dir, unless it is tmpfs)",
+    )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the sha256 check of every download",
+    )
+    parser.add_argument("--no-resume", action="store_true", help="skip the kill-and-resume test")
+    args = parser.parse_args(argv)
+    if args.size_mib < 64:
+        parser.error("--size-mib must be at least 64 (multipart needs a few parts)")
+
+    # A plain SIGTERM (timeout, kill) still stops the server and removes the work dir.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = datetime.datetime.now(datetime.timezone.utc)
+    machine = machine_info()
+    bench = Bench(args)
+    try:
+        bench.start()
+        bench.run()
+    finally:
+        bench.stop()
+    summary = bench.summary()
+    report = format_report(summary, args.size_mib, args.repeat)
+    print(report)
+    if args.json_out is not None:
+        path = (
+            Path(args.json_out)
+            if args.json_out
+            else (HERE.parent / "results" / f"transfer-{started:%Y-%m-%dT%H%M%SZ}.json")
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "benchmark": "transfer",
+            "started_utc": started.isoformat(timespec="seconds"),
+            "command": [Path(sys.executable).name, *sys.argv],
+            "size_mib": args.size_mib,
+            "repeat": args.repeat,
+            "machine": machine,
+            **summary,
+        }
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {path}")
+    if bench.problems:
+        return 2
+    return 1 if any(c["verdict"] == "FAIL" for c in summary["checks"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
