@@ -665,7 +665,7 @@ class Bench:
     # -- report --------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        from modelhaul._config import TransferConfig, concurrency_for, upload_part_size
+        from modelhaul import _config
 
         rows = []
         med: dict[tuple[str, str], float] = {}
@@ -711,8 +711,9 @@ class Bench:
             "upload modelhaul/boto3-default": ratio(("modelhaul", "up"), ("boto3-default", "up")),
             "upload modelhaul/boto3-tuned": ratio(("modelhaul", "up"), ("boto3-tuned", "up")),
         }
-        cfg = TransferConfig()
-        conc = concurrency_for(self.size, cfg)
+        cfg = _config.TransferConfig()
+        conc = cfg.concurrency or getattr(_config, "DEFAULT_CONCURRENCY", 8)
+        upload_part_size = _config.upload_part_size
         rss_limit = {
             "up": RSS_BASE_MIB + conc * upload_part_size(self.size, cfg) / MiB,
             "down": RSS_BASE_MIB + conc * cfg.chunk_size / MiB,
