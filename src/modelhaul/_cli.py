@@ -377,3 +377,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+from ._cli_repo import register as _register_repo  # noqa: E402 - needs the group above
+
+_register_repo(cli)
