@@ -294,6 +294,7 @@ class DownloadJob(Job):
     def run_task(self, task: Task, engine: Engine) -> None:
         assert self.info is not None
         etag = self.info.etag or None
+        size = self.info.size
         chunk = engine.config.chunk_size
         view = _worker_buffer(chunk)
         mark = [task.pos]
@@ -308,7 +309,9 @@ class DownloadJob(Job):
                 end = task.end
             if task.pos >= end:
                 return
-            with self.store.open_range(self.bucket, self.key, task.pos, end, if_match=etag) as r:
+            with self.store.open_range(
+                self.bucket, self.key, task.pos, end, if_match=etag, object_size=size
+            ) as r:
                 while True:
                     if self.failed is not None:
                         raise Cancelled("another part of this file failed")

@@ -443,6 +443,18 @@ class S3Store(ObjectStore):
             bucket=bucket,
             key=key,
         )
+        if not r.get("ETag"):
+            # Every S3 store sends an ETag: a HEAD answer without one was cut in its
+            # headers, and its Content-Length cannot be trusted either.
+            raise ServerError(
+                f"the store's answer to HEAD s3://{bucket}/{key} was incomplete (no ETag)",
+                hint="retried automatically",
+                endpoint=self.profile.endpoint_url,
+                bucket=bucket,
+                key=key,
+                operation="HeadObject",
+                retryable=True,
+            )
         return ObjectInfo(
             key=key,
             size=int(r["ContentLength"]),
@@ -453,7 +465,14 @@ class S3Store(ObjectStore):
         )
 
     def open_range(
-        self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None
+        self,
+        bucket: str,
+        key: str,
+        start: int,
+        end: int,
+        *,
+        if_match: str | None = None,
+        object_size: int | None = None,
     ) -> RangeReader:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
         if if_match:
@@ -483,6 +502,18 @@ class S3Store(ObjectStore):
                 key=key,
                 operation="GetObject",
                 retryable=True,
+            )
+        total = str(r.get("ContentRange", "")).rpartition("/")[2]
+        if object_size is not None and total.isdigit() and int(total) != object_size:
+            # What we were told about the object (a HEAD, a listing) was wrong or stale:
+            # start the object over from a fresh look rather than trust either.
+            r["Body"].close()
+            raise ObjectChanged(
+                f"s3://{bucket}/{key} is {total} bytes, not the {object_size} expected",
+                hint="the download restarts from a fresh look at the object",
+                bucket=bucket,
+                key=key,
+                operation="GetObject",
             )
         return _S3RangeReader(self, r["Body"], bucket, key)
 
@@ -664,11 +695,27 @@ class _S3RangeReader(RangeReader):
         self._done = False
 
     def readinto(self, buffer: memoryview) -> int:
+        """Read what one ``recv`` gives (at most ``len(buffer)`` bytes).
+
+        One system call per read, on purpose: a buffered ``readinto`` loops until the
+        buffer is full, and when the connection breaks midway it raises and loses every
+        byte it had already copied — so a range cut every few hundred KiB would never
+        advance. Here each byte received is returned before the next read can fail.
+        """
         try:
-            if self._fp is not None:
-                n = self._fp.readinto(buffer)
+            fp = self._fp
+            if fp is not None and not fp.chunked and fp.length is not None and fp.fp:
+                if fp.length == 0:
+                    n = 0
+                else:
+                    view = buffer[: min(len(buffer), fp.length)]
+                    n = fp.fp.readinto1(view)
+                    # Keep http.client's own bookkeeping, as its readinto would.
+                    fp.length -= n
+                    if n == 0 or fp.length == 0:
+                        fp._close_conn()  # type: ignore[attr-defined]
             else:
-                data = self._body.read(len(buffer))
+                data = fp.read1(len(buffer)) if fp is not None else self._body.read(len(buffer))
                 n = len(data)
                 buffer[:n] = data
         except Exception as exc:

@@ -96,9 +96,20 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def open_range(
-        self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None
+        self,
+        bucket: str,
+        key: str,
+        start: int,
+        end: int,
+        *,
+        if_match: str | None = None,
+        object_size: int | None = None,
     ) -> RangeReader:
-        """Start reading bytes ``[start, end)``; ``if_match`` pins the object's ETag."""
+        """Start reading bytes ``[start, end)``.
+
+        ``if_match`` pins the object's ETag; ``object_size`` is the size the caller
+        believes the object has: if the store says otherwise, :class:`ObjectChanged`.
+        """
 
     def get_bytes(
         self,

@@ -167,12 +167,13 @@ class ObjectSource(Source):
     def read_into(self, offset: int, view: memoryview, engine: Engine, part: int) -> None:
         assert self.info is not None
         etag = self.info.etag or None
+        size = self.info.size
         got = [0]
 
         def attempt() -> None:
             start = offset + got[0]
             with self.store.open_range(
-                self.bucket, self.key, start, offset + len(view), if_match=etag
+                self.bucket, self.key, start, offset + len(view), if_match=etag, object_size=size
             ) as r:
                 while got[0] < len(view):
                     n = r.readinto(view[got[0] :])
@@ -473,9 +474,20 @@ class UploadJob(Job):
     def _verify(self, engine: Engine) -> None:
         if not engine.config.verify:
             return
+
+        def matches(info: ObjectInfo) -> bool:
+            return info.size == self.source.size and (
+                info.crc32c is None or self.crc is None or info.crc32c == self.crc
+            )
+
         info = engine.retry(
             lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
         )
+        if not matches(info):
+            # Look twice before calling a stored object damaged: one answer can be cut.
+            info = engine.retry(
+                lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
+            )
         if info.size != self.source.size:
             raise ChecksumMismatch(
                 f"s3://{self.bucket}/{self.key}",
