@@ -1,0 +1,114 @@
+"""What every part of the torch extra shares: resolving a location to a store, and retries.
+
+Retries reuse the transfer engine's policy (exponential backoff, full jitter, attempts from
+:class:`~modelhaul.TransferConfig`) without running its worker pool: each object here owns
+a :class:`Retrier`, whose ``cancel`` stops its waits at once when the owner aborts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from .._config import Profile, TransferConfig
+from .._copy import open_store
+from .._engine import Engine, RetriesExhausted
+from .._errors import InvalidURI
+from .._store import ObjectInfo, ObjectStore
+from .._upload import ObjectSource
+from .._uri import S3URI, parse_s3
+
+__all__ = ["Retrier", "object_uri", "prefix_uri", "resolve_store"]
+
+T = TypeVar("T")
+
+
+def resolve_store(
+    store: ObjectStore | None,
+    profile: Profile | str | None,
+    config: TransferConfig | None,
+) -> ObjectStore:
+    """The store to use: the one given, else one opened for ``profile`` (or the default)."""
+    return store if store is not None else open_store(profile, config)
+
+
+def object_uri(uri: str) -> S3URI:
+    """Parse ``s3://bucket/key`` naming one object.
+
+    Raises:
+        InvalidURI: not an s3:// URI, or it names a prefix rather than an object.
+    """
+    where = parse_s3(str(uri))
+    if where.is_prefix:
+        raise InvalidURI(
+            f"{uri!r} names a prefix, not an object",
+            hint="give the object's full key, e.g. s3://BUCKET/run/model.pt",
+        )
+    return where
+
+
+def prefix_uri(uri: str) -> S3URI:
+    """Parse ``s3://bucket/prefix``; the key is made to end in ``/`` (or be empty).
+
+    Raises:
+        InvalidURI: not an s3:// URI.
+    """
+    where = parse_s3(str(uri))
+    if where.is_prefix:
+        return where
+    return S3URI(where.bucket, where.key + "/")
+
+
+class Retrier:
+    """Runs store requests under the engine's retry policy.
+
+    Args:
+        config: attempts and backoff.
+    """
+
+    def __init__(self, config: TransferConfig | None = None) -> None:
+        self.config = config or TransferConfig()
+        self._engine = Engine(self.config, 1)
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        what: str,
+        part: int = 0,
+        progressed: Callable[[], bool] | None = None,
+    ) -> T:
+        """``fn()``, retried while its error is retryable; an attempt after which
+        ``progressed()`` is true does not count against the limit.
+
+        Raises:
+            ModelhaulError: the last error, once attempts run out, or a non-retryable one.
+        """
+        try:
+            return self._engine.retry(fn, label=what, part=part, progressed=progressed)
+        except RetriesExhausted as exc:
+            raise _cause(exc) from exc
+
+    def read_range(
+        self, store: ObjectStore, bucket: str, info: ObjectInfo, start: int, view: memoryview
+    ) -> None:
+        """Fill ``view`` with the object's bytes from ``start``, pinned to ``info.etag``;
+        a broken body resumes where it stopped.
+
+        Raises:
+            ObjectChanged: the object was replaced since ``info`` was taken.
+            ModelhaulError: the store failed after all attempts.
+        """
+        source = ObjectSource(store, bucket, info.key, info)
+        try:
+            source.read_into(start, view, self._engine, 0)
+        except RetriesExhausted as exc:
+            raise _cause(exc) from exc
+
+    def cancel(self) -> None:
+        """Stop waiting between attempts; calls in progress fail with a cancellation."""
+        self._engine.cancelled.set()
+
+
+def _cause(exc: RetriesExhausted) -> BaseException:
+    return exc.cause

@@ -1,0 +1,556 @@
+"""``load_safetensors``: tensors streamed from a bucket (or a local folder) straight into
+their destination memory.
+
+For each file the header comes first: a HEAD (size and ETag, or the listing's) and one
+ranged GET of its first MiB, which holds the 8-byte length and the JSON header of almost
+any file (a larger header costs one more GET). Every tensor is then allocated at its
+final dtype and shape, and the data region is cut into chunks of about ``chunk_size``
+bytes, each fetched by one ranged GET whose body is read *into the tensors' own memory*,
+one tensor after the other (a chunk may end inside a tensor; the next chunk goes on from
+there). Chunks of every file go to one pool of ``concurrency`` threads, so a sharded model
+loads all its shards at once. Every GET is pinned to the ETag the header was read from.
+
+With ``device="cuda"`` a chunk lands in a pinned host buffer and is copied to the GPU
+tensors it covers as soon as it is complete; the buffers hold at most ``max_memory``
+bytes, so host memory stays bounded however large the model is.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import json
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._budget import MemoryBudget
+from .._config import MiB, Profile, TransferConfig
+from .._errors import (
+    ConfigError,
+    InvalidSafetensors,
+    LocalFileNotFound,
+    NoSuchKey,
+    ServerError,
+    TruncatedObject,
+)
+from .._store import ObjectInfo, ObjectStore
+from .._uri import S3URI, parse_s3
+from ._common import Retrier, resolve_store
+
+__all__ = ["load_safetensors"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "C64": torch.complex64,
+}
+HEADER_PROBE = 1 * MiB
+# A header larger than this is not a header (the format's own readers cap it at 100 MB).
+MAX_HEADER = 100_000_000
+DEFAULT_CHUNK = 8 * MiB
+DEFAULT_CONCURRENCY = 8
+DEFAULT_CUDA_STAGING = 1024 * MiB
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+# -- where the bytes come from ------------------------------------------------------------
+
+
+class _Source:
+    """One safetensors file: an object or a local file."""
+
+    where: str
+    size: int
+
+    def read(self, start: int, views: list[memoryview]) -> None:
+        """Fill ``views`` one after the other from the bytes at ``start`` onward."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the source holds."""
+
+
+class _ObjectSource(_Source):
+    def __init__(self, store: ObjectStore, bucket: str, info: ObjectInfo, retrier: Retrier):
+        self.store = store
+        self.bucket = bucket
+        self.info = info
+        self.retrier = retrier
+        self.where = f"s3://{bucket}/{info.key}"
+        self.size = info.size
+
+    def read(self, start: int, views: list[memoryview]) -> None:
+        ends = []
+        total = 0
+        for v in views:
+            total += len(v)
+            ends.append(total)
+        got = [0]
+        mark = [0]
+
+        def attempt() -> None:
+            with self.store.open_range(
+                self.bucket,
+                self.info.key,
+                start + got[0],
+                start + total,
+                if_match=self.info.etag or None,
+            ) as body:
+                while got[0] < total:
+                    i = bisect.bisect_right(ends, got[0])
+                    inner = got[0] - (ends[i] - len(views[i]))
+                    n = body.readinto(views[i][inner:])
+                    if n == 0:
+                        raise ServerError(
+                            f"{self.where}: the connection ended early",
+                            retryable=True,
+                            bucket=self.bucket,
+                            key=self.info.key,
+                        )
+                    got[0] += n
+
+        def progressed() -> bool:
+            moved, mark[0] = got[0] > mark[0], got[0]
+            return moved
+
+        self.retrier.call(attempt, what=self.where, progressed=progressed)
+
+
+class _LocalSource(_Source):
+    def __init__(self, path: Path) -> None:
+        self.where = str(path)
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise LocalFileNotFound(f"{path} does not exist", hint="check the path") from exc
+        self.size = os.fstat(self.fd).st_size
+
+    def read(self, start: int, views: list[memoryview]) -> None:
+        offset = start
+        for view in views:
+            got = 0
+            while got < len(view):
+                n = os.preadv(self.fd, [view[got:]], offset + got)
+                if n == 0:
+                    raise TruncatedObject(self.where, size=self.size, expected=offset + len(view))
+                got += n
+            offset += len(view)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# -- the header ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute offsets in the file
+    end: int
+
+
+def _read_header(source: _Source) -> list[_Entry]:
+    where = source.where
+    if source.size < 8:
+        raise InvalidSafetensors(where, f"it holds {source.size} bytes, too few for a header")
+    probe = bytearray(min(source.size, HEADER_PROBE))
+    source.read(0, [memoryview(probe)])
+    (length,) = struct.unpack("<Q", probe[:8])
+    if length < 2 or length > MAX_HEADER or probe[8:9] != b"{":
+        raise InvalidSafetensors(where, "it does not start with a safetensors header")
+    if 8 + length > source.size:
+        raise TruncatedObject(where, size=source.size, expected=8 + length)
+    if 8 + length <= len(probe):
+        raw = bytes(probe[8 : 8 + length])
+    else:
+        rest = bytearray(8 + length - len(probe))
+        source.read(len(probe), [memoryview(rest)])
+        raw = bytes(probe[8:]) + bytes(rest)
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidSafetensors(where, f"its header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise InvalidSafetensors(where, "its header is not a JSON object")
+    base = 8 + length
+    entries = []
+    furthest = base
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        entries.append(_entry(where, name, spec, base))
+        furthest = max(furthest, entries[-1].end)
+    if furthest > source.size:
+        raise TruncatedObject(where, size=source.size, expected=furthest)
+    return entries
+
+
+def _entry(where: str, name: str, spec: Any, base: int) -> _Entry:
+    try:
+        dtype_name, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+        shape = tuple(int(d) for d in shape)
+        begin, end = int(begin), int(end)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidSafetensors(where, f"tensor {name!r} has a malformed entry") from exc
+    dtype = DTYPES.get(dtype_name)
+    if dtype is None:
+        raise InvalidSafetensors(where, f"tensor {name!r} has an unknown dtype {dtype_name!r}")
+    numel = 1
+    for d in shape:
+        if d < 0:
+            raise InvalidSafetensors(where, f"tensor {name!r} has a negative dimension")
+        numel *= d
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if begin < 0 or end - begin != numel * itemsize:
+        raise InvalidSafetensors(
+            where,
+            f"tensor {name!r} spans {end - begin} bytes, but its dtype and shape need "
+            f"{numel * itemsize}",
+        )
+    return _Entry(name, dtype, shape, base + begin, base + end)
+
+
+# -- finding the files --------------------------------------------------------------------
+
+
+def _object_sources(
+    uri: S3URI, store: ObjectStore, retrier: Retrier
+) -> tuple[list[_Source], dict[str, str] | None]:
+    def head(key: str) -> ObjectInfo:
+        return retrier.call(lambda: store.head(uri.bucket, key), what=f"s3://{uri.bucket}/{key}")
+
+    def source(info: ObjectInfo) -> _Source:
+        return _ObjectSource(store, uri.bucket, info, retrier)
+
+    if uri.key.endswith(".safetensors"):
+        return [source(head(uri.key))], None
+    if uri.key.endswith(".json"):
+        return _from_index_object(uri, head(uri.key), store, retrier, source)
+    prefix = uri.key if uri.is_prefix else uri.key + "/"
+    listed = {
+        o.key[len(prefix) :]: o
+        for o in retrier.call(lambda: list(store.list(uri.bucket, prefix)), what=str(uri))
+        if "/" not in o.key[len(prefix) :]
+    }
+    index = _pick_index(listed)
+    if index is not None:
+        return _from_index_object(uri, listed[index], store, retrier, source, listed)
+    files = sorted(name for name in listed if name.endswith(".safetensors"))
+    if not files:
+        raise NoSuchKey(
+            f"no .safetensors files under s3://{uri.bucket}/{prefix}",
+            hint="check the prefix (`modelhaul ls`), or name the file itself",
+            bucket=uri.bucket,
+            key=prefix,
+        )
+    return [source(listed[name]) for name in files], None
+
+
+def _pick_index(names: Iterable[str]) -> str | None:
+    indexes = sorted(n for n in names if n.endswith(INDEX_SUFFIX))
+    if "model" + INDEX_SUFFIX in indexes:
+        return "model" + INDEX_SUFFIX
+    return indexes[0] if indexes else None
+
+
+def _weight_map(where: str, raw: bytes) -> dict[str, str]:
+    try:
+        index = json.loads(raw)
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise TypeError("weight_map is not a map of names to files")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidSafetensors(
+            where,
+            f"it is not a valid safetensors index ({exc})",
+            hint="an index file is JSON with a 'weight_map' of tensor names to shard files",
+        ) from exc
+    for shard in weight_map.values():
+        if shard.startswith("/") or ".." in shard.split("/"):
+            raise InvalidSafetensors(where, f"it names a shard outside its folder: {shard!r}")
+    return weight_map
+
+
+def _from_index_object(
+    uri: S3URI,
+    info: ObjectInfo,
+    store: ObjectStore,
+    retrier: Retrier,
+    source: Callable[[ObjectInfo], _Source],
+    listed: dict[str, ObjectInfo] | None = None,
+) -> tuple[list[_Source], dict[str, str]]:
+    where = f"s3://{uri.bucket}/{info.key}"
+    raw = retrier.call(lambda: store.get_bytes(uri.bucket, info.key), what=where)
+    weight_map = _weight_map(where, raw)
+    folder = info.key.rsplit("/", 1)[0] + "/" if "/" in info.key else ""
+    out = []
+    for shard in sorted(set(weight_map.values())):
+        shard_info = (listed or {}).get(shard)
+        if shard_info is None:
+            key = folder + shard
+            shard_info = retrier.call(
+                lambda key=key: store.head(uri.bucket, key), what=f"s3://{uri.bucket}/{key}"
+            )
+        out.append(source(shard_info))
+    return out, weight_map
+
+
+def _local_sources(path: Path) -> tuple[list[_Source], dict[str, str] | None]:
+    if not path.exists():
+        raise LocalFileNotFound(f"{path} does not exist", hint="check the path")
+    if path.is_file() and path.name.endswith(".json"):
+        weight_map = _weight_map(str(path), path.read_bytes())
+        shards = sorted(set(weight_map.values()))
+        return [_LocalSource(path.parent / s) for s in shards], weight_map
+    if path.is_file():
+        return [_LocalSource(path)], None
+    index = _pick_index(p.name for p in path.iterdir())
+    if index is not None:
+        return _local_sources(path / index)
+    files = sorted(p for p in path.iterdir() if p.name.endswith(".safetensors"))
+    if not files:
+        raise LocalFileNotFound(
+            f"no .safetensors files in {path}", hint="check the folder, or name the file itself"
+        )
+    return [_LocalSource(p) for p in files], None
+
+
+# -- moving the bytes ---------------------------------------------------------------------
+
+
+def _byte_view(tensor: torch.Tensor) -> memoryview:
+    """The tensor's own memory as a writable memoryview (no numpy needed)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    raw = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
+    return memoryview(raw).cast("B")
+
+
+@dataclass
+class _Piece:
+    """Bytes ``[begin, end)`` of the file, which land at ``offset`` in ``entry``'s tensor."""
+
+    entry: _Entry
+    begin: int
+    end: int
+    offset: int
+
+
+def _chunks(entries: list[_Entry], chunk: int) -> list[list[_Piece]]:
+    """Cut the tensors' bytes into runs of about ``chunk`` bytes, each contiguous in the file."""
+    out: list[list[_Piece]] = []
+    current: list[_Piece] = []
+    size = 0
+    for e in sorted(entries, key=lambda e: e.begin):
+        pos = e.begin
+        while pos < e.end:
+            if current and (size >= chunk or current[-1].end != pos):
+                out.append(current)
+                current, size = [], 0
+            take = min(e.end - pos, chunk - size)
+            current.append(_Piece(e, pos, pos + take, pos - e.begin))
+            size += take
+            pos += take
+    if current:
+        out.append(current)
+    return out
+
+
+def load_safetensors(
+    location: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    *,
+    max_memory: int | None = None,
+    profile: Profile | str | None = None,
+    store: ObjectStore | None = None,
+    config: TransferConfig | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file, or of a sharded model, from a bucket or a
+    local folder.
+
+    ``location`` is ``s3://bucket/model.safetensors``, an index
+    (``s3://bucket/org/name/model.safetensors.index.json``), a prefix holding either
+    (``s3://bucket/org/name/``), or the same as a local file or folder (such as a
+    snapshot in the local cache). The result equals ``safetensors.torch.load_file`` on
+    the same bytes.
+
+    Args:
+        location: where the model is.
+        device: ``"cpu"``, or a CUDA device: each tensor is copied to it as its bytes land.
+        max_memory: host bytes the loader may hold beyond the returned tensors. On the CPU
+            bytes land straight in the returned tensors and this bounds only the bytes in
+            flight; with CUDA it bounds the pinned staging buffers (default 1 GiB).
+        profile: the profile to reach the store with.
+        store: an already-open store (overrides ``profile``).
+        config: concurrency (default 8) and retries.
+        chunk_size: bytes per ranged GET.
+
+    Returns:
+        Tensor names to tensors, on ``device``.
+
+    Raises:
+        InvalidSafetensors: a file, or the index, is not valid safetensors.
+        TruncatedObject: a file is shorter than its header says.
+        NoSuchKey, NoSuchBucket, AccessDenied, LocalFileNotFound: the model is not there,
+            or the store refuses.
+        ConfigError: a CUDA device was asked for and CUDA is not available.
+    """
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={str(device)!r} was asked for, but this PyTorch has no usable CUDA "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False)",
+            hint="load with device='cpu', or install a CUDA build of torch on a GPU machine",
+        )
+    if target.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(device)!r} is not supported", hint="use 'cpu' or 'cuda'")
+    config = config or TransferConfig()
+    retrier = Retrier(config)
+    text = os.fspath(location)
+    if text.startswith("s3://"):
+        sources, weight_map = _object_sources(
+            parse_s3(text), resolve_store(store, profile, config), retrier
+        )
+    else:
+        sources, weight_map = _local_sources(Path(text))
+    try:
+        return _load(sources, weight_map, target, max_memory, config, chunk_size)
+    finally:
+        for s in sources:
+            s.close()
+
+
+def _load(
+    sources: list[_Source],
+    weight_map: dict[str, str] | None,
+    device: torch.device,
+    max_memory: int | None,
+    config: TransferConfig,
+    chunk_size: int,
+) -> dict[str, torch.Tensor]:
+    concurrency = config.concurrency or DEFAULT_CONCURRENCY
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="modelhaul-st") as pool:
+        headers = list(pool.map(_read_header, sources))
+        tensors: dict[str, torch.Tensor] = {}
+        owner: dict[str, str] = {}
+        for source, entries in zip(sources, headers, strict=True):
+            for e in entries:
+                if e.name in tensors:
+                    raise InvalidSafetensors(
+                        source.where, f"tensor {e.name!r} is also in {owner[e.name]}"
+                    )
+                tensors[e.name] = torch.empty(e.shape, dtype=e.dtype, device=device)
+                owner[e.name] = source.where
+        _check_index(weight_map, owner)
+        cuda = device.type == "cuda"
+        chunk_size = max(chunk_size, 64 * 1024)
+        default_budget = DEFAULT_CUDA_STAGING if cuda else concurrency * chunk_size
+        budget = MemoryBudget(max(max_memory or default_budget, chunk_size))
+        views = {} if cuda else {n: _byte_view(t) for n, t in tensors.items() if t.numel()}
+        staging = _Staging(chunk_size) if cuda else None
+        jobs = []
+        for source, entries in zip(sources, headers, strict=True):
+            for pieces in _chunks([e for e in entries if e.end > e.begin], chunk_size):
+                jobs.append(
+                    pool.submit(
+                        _fetch_chunk, source, pieces, tensors, views, budget, staging
+                    )
+                )
+        for job in jobs:
+            job.result()
+    return tensors
+
+
+def _fetch_chunk(
+    source: _Source,
+    pieces: list[_Piece],
+    tensors: dict[str, torch.Tensor],
+    views: dict[str, memoryview],
+    budget: MemoryBudget,
+    staging: _Staging | None,
+) -> None:
+    length = pieces[-1].end - pieces[0].begin
+    budget.acquire(length)
+    try:
+        if staging is None:
+            source.read(
+                pieces[0].begin,
+                [views[p.entry.name][p.offset : p.offset + p.end - p.begin] for p in pieces],
+            )
+            return
+        host = staging.take()
+        try:
+            source.read(pieces[0].begin, [memoryview(staging.view(host))[:length]])
+            at = 0
+            for p in pieces:
+                n = p.end - p.begin
+                dest = tensors[p.entry.name].reshape(-1).view(torch.uint8)
+                dest[p.offset : p.offset + n].copy_(host[at : at + n])
+                at += n
+        finally:
+            staging.give(host)
+    finally:
+        budget.release(length)
+
+
+class _Staging:
+    """Pinned host buffers for the CUDA path, reused across chunks."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> torch.Tensor:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return torch.empty(self.size, dtype=torch.uint8, pin_memory=True)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        with self._lock:
+            self._free.append(buffer)
+
+    @staticmethod
+    def view(buffer: torch.Tensor) -> memoryview:
+        return _byte_view(buffer)
+
+
+def _check_index(weight_map: dict[str, str] | None, owner: dict[str, str]) -> None:
+    if weight_map is None:
+        return
+    for name, shard in weight_map.items():
+        found = owner.get(name)
+        if found is None or not found.endswith(shard):
+            raise InvalidSafetensors(
+                shard,
+                f"the index says it holds tensor {name!r}, but "
+                + (f"that tensor is in {found}" if found else "no shard holds it"),
+                hint="the index and the shards are from different versions; upload them again",
+            )
