@@ -56,6 +56,11 @@ __all__ = ["PlannedFile", "PullPlan", "plan_pull", "pull"]
 
 log = logging.getLogger("modelhaul.pull")
 
+# Files that are weights: never legitimately empty.
+_WEIGHT_SUFFIXES = (
+    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5", ".msgpack", ".pkl",
+)  # fmt: skip
+
 
 @dataclass
 class PlannedFile:
@@ -371,7 +376,7 @@ def _verify_origin_file(f: PlannedFile, path: Path, label: str) -> str:
     # Nothing to check against: at least refuse what cannot be the file.
     with path.open("rb") as fh:
         head = fh.read(512).lstrip().lower()
-    if size == 0 and (f.size or 0) > 0:
+    if size == 0 and ((f.size or 0) > 0 or f.path.endswith(_WEIGHT_SUFFIXES)):
         raise BadContent(f"{label} arrived empty", hint="the hub failed; run the command again")
     if head.startswith((b"<!doctype html", b"<html")) and not f.path.endswith((".html", ".htm")):
         raise BadContent(
