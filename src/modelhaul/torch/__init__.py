@@ -17,6 +17,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a process without 
         "  hint: pip install 'modelhaul[torch]'"
     ) from exc
 
+from ._checkpoint import Checkpoint, CheckpointManager
 from ._open import open
 from ._reader import ObjectReader
 from ._safetensors import load_safetensors
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from ._lightning import ModelhaulCheckpointIO
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointManager",
     "ModelhaulCheckpointIO",
     "ObjectReader",
     "ObjectWriter",
