@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a process without 
     ) from exc
 
 from ._checkpoint import Checkpoint, CheckpointManager
+from ._datasets import S3IterableDataset, S3MapDataset
 from ._open import open
 from ._reader import ObjectReader
 from ._safetensors import load_safetensors
@@ -32,6 +33,8 @@ __all__ = [
     "ModelhaulCheckpointIO",
     "ObjectReader",
     "ObjectWriter",
+    "S3IterableDataset",
+    "S3MapDataset",
     "load_safetensors",
     "open",
 ]

@@ -1,0 +1,182 @@
+"""Datasets over the objects under a prefix: map-style and streaming (iterable-style).
+
+Both list the prefix once, in key order, so every process sees the same list. The
+map-style dataset leaves the split to the DataLoader's sampler (a ``DistributedSampler``
+across ranks); the iterable one splits the list itself: object ``i`` goes to the
+``i mod (ranks x workers)``-th worker of all ranks, so across every DataLoader worker of
+every rank each object is read exactly once. Stores make their clients per process, so
+a dataset built before the DataLoader forks (or pickled to spawned workers) is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+import torch.distributed as dist
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from .._config import Profile, TransferConfig
+from .._errors import NoSuchKey
+from .._store import ObjectInfo, ObjectStore
+from ._common import Retrier, prefix_uri, resolve_store
+
+__all__ = ["S3IterableDataset", "S3MapDataset"]
+
+T = TypeVar("T")
+Transform = Callable[[str, bytes], Any]
+
+
+def _pair(key: str, data: bytes) -> tuple[str, bytes]:
+    return key, data
+
+
+class _Objects:
+    """What both datasets share: the store, the listed objects and pinned reads."""
+
+    def __init__(
+        self,
+        uri_prefix: str,
+        profile: Profile | str | None,
+        store: ObjectStore | None,
+        config: TransferConfig | None,
+    ) -> None:
+        where = prefix_uri(uri_prefix)
+        self.bucket = where.bucket
+        self.prefix = where.key
+        self.uri = str(where)
+        self.config = config or TransferConfig()
+        self.store = resolve_store(store, profile, config)
+
+    def list(self) -> list[ObjectInfo]:
+        objects = Retrier(self.config).call(
+            lambda: [o for o in self.store.list(self.bucket, self.prefix) if not o.key.endswith("/")],
+            what=self.uri,
+        )
+        if not objects:
+            raise NoSuchKey(
+                f"no objects under {self.uri}",
+                hint="check the prefix (`modelhaul ls`)",
+                bucket=self.bucket,
+                key=self.prefix,
+            )
+        return objects
+
+    def read(self, info: ObjectInfo) -> bytes:
+        retrier = Retrier(self.config)
+        buf = bytearray(info.size)
+        if info.size:
+            retrier.read_range(self.store, self.bucket, info, 0, memoryview(buf))
+        return bytes(buf)
+
+
+class S3MapDataset(Dataset[T], Generic[T]):
+    """The objects under a prefix, by index (key order).
+
+    Args:
+        uri_prefix: ``s3://bucket/prefix/``.
+        transform: ``transform(key, data)`` makes each item; the default gives
+            ``(key, data)``.
+        profile: the profile to reach the store with.
+        store: an already-open store (overrides ``profile``).
+        config: retries.
+
+    Raises:
+        NoSuchKey: nothing under the prefix.
+        NoSuchBucket, AccessDenied: from the store.
+    """
+
+    def __init__(
+        self,
+        uri_prefix: str,
+        *,
+        transform: Callable[[str, bytes], T] = _pair,  # type: ignore[assignment]
+        profile: Profile | str | None = None,
+        store: ObjectStore | None = None,
+        config: TransferConfig | None = None,
+    ) -> None:
+        self._objects = _Objects(uri_prefix, profile, store, config)
+        self.transform = transform
+        self.objects = self._objects.list()
+
+    @property
+    def keys(self) -> list[str]:
+        """The object keys, in index order."""
+        return [o.key for o in self.objects]
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, index: int) -> T:
+        info = self.objects[index]
+        return self.transform(info.key, self._objects.read(info))
+
+
+class S3IterableDataset(IterableDataset[T], Generic[T]):
+    """Stream the objects under a prefix, split across DataLoader workers and ranks.
+
+    Args:
+        uri_prefix: ``s3://bucket/prefix/``.
+        transform: ``transform(key, data)`` makes each item; the default gives
+            ``(key, data)``.
+        rank: this process's rank; default: ``torch.distributed``'s, or 0.
+        world_size: number of ranks; default: ``torch.distributed``'s, or 1.
+        prefetch: objects each worker fetches ahead in parallel (1 = one at a time).
+        profile: the profile to reach the store with.
+        store: an already-open store (overrides ``profile``).
+        config: retries.
+    """
+
+    def __init__(
+        self,
+        uri_prefix: str,
+        *,
+        transform: Callable[[str, bytes], T] = _pair,  # type: ignore[assignment]
+        rank: int | None = None,
+        world_size: int | None = None,
+        prefetch: int = 4,
+        profile: Profile | str | None = None,
+        store: ObjectStore | None = None,
+        config: TransferConfig | None = None,
+    ) -> None:
+        self._objects = _Objects(uri_prefix, profile, store, config)
+        self.transform = transform
+        self.rank = rank
+        self.world_size = world_size
+        self.prefetch = max(prefetch, 1)
+
+    def shard(self) -> tuple[int, int]:
+        """``(this worker's index, number of workers)`` across all ranks."""
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = self.rank if self.rank is not None else (dist.get_rank() if distributed else 0)
+        world = (
+            self.world_size
+            if self.world_size is not None
+            else (dist.get_world_size() if distributed else 1)
+        )
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * workers + worker, world * workers
+
+    def __iter__(self) -> Iterator[T]:
+        index, count = self.shard()
+        mine = self._objects.list()[index::count]
+        if self.prefetch == 1:
+            for info in mine:
+                yield self.transform(info.key, self._objects.read(info))
+            return
+        with ThreadPoolExecutor(self.prefetch, thread_name_prefix="modelhaul-data") as pool:
+            window: list[tuple[ObjectInfo, Future[bytes]]] = []
+            queue = iter(mine)
+            for info in queue:
+                window.append((info, pool.submit(self._objects.read, info)))
+                if len(window) >= self.prefetch:
+                    break
+            while window:
+                info, future = window.pop(0)
+                data = future.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    window.append((nxt, pool.submit(self._objects.read, nxt)))
+                yield self.transform(info.key, data)
