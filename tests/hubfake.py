@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
     fake: FakeHub
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
@@ -129,7 +129,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(401, "RepoNotFound", head=head)
         return False
 
-    def _repo_rev(self, repo_id: str, rev: str | None, head: bool = False) -> tuple[FakeRepo, str] | None:
+    def _repo_rev(
+        self, repo_id: str, rev: str | None, head: bool = False
+    ) -> tuple[FakeRepo, str] | None:
         repo = self.fake.repos.get(repo_id)
         if repo is None:
             self._error(404, "RepoNotFound", head=head)

@@ -41,7 +41,12 @@ def tree(root: Path) -> dict[str, str]:
 
 def pull(repo: str, cache: Path, mirror: str, **kw: object) -> Path:
     return modelhaul.pull(
-        repo, cache_dir=cache, mirrors=[mirror], origins=[], config=CONFIG, **kw  # type: ignore[arg-type]
+        repo,
+        cache_dir=cache,
+        mirrors=[mirror],
+        origins=[],
+        config=CONFIG,
+        **kw,  # type: ignore[arg-type]
     )
 
 

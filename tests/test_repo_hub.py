@@ -208,7 +208,7 @@ def test_corrupt_or_html_from_hub_is_refused(tmp_path: Path, hub: FakeHub) -> No
         modelhaul.pull(REPO, cache_dir=cache, origins=["hf"])
     hub.corrupt.clear()
     hub.html_for.add("config.json")
-    with pytest.raises(modelhaul.ChecksumMismatch, match="config.json"):
+    with pytest.raises(modelhaul.ChecksumMismatch, match=r"config\.json"):
         modelhaul.pull(REPO, cache_dir=tmp_path / "c2", origins=["hf"])
     # Nothing with a wrong hash entered either cache, and no snapshot was made.
     for root in (cache, tmp_path / "c2"):
