@@ -19,6 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a process without 
 
 from ._checkpoint import Checkpoint, CheckpointManager
 from ._datasets import S3IterableDataset, S3MapDataset
+from ._dcp import S3StorageReader, S3StorageWriter
 from ._open import open
 from ._reader import ObjectReader
 from ._safetensors import load_safetensors
@@ -35,6 +36,8 @@ __all__ = [
     "ObjectWriter",
     "S3IterableDataset",
     "S3MapDataset",
+    "S3StorageReader",
+    "S3StorageWriter",
     "load_safetensors",
     "open",
 ]
