@@ -282,22 +282,6 @@ class Lease:
                 told = True
             time.sleep(poll)
 
-    def holder_alive(self) -> bool:
-        """Whether somebody else still holds it (reading the record once more)."""
-        return not self.try_acquire_peek()
-
-    def try_acquire_peek(self) -> bool:
-        """True when the lease is free or dead (without taking it)."""
-        current = self.backend.read()
-        if current is None:
-            return True
-        now = time.monotonic()
-        if current != self._seen:
-            self._seen, self._seen_at = current, now
-        data = self._parse(current)
-        ttl = float(data.get("ttl", self.ttl)) if data else self.ttl
-        return now - self._seen_at > ttl
-
     # -- holding it ------------------------------------------------------------------------
 
     def beat(self) -> None:

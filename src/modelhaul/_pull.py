@@ -609,7 +609,7 @@ def pull(
     config = config or TransferConfig()
     subs = list(progress)
     started = time.monotonic()
-    repo_id, at_rev = parse_repo_id(repo)
+    repo_id, _ = parse_repo_id(repo)
     cache = Cache(settings.cache_dir, lease_ttl=settings.lease_ttl)
     plan = plan_pull(
         repo, revision, include=include, exclude=exclude, settings=settings,
@@ -646,7 +646,6 @@ def pull(
         cache.clean(max_size=settings.cache_size, keep=[(str(repo_id), manifest.revision)])
     _emit(subs, "done", path=str(result), revision=manifest.revision,
           seconds=round(time.monotonic() - started, 3))  # fmt: skip
-    del at_rev
     return result
 
 

@@ -403,7 +403,7 @@ def _push_locked(
             hint="another push of the same revision is running; run this one again after it",
         )
     manifest = Manifest.build(str(repo), revision, entries.values(), source)
-    _publish(mirror, repo, manifest, files)
+    _publish(mirror, repo, manifest)
     remove_journal(jpath)
     return PushResult(
         str(repo), revision, str(mirror), None, len(files), len(jobs),
@@ -411,9 +411,7 @@ def _push_locked(
     )  # fmt: skip
 
 
-def _publish(
-    mirror: Mirror, repo: RepoId, manifest: Manifest, files: list[tuple[str, Path]]
-) -> None:
+def _publish(mirror: Mirror, repo: RepoId, manifest: Manifest) -> None:
     """Write the manifest: the commit point. Create-only where the store can; else read back."""
     store, bucket = mirror.store, mirror.bucket
     key = mirror.layout(repo).manifest_key(manifest.revision)
@@ -498,7 +496,7 @@ def write_back(
         Engine(config, config.concurrency or DEFAULT_CONCURRENCY).run(jobs)
     if publish:
         try:
-            _publish(mirror, repo, manifest, [])
+            _publish(mirror, repo, manifest)
         except RevisionConflict:
             log.warning("%s@%s was published meanwhile", repo, manifest.revision)
     return len(jobs)

@@ -98,7 +98,7 @@ def load_repo_settings(
     Raises:
         ConfigError: a malformed ``[repo]`` section or value.
     """
-    from ._cli import parse_size
+    from ._cli import parse_size  # the one size parser; imported late, _cli imports us
 
     env = os.environ if env is None else env
     path = config_file or config_path(env)
