@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import botocore.auth
 import botocore.config
 import botocore.exceptions
 import botocore.session
@@ -44,7 +45,7 @@ from ._errors import (
     WrongRegion,
     redact,
 )
-from ._store import ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
+from ._store import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -88,6 +89,14 @@ _NETWORK_ERRORS = (
     socket.timeout,
     TimeoutError,
 )
+
+
+_PLAIN_S3V4 = "modelhaul-s3v4"
+
+
+def _choose_plain_signer(signature_version: Any = None, **_: Any) -> Any:
+    # botocore's choose-signer event: a returned name replaces the signature version.
+    return _PLAIN_S3V4 if signature_version == "s3v4" else None
 
 
 def _b64(crc: int) -> str:
@@ -208,6 +217,12 @@ class S3Store(ObjectStore):
         client: S3Client = session.create_client(  # type: ignore[assignment]
             "s3", region_name=region, endpoint_url=p.endpoint_url, config=config
         )
+        # botocore signs with awscrt when it is installed, and the CRT signer copies every
+        # request body into a BytesIO first (botocore/crt/auth.py) even when the payload
+        # is not signed: 16 MiB per part, which left upload RSS at ~2x the part budget.
+        # The pure-Python SigV4 signer reads the body only when it must hash it.
+        botocore.auth.AUTH_TYPE_MAPS.setdefault(_PLAIN_S3V4, botocore.auth.S3SigV4Auth)
+        client.meta.events.register("choose-signer.s3", _choose_plain_signer)
         return client
 
     # -- error translation -----------------------------------------------------------
@@ -521,7 +536,7 @@ class S3Store(ObjectStore):
         self,
         bucket: str,
         key: str,
-        body: bytes | bytearray,
+        body: Body,
         *,
         crc32c: int | None = None,
         if_none_match: bool = False,
@@ -559,7 +574,7 @@ class S3Store(ObjectStore):
         key: str,
         upload_id: str,
         number: int,
-        body: bytes | bytearray,
+        body: Body,
         *,
         crc32c: int | None = None,
     ) -> str:

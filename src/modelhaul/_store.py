@@ -9,10 +9,56 @@ this boundary.
 from __future__ import annotations
 
 import abc
+import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo"]
+__all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo", "ViewBody"]
+
+
+class ViewBody(io.RawIOBase):
+    """A request body over part of a reused buffer, without copying it.
+
+    Whole buffers go to the HTTP layer as they are (one ``sendall``); a part shorter than
+    its worker's buffer is sent through this reader instead of a fresh copy, so upload
+    memory stays at one buffer per worker.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self._view) - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def getbuffer(self) -> memoryview:
+        """The whole body (for stores that write it out in one go)."""
+        return self._view
+
+
+Body = bytes | bytearray | ViewBody
 
 
 @dataclass(frozen=True)
@@ -141,7 +187,7 @@ class ObjectStore(abc.ABC):
         self,
         bucket: str,
         key: str,
-        body: bytes | bytearray,
+        body: Body,
         *,
         crc32c: int | None = None,
         if_none_match: bool = False,
@@ -162,7 +208,7 @@ class ObjectStore(abc.ABC):
         key: str,
         upload_id: str,
         number: int,
-        body: bytes | bytearray,
+        body: Body,
         *,
         crc32c: int | None = None,
     ) -> str:

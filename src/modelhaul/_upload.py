@@ -36,7 +36,7 @@ from ._errors import (
     ServerError,
 )
 from ._journal import read_journal, remove_journal, upload_journal_path, write_journal
-from ._store import ObjectInfo, ObjectStore
+from ._store import Body, ObjectInfo, ObjectStore, ViewBody
 
 __all__ = ["LocalSource", "ObjectSource", "Source", "SourceChanged", "UploadJob"]
 
@@ -342,13 +342,15 @@ class UploadJob(Job):
         return crc32c(view)
 
     def _buffer(self, length: int) -> memoryview:
-        """A reusable per-worker buffer for full parts; an exact one for the short last part."""
-        if length != self.part_size or self.part_size == 0:
-            return memoryview(bytearray(length))
+        """This worker's reusable buffer, grown as needed, viewed at ``length`` bytes.
+
+        One buffer per worker, reused across parts and files: memory stays at
+        concurrency x part size, and no part allocates (or leaves behind) its own.
+        """
         buf = _buffers.buffer
-        if buf is None or len(buf) != length:
+        if buf is None or len(buf) < length:
             buf = _buffers.buffer = bytearray(length)
-        return memoryview(buf)
+        return memoryview(buf)[:length]
 
     def _save_journal(self) -> None:
         if self._journal_path is None:
@@ -393,8 +395,14 @@ class UploadJob(Job):
             view = self._buffer(length)
             self.source.read_into(task.start, view, engine, task.number)
             crc = crc32c(view)
-            body = view.obj
-            assert isinstance(body, bytearray)
+            whole = view.obj
+
+            def body() -> Body:
+                # A fresh reader per attempt: a failed attempt leaves the last one at its end.
+                if isinstance(whole, bytearray) and len(whole) == length:
+                    return whole
+                return ViewBody(view)
+
             engine.check_cancelled()
             engine.bandwidth.consume(length)
             if self._single:
@@ -403,7 +411,7 @@ class UploadJob(Job):
                     lambda: self.store.put(
                         self.bucket,
                         self.key,
-                        body,
+                        body(),
                         crc32c=crc,
                         if_none_match=self.if_none_match,
                         metadata=self.metadata,
@@ -416,7 +424,7 @@ class UploadJob(Job):
                 upload_id = self.upload_id
                 task.etag = engine.retry(
                     lambda: self.store.upload_part(
-                        self.bucket, self.key, upload_id, task.number, body, crc32c=crc
+                        self.bucket, self.key, upload_id, task.number, body(), crc32c=crc
                     ),
                     label=self.label,
                     part=task.number,
