@@ -4,7 +4,6 @@ MASTER_PORT come from the environment."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch

@@ -9,10 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch.utils.data import DataLoader  # noqa: E402
+
 import modelhaul  # noqa: E402
 from modelhaul import S3Store  # noqa: E402
 from modelhaul.torch import S3IterableDataset, S3MapDataset  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 
 def fill(store: S3Store, bucket: str, count: int = 23) -> dict[str, bytes]:
@@ -58,7 +59,9 @@ def test_map_dataset_two_workers(store: S3Store, bucket: str) -> None:
     assert dataset.keys == sorted(objects)
     assert dataset[3] == ("data/shard-003.bin", objects["data/shard-003.bin"])
     seen = Counter()
-    for batch_keys, batch_data in DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=lambda b: tuple(zip(*b, strict=True))):
+    for batch_keys, batch_data in DataLoader(
+        dataset, batch_size=4, num_workers=2, collate_fn=lambda b: tuple(zip(*b, strict=True))
+    ):
         for key, data in zip(batch_keys, batch_data, strict=True):
             assert data == objects[key]
             seen[key] += 1

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from modelhaul import S3Store  # noqa: E402
+from modelhaul import S3Store
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,10 +7,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("pytorch_lightning")
 
-from modelhaul import S3Store  # noqa: E402
-from modelhaul.torch import ModelhaulCheckpointIO  # noqa: E402
 from pytorch_lightning.callbacks import ModelCheckpoint  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from modelhaul import S3Store  # noqa: E402
+from modelhaul.torch import ModelhaulCheckpointIO  # noqa: E402
 
 # Lightning warns about CPU-only runs, few workers and the like: not what is tested here.
 pytestmark = pytest.mark.filterwarnings(

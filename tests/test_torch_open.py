@@ -68,18 +68,23 @@ def test_save_load_round_trip_multipart(store: S3Store, bucket: str) -> None:
 def test_exception_inside_writer_leaves_nothing(store: S3Store, bucket: str) -> None:
     uri = f"s3://{bucket}/run/broken.pt"
     config = TransferConfig(part_size=5 * MiB)
-    with pytest.raises(RuntimeError, match="training crashed"), mt.open(
-        uri, "wb", store=store, config=config
-    ) as f:
-        f.write(random.randbytes(12 * MiB))  # two parts already uploaded
-        raise RuntimeError("training crashed")
+
+    def train_and_crash() -> None:
+        with mt.open(uri, "wb", store=store, config=config) as f:
+            f.write(random.randbytes(12 * MiB))  # two parts already uploaded
+            raise RuntimeError("training crashed")
+
+    with pytest.raises(RuntimeError, match="training crashed"):
+        train_and_crash()
     with pytest.raises(modelhaul.NoSuchKey):
         store.head(bucket, "run/broken.pt")
     assert store.list_uploads(bucket) == []
 
 
 def test_writer_dropped_without_close_leaves_nothing(store: S3Store, bucket: str) -> None:
-    f = mt.open(f"s3://{bucket}/dropped.bin", "wb", store=store, config=TransferConfig(part_size=5 * MiB))
+    f = mt.open(
+        f"s3://{bucket}/dropped.bin", "wb", store=store, config=TransferConfig(part_size=5 * MiB)
+    )
     f.write(b"x" * (6 * MiB))
     del f
     assert [o.key for o in store.list(bucket)] == []
@@ -124,3 +129,35 @@ def test_open_errors_say_what_is_wrong(store: S3Store, bucket: str) -> None:
         mt.open(f"s3://{bucket}/dir/", "wb", store=store)
     with pytest.raises(modelhaul.ConfigError, match="mode"):
         mt.open(f"s3://{bucket}/x", "ab", store=store)  # type: ignore[call-overload]
+
+
+def test_import_without_torch_says_how_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import modelhaul\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "try:\n"
+        "    import modelhaul.torch\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'modelhaul[torch]'" in out.stdout
+
+
+def test_core_import_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, modelhaul; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_public_names_are_a_sorted_list() -> None:
+    assert mt.__all__ == sorted(mt.__all__)
+    for name in mt.__all__:
+        assert getattr(mt, name) is not None

@@ -130,7 +130,7 @@ def test_bad_objects_get_distinct_errors(store: S3Store, bucket: str, tmp_path: 
         load_safetensors(f"s3://{bucket}/badjson.safetensors", store=store)
     with pytest.raises(modelhaul.NoSuchKey, match="does not exist"):
         load_safetensors(f"s3://{bucket}/missing.safetensors", store=store)
-    with pytest.raises(modelhaul.NoSuchKey, match="no .safetensors files"):
+    with pytest.raises(modelhaul.NoSuchKey, match=r"no \.safetensors files"):
         load_safetensors(f"s3://{bucket}/empty-prefix/", store=store)
     with pytest.raises(modelhaul.NoSuchBucket, match="does not exist"):
         load_safetensors("s3://no-such-bucket-mh/model.safetensors", store=store)

@@ -22,7 +22,8 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import IO, Any, cast
 
 import torch
 
@@ -167,9 +168,9 @@ class CheckpointManager:
 
     # -- saving --------------------------------------------------------------------------
 
-    def save(self, state: Any, *, step: int | None = None, epoch: int | None = None) -> (
-        Checkpoint | None
-    ):
+    def save(
+        self, state: Any, *, step: int | None = None, epoch: int | None = None
+    ) -> Checkpoint | None:
         """Save ``state`` (anything ``torch.save`` takes) as the checkpoint at ``step`` /
         ``epoch``, then move ``latest`` to it and apply retention.
 
@@ -202,7 +203,7 @@ class CheckpointManager:
         with ObjectWriter(
             self.store, self.bucket, key, config=self.config, metadata=metadata
         ) as writer:
-            torch.save(state, writer)
+            torch.save(state, cast(IO[bytes], writer))
         checkpoint = Checkpoint(
             uri=f"s3://{self.bucket}/{key}",
             key=name,
@@ -391,7 +392,9 @@ class CheckpointManager:
         with ObjectReader(
             self.store, self.bucket, self.prefix + checkpoint.key, config=self.config
         ) as reader:
-            return torch.load(reader, map_location=map_location, weights_only=weights_only)
+            return torch.load(
+                cast(IO[bytes], reader), map_location=map_location, weights_only=weights_only
+            )
 
     # -- retention -----------------------------------------------------------------------
 
@@ -405,7 +408,6 @@ class CheckpointManager:
         keep.add(current.key)
         for c in checkpoints:
             if c.key not in keep:
-                self._retrier.call(
-                    lambda c=c: self.store.delete(self.bucket, self.prefix + c.key), what=c.uri
-                )
+                key = self.prefix + c.key
+                self._retrier.call(partial(self.store.delete, self.bucket, key), what=c.uri)
                 log.info("retention: deleted checkpoint %s", c.uri)

@@ -51,7 +51,9 @@ class _Objects:
 
     def list(self) -> list[ObjectInfo]:
         objects = Retrier(self.config).call(
-            lambda: [o for o in self.store.list(self.bucket, self.prefix) if not o.key.endswith("/")],
+            lambda: [
+                o for o in self.store.list(self.bucket, self.prefix) if not o.key.endswith("/")
+            ],
             what=self.uri,
         )
         if not objects:

@@ -30,6 +30,7 @@ import torch
 from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint.filesystem import (
     CURRENT_DCP_VERSION,
+    FileSystem,
     FileSystemBase,
     FileSystemReader,
     FileSystemWriter,
@@ -151,16 +152,17 @@ class S3StorageWriter(FileSystemWriter):
             overwrite=overwrite,
         )
         self.config = config or TransferConfig()
-        self.fs = _ObjectFileSystem(resolve_store(store, profile, config), self.config)
-        self.path = self.fs.init_path(uri)
+        self._objects = _ObjectFileSystem(resolve_store(store, profile, config), self.config)
+        self.fs = cast(FileSystem, self._objects)
+        self.path = self._objects.init_path(uri)
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         # Runs on the coordinator before any rank writes: uncommit a checkpoint that is
         # about to be overwritten, so no reader pairs its metadata with new shards.
         metadata = str(self._get_metadata_path())
-        if self.overwrite and self.fs.exists(metadata):
-            cast(_ObjectFileSystem, self.fs).rm_file(metadata)
-        return cast(list[SavePlan], super().prepare_global_plan(plans))
+        if self.overwrite and self._objects.exists(metadata):
+            self._objects.rm_file(metadata)
+        return super().prepare_global_plan(plans)
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Write ``.metadata`` in one PUT, after every rank's shards are complete."""
@@ -171,7 +173,7 @@ class S3StorageWriter(FileSystemWriter):
             path = self._get_metadata_path(self.rank)
         else:
             path = self._get_metadata_path()
-        cast(_ObjectFileSystem, self.fs).put(str(path), pickle.dumps(metadata))
+        self._objects.put(str(path), pickle.dumps(metadata))
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
@@ -205,14 +207,15 @@ class S3StorageReader(FileSystemReader):
     ) -> None:
         super().__init__(path=uri)
         self.config = config or TransferConfig()
-        self.fs = _ObjectFileSystem(resolve_store(store, profile, config), self.config)
-        self.path = self.fs.init_path(uri)
+        self._objects = _ObjectFileSystem(resolve_store(store, profile, config), self.config)
+        self.fs = cast(FileSystem, self._objects)
+        self.path = self._objects.init_path(uri)
         self.read_window = read_window
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> TorchFuture[None]:
         """Fetch every item's bytes with parallel ranged GETs; hand them to the planner
         in plan order, holding at most ``read_window`` bytes at once."""
-        fs = cast(_ObjectFileSystem, self.fs)
+        fs = self._objects
         in_flight: deque[tuple[Any, Any, Future[bytes]]] = deque()
         held = 0
         with ThreadPoolExecutor(self.config.concurrency or 8) as pool:
@@ -233,9 +236,7 @@ class S3StorageReader(FileSystemReader):
 
     def _apply(self, planner: LoadPlanner, req: Any, info: Any, fetched: Future[bytes]) -> int:
         raw = io.BytesIO(fetched.result())
-        stream = self.transforms.transform_load_stream(
-            req, info.transform_descriptors or (), raw
-        )
+        stream = self.transforms.transform_load_stream(req, info.transform_descriptors or (), raw)
         if req.type == LoadItemType.BYTE_IO:
             planner.load_bytes(req, io.BytesIO(stream.read()))
             return int(info.length)

@@ -13,11 +13,12 @@ rewriting the small object), rm, and no-op mkdirs (prefixes need no creating).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from typing import Any, ClassVar
 
-import fsspec
-from fsspec.spec import AbstractFileSystem
+import fsspec  # type: ignore[import-untyped]
+from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]
 
 from .._errors import NoSuchKey
 from .._store import ObjectStore
@@ -110,10 +111,8 @@ class ModelhaulFileSystem(AbstractFileSystem):  # type: ignore[misc]
             raise ValueError(f"mode {mode!r} is not supported on s3://")
         writer = ObjectWriter(store, bucket, key)
         if mode == "ab":
-            try:
+            with contextlib.suppress(NoSuchKey):
                 writer.write(store.get_bytes(bucket, key))
-            except NoSuchKey:
-                pass
         return writer
 
     def rm_file(self, path: str) -> None:

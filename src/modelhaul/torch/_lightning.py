@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised without Lightning ins
 __all__ = ["ModelhaulCheckpointIO"]
 
 
-class ModelhaulCheckpointIO(CheckpointIO):  # type: ignore[misc]
+class ModelhaulCheckpointIO(CheckpointIO):
     """Lightning checkpoints on object storage::
 
         trainer = Trainer(
@@ -81,7 +81,7 @@ class ModelhaulCheckpointIO(CheckpointIO):  # type: ignore[misc]
             return
         where = object_uri(str(path))
         with ObjectWriter(self.store, where.bucket, where.key, config=self.config) as writer:
-            torch.save(checkpoint, writer)
+            torch.save(checkpoint, cast(IO[bytes], writer))
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
@@ -99,7 +99,7 @@ class ModelhaulCheckpointIO(CheckpointIO):  # type: ignore[misc]
         where = object_uri(str(path))
         with ObjectReader(self.store, where.bucket, where.key, config=self.config) as reader:
             result: dict[str, Any] = torch.load(
-                reader, map_location=map_location, weights_only=weights_only
+                cast(IO[bytes], reader), map_location=map_location, weights_only=weights_only
             )
             return result
 

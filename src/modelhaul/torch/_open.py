@@ -39,7 +39,7 @@ def open(
 ) -> ObjectWriter: ...
 
 
-def open(  # noqa: A001 - the name mirrors builtins.open on purpose
+def open(
     uri: str,
     mode: str = "rb",
     *,

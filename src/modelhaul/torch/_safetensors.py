@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +316,7 @@ def _from_index_object(
         if shard_info is None:
             key = folder + shard
             shard_info = retrier.call(
-                lambda key=key: store.head(uri.bucket, key), what=f"s3://{uri.bucket}/{key}"
+                partial(store.head, uri.bucket, key), what=f"s3://{uri.bucket}/{key}"
             )
         out.append(source(shard_info))
     return out, weight_map
@@ -478,9 +479,7 @@ def _load(
         for source, entries in zip(sources, headers, strict=True):
             for pieces in _chunks([e for e in entries if e.end > e.begin], chunk_size):
                 jobs.append(
-                    pool.submit(
-                        _fetch_chunk, source, pieces, tensors, views, budget, staging
-                    )
+                    pool.submit(_fetch_chunk, source, pieces, tensors, views, budget, staging)
                 )
         for job in jobs:
             job.result()
