@@ -80,12 +80,12 @@ def test_lease_without_heartbeat_expires_by_our_clock(tmp_path: Path) -> None:
 
 def test_live_holder_makes_a_bounded_wait_that_names_it(tmp_path: Path) -> None:
     path = tmp_path / "x.lease"
-    holder = lease(path, ttl=0.4)  # beats every 0.1 s
+    holder = lease(path, ttl=1.0)  # beats every 0.25 s
     assert holder.try_acquire()
     try:
-        waiter = lease(path, ttl=0.4)
+        waiter = lease(path, ttl=1.0)
         with pytest.raises(modelhaul.LockTimeout) as info:
-            waiter.acquire(timeout=1.5, poll=0.05)
+            waiter.acquire(timeout=2.5, poll=0.05)  # longer than the ttl: the beats count
         assert f"pid {os.getpid()}" in info.value.holder
         assert "the test lock" in str(info.value) and info.value.hint
     finally:
