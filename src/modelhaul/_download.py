@@ -34,7 +34,7 @@ from ._errors import (
     ServerError,
 )
 from ._journal import read_journal, remove_journal, write_journal
-from ._store import ObjectInfo, ObjectStore
+from ._store import ObjectInfo, ObjectStore, RangeReader
 
 __all__ = ["DownloadJob", "TransferBusy", "partial_path"]
 
@@ -83,6 +83,25 @@ def write_at(fd: int, data: memoryview, offset: int, path: Path) -> None:
         if exc.errno in _DISK_FULL_ERRNOS:
             raise DiskFull(str(path)) from exc
         raise
+
+
+def _fill(reader: RangeReader, view: memoryview) -> tuple[int, ModelhaulError | None]:
+    """Read until ``view`` is full or the body ends; return the count and, if the
+    connection broke, its error — the bytes before the break are kept, not lost.
+
+    Each ``readinto`` is one ``recv`` (often 64-256 KiB); filling a whole chunk before
+    writing keeps ``pwrite`` calls and per-chunk bookkeeping to one per chunk.
+    """
+    got = 0
+    while got < len(view):
+        try:
+            n = reader.readinto(view[got:])
+        except ModelhaulError as exc:
+            return got, exc
+        if n == 0:
+            break
+        got += n
+    return got, None
 
 
 class DownloadJob(Job):
@@ -320,9 +339,9 @@ class DownloadJob(Job):
                         end = task.end
                     if task.pos >= end:
                         return
-                    n = r.readinto(view[: min(chunk, end - task.pos)])
+                    n, broken = _fill(r, view[: min(chunk, end - task.pos)])
                     if n == 0:
-                        raise ServerError(
+                        raise broken or ServerError(
                             f"{self.label}: the connection ended {end - task.pos} bytes early",
                             hint="retried automatically",
                             bucket=self.bucket,
@@ -344,6 +363,8 @@ class DownloadJob(Job):
                     engine.bandwidth.consume(n)
                     if task.pos - task.saved >= JOURNAL_EVERY:
                         self._save_journal()
+                    if broken is not None:
+                        raise broken  # after keeping what arrived before the break
 
         engine.retry(attempt, label=self.label, part=task.number, progressed=progressed)
 

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._errors import ConfigError, ServerStartError
+from ._errors import ServerStartError
+from ._uri import parse_s3
 
 __all__ = ["EmbeddedServer", "default_server_dir", "server_status", "start_server", "stop_server"]
 
@@ -241,8 +242,7 @@ def start_server(
     key_id = access_key_id or "mh" + secrets.token_hex(8)
     secret = secret_access_key or secrets.token_urlsafe(30)
     for b in buckets:
-        if not b or "," in b:
-            raise ConfigError(f"invalid bucket name {b!r}")
+        parse_s3(f"s3://{b}")  # a bad name fails now, not after a minute of waiting
     args = [
         binary,
         "mini",
