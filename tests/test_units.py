@@ -224,3 +224,78 @@ def test_every_error_derives_from_modelhaul_error() -> None:
         if inspect.isclass(obj) and issubclass(obj, BaseException):
             assert issubclass(obj, modelhaul.ModelhaulError), name
             assert name in _errors.__doc__ or name == "ModelhaulError", name
+
+
+def test_wrong_region_is_read_from_the_stores_answer() -> None:
+    """A 301 with x-amz-bucket-region (what AWS answers) becomes WrongRegion naming the
+    region, which S3Store then signs for; without the header the hint says how to set it."""
+    import botocore.exceptions
+
+    from modelhaul import S3Store, WrongRegion
+
+    store = S3Store(
+        load_profile(
+            provider="aws",
+            access_key_id="k",
+            secret_access_key="s",
+            env={},
+            config_file=Path(os.devnull),
+        )
+    )
+    answer = {
+        "Error": {"Code": "PermanentRedirect", "Message": "use the right endpoint"},
+        "ResponseMetadata": {
+            "HTTPStatusCode": 301,
+            "RequestId": "R1",
+            "HTTPHeaders": {"x-amz-bucket-region": "eu-central-1"},
+        },
+    }
+    err = store.translate(
+        botocore.exceptions.ClientError(answer, "GetObject"),
+        "GetObject",
+        bucket="weights",
+        key="m.bin",
+    )
+    assert isinstance(err, WrongRegion)
+    assert err.region == "eu-central-1"  # type: ignore[attr-defined]
+    assert "AWS_REGION=eu-central-1" in err.hint and err.request_id == "R1"
+    answer["ResponseMetadata"]["HTTPHeaders"] = {}  # type: ignore[index]
+    err = store.translate(
+        botocore.exceptions.ClientError(answer, "HeadObject"),
+        "HeadObject",
+        bucket="weights",
+        key="m.bin",
+    )
+    assert isinstance(err, WrongRegion) and "AWS_REGION" in err.hint
+
+
+def test_throttling_and_server_errors_are_retryable() -> None:
+    import botocore.exceptions
+
+    from modelhaul import S3Store, ServerError, Throttled
+
+    store = S3Store(
+        load_profile(
+            provider="aws",
+            access_key_id="k",
+            secret_access_key="s",
+            env={},
+            config_file=Path(os.devnull),
+        )
+    )
+
+    def answer(code: str, status: int) -> botocore.exceptions.ClientError:
+        return botocore.exceptions.ClientError(
+            {
+                "Error": {"Code": code, "Message": ""},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            "GetObject",
+        )
+
+    slow = store.translate(answer("SlowDown", 503), "GetObject", bucket="b", key="k")
+    assert isinstance(slow, Throttled) and slow.retryable
+    boom = store.translate(answer("InternalError", 500), "GetObject", bucket="b", key="k")
+    assert isinstance(boom, ServerError) and boom.retryable
+    bad = store.translate(answer("InvalidArgument", 400), "GetObject", bucket="b", key="k")
+    assert not bad.retryable
