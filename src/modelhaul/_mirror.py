@@ -179,7 +179,7 @@ class Mirror:
                     created[(n, rev)],
                     sorted(r for r, v in refs[name].items() if v == rev),
                 )
-                for n, rev in sorted(published, key=lambda p: created[p])
+                for n, rev in sorted(published, key=lambda p: (created[p], p[1]))
                 if n == name
             ]
             out.append(RepoSummary(name, revisions, dict(refs[name])))
