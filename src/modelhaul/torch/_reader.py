@@ -5,7 +5,9 @@ fetches them in parallel straight into the caller's buffer (``readinto``: no cop
 extra memory), which is how ``torch.load`` reads each tensor's storage. Other reads are
 served from a small cache of blocks, and every read keeps the next ``readahead`` blocks
 in flight, so a reader that goes forward (``torch.load``, ``pickle``, a zip member
-after another) always finds its next bytes already on their way.
+after another) always finds its next bytes already on their way. Opening starts the
+first and the last block at once: ``torch.load`` reads the zip's central directory at the
+end before anything else.
 
 Memory: at most about ``(readahead + 2) * block_size`` bytes of cached blocks, whatever
 the object's size. Every request is pinned to the ETag seen when the reader was opened:
@@ -91,6 +93,10 @@ class ObjectReader(io.RawIOBase):
         self._last_end = 0
         if self.size:
             self._schedule(0)
+        last = (self.size - 1) // self._block_size
+        if last > 0:
+            # Zip readers (torch.load) go to the end first, for the central directory.
+            self._schedule(last)
 
     # -- io protocol ---------------------------------------------------------------------
 
@@ -156,7 +162,8 @@ class ObjectReader(io.RawIOBase):
                 direct.append(self._pool.submit(self._fetch, b_start, target))
             else:
                 cached.append(block or self._schedule(index))
-        sequential = start == self._last_end or n >= bs
+        previous_end = self._last_end
+        sequential = start == previous_end or n >= bs
         ahead = self._readahead if sequential else 1
         last = (end - 1) // bs
         for index in range(last + 1, min(last + 1 + ahead, -(-self.size // bs))):
@@ -172,7 +179,7 @@ class ObjectReader(io.RawIOBase):
             self._drop_failed()
             raise
         self._pos = self._last_end = end
-        self._evict(end)
+        self._evict(start if start == previous_end else None)
         return n
 
     # -- blocks --------------------------------------------------------------------------
@@ -207,13 +214,13 @@ class ObjectReader(io.RawIOBase):
             if block.future.done() and block.future.exception() is not None:
                 del self._cache[index]
 
-    def _evict(self, pos: int) -> None:
-        """Forget blocks the reader has gone past, then the oldest, down to the cap."""
-        bs = self._block_size
-        behind = [i for i, b in self._cache.items() if b.end <= pos and b.future.done()]
-        for index in behind:
-            if index != (self.size - 1) // bs or len(self._cache) > self._max_cached:
-                self._release(index)
+    def _evict(self, consumed: int | None) -> None:
+        """Forget blocks a sequential reader has gone past (those ending at or before
+        ``consumed``), then the oldest, down to the cap."""
+        if consumed is not None:
+            for index in [i for i, b in self._cache.items() if b.end <= consumed]:
+                if self._cache[index].future.done():
+                    self._release(index)
         for index in list(self._cache):
             if len(self._cache) <= self._max_cached:
                 break
