@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("s5-down", [*s5, "cp", f"s3://{BUCKET}/mh/{REPO_ID}/{rev}/*", f"{dest}/"]),
             ]
             for name, cmd in down if rep % 2 == 0 else down[::-1]:
-                shutil.rmtree(cache, ignore_errors=True)
-                shutil.rmtree(dest, ignore_errors=True)
+                shutil.rmtree(cache if name == "pull" else dest, ignore_errors=True)
                 results[name].append(run_child(cmd, env))
             # The cache is full now: the same pull again.
             results["cached-cli"].append(run_child(pull_cmd, env))
