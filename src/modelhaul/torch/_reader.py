@@ -230,7 +230,7 @@ class ObjectReader(io.RawIOBase):
 
     def _release(self, index: int) -> None:
         block = self._cache.pop(index)
-        if len(block.buffer) == self._block_size and len(self._spare) < 2:
+        if len(block.buffer) == self._block_size and len(self._spare) < self._max_cached:
             self._spare.append(block.buffer)
 
     def close(self) -> None:

@@ -35,9 +35,9 @@ __all__ = ["DEFAULT_WRITE_CONCURRENCY", "DEFAULT_WRITE_PART_SIZE", "ObjectWriter
 
 log = logging.getLogger("modelhaul.torch")
 
-DEFAULT_WRITE_PART_SIZE = 16 * MiB
+DEFAULT_WRITE_PART_SIZE = 8 * MiB
 # On the measured server more parallel parts made uploads slower (its CPU is the limit).
-DEFAULT_WRITE_CONCURRENCY = 4
+DEFAULT_WRITE_CONCURRENCY = 6
 
 
 class _Parts:
