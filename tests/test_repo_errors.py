@@ -87,7 +87,11 @@ def test_symlink_outside_pushed_folder(tmp_path: Path, store: S3Store, bucket: s
     assert store.get_bytes(bucket, "m/acme/toy/v2/link.txt") == b"do not publish"
 
 
-def test_object_altered_after_push(tmp_path: Path, store: S3Store, bucket: str) -> None:
+@pytest.mark.parametrize("verify", ["crc32c", "sha256"])
+def test_object_altered_after_push(
+    tmp_path: Path, store: S3Store, bucket: str, verify: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELHAUL_VERIFY", verify)
     src = make_model(tmp_path / "src")
     uri = f"s3://{bucket}/m"
     modelhaul.push(src, uri, "acme/toy", revision="v1", config=CONFIG)
@@ -98,10 +102,10 @@ def test_object_altered_after_push(tmp_path: Path, store: S3Store, bucket: str) 
     cache = tmp_path / "cache"
     with pytest.raises(modelhaul.ChecksumMismatch, match="altered after the push") as info:
         pull("acme/toy@v1", cache, uri)
-    assert info.value.algorithm == "sha256"
+    assert info.value.algorithm == verify
     assert_cache_clean(cache)
     assert not list(cache.rglob("snapshots/*"))
-    assert not list((cache / "tmp").glob(f"{info.value.expected}*"))
+    assert not list((cache / "tmp").iterdir())
     # A size change is caught before a byte is fetched.
     store.put(bucket, key, bytes(data[:-1]))
     with pytest.raises(modelhaul.ChecksumMismatch, match="size"):

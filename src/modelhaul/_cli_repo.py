@@ -129,6 +129,8 @@ def register(cli: click.Group) -> None:
     @click.option("--write-back/--no-write-back", default=None,
                   help="Push what came from an origin into the first mirror.")  # fmt: skip
     @click.option("--hf-cache", is_flag=True, help="Also lay out the Hugging Face cache.")
+    @click.option("--verify", type=click.Choice(["crc32c", "sha256"]), default=None,
+                  help="Check mirror files by CRC32C (default) or SHA-256.")  # fmt: skip
     @click.option("--concurrency", type=click.IntRange(1, 256), help="Parallel requests.")
     @click.option("--part-size", help="Range size, e.g. 16MiB.")
     @click.option("--json", "as_json", is_flag=True, help="JSON progress events on stdout.")
@@ -148,6 +150,7 @@ def register(cli: click.Group) -> None:
         dry_run: bool,
         write_back: bool | None,
         hf_cache: bool,
+        verify: str | None,
         concurrency: int | None,
         part_size: str | None,
         as_json: bool,
@@ -166,6 +169,7 @@ def register(cli: click.Group) -> None:
             cache_dir=cache_dir,
             write_back=write_back,
             offline=offline,
+            verify=verify,
         )
         config = _config(concurrency, part_size)
         if dry_run:

@@ -494,6 +494,7 @@ class _Fetcher:
                     self.cache,
                     label=f"{f.path} ← {mirror}",
                     on_done=lambda e: self._done(e.path, "mirror"),
+                    verify=self.settings.verify,
                 )
             )
         Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress).run(jobs)

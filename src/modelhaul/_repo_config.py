@@ -53,6 +53,10 @@ class RepoSettings:
         offline: never touch the network (``--offline``, ``MODELHAUL_OFFLINE``).
         lock_timeout: seconds to wait for a live lock holder before giving up.
         lease_ttl: seconds without a heartbeat before a lock holder counts as dead.
+        verify: how mirror downloads are checked against their manifest before they enter
+            the cache: ``crc32c`` (default) or ``sha256`` (``--verify``,
+            ``MODELHAUL_VERIFY``, ``verify``). Both check every byte against the manifest's
+            record; see docs/design/repositories.md for why CRC32C is the default.
     """
 
     mirrors: tuple[MirrorSpec, ...] = ()
@@ -63,6 +67,7 @@ class RepoSettings:
     offline: bool = False
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     lease_ttl: float = DEFAULT_LEASE_TTL
+    verify: str = "crc32c"
 
 
 def _mirror_specs(value: Any, where: str) -> tuple[MirrorSpec, ...]:
@@ -90,6 +95,7 @@ def load_repo_settings(
     write_back: bool | None = None,
     offline: bool | None = None,
     lock_timeout: float | None = None,
+    verify: str | None = None,
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
 ) -> RepoSettings:
@@ -105,7 +111,15 @@ def load_repo_settings(
     section = read_config_file(path).get("repo", {})
     if not isinstance(section, dict):
         raise ConfigError(f"'repo' in {path} must be a table", hint="see `modelhaul pull -h`")
-    known = {"mirrors", "origins", "cache_dir", "cache_size", "write_back", "lock_timeout"}
+    known = {
+        "mirrors",
+        "origins",
+        "cache_dir",
+        "cache_size",
+        "write_back",
+        "lock_timeout",
+        "verify",
+    }
     unknown = set(section) - known
     if unknown:
         raise ConfigError(
@@ -154,7 +168,11 @@ def load_repo_settings(
     timeout = lock_timeout
     if timeout is None:
         timeout = float(section.get("lock_timeout", DEFAULT_LOCK_TIMEOUT))
+    check = verify or env.get("MODELHAUL_VERIFY") or str(section.get("verify", "crc32c"))
+    if check not in ("crc32c", "sha256"):
+        raise ConfigError(f"unknown verification {check!r}", hint="use crc32c or sha256")
     return RepoSettings(
+        verify=check,
         mirrors=mirror_specs,
         origins=origin_list,
         cache_dir=cache,
