@@ -1,8 +1,9 @@
 """PyTorch on object storage: checkpoints, datasets and safetensors streamed straight to and
 from a bucket, with no local disk.
 
-Needs the ``torch`` extra: ``pip install 'modelhaul[torch]'``. The Lightning plugin is
-imported on first use, so ``import modelhaul.torch`` does not import Lightning.
+Needs the ``torch`` extra: ``pip install 'modelhaul[torch]'``. The Lightning plugin and the
+``torch.distributed.checkpoint`` storage classes are imported on first use, so
+``import modelhaul.torch`` pays for neither Lightning nor ``torch.distributed``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a process without 
 
 from ._checkpoint import Checkpoint, CheckpointManager
 from ._datasets import S3IterableDataset, S3MapDataset
-from ._dcp import S3StorageReader, S3StorageWriter
 from ._open import open
 from ._reader import ObjectReader
 from ._safetensors import load_safetensors
 from ._writer import ObjectWriter
 
 if TYPE_CHECKING:
+    from ._dcp import S3StorageReader, S3StorageWriter
     from ._lightning import ModelhaulCheckpointIO
 
 __all__ = [
@@ -43,9 +44,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "ModelhaulCheckpointIO":
-        from ._lightning import ModelhaulCheckpointIO
+_LAZY = {
+    "ModelhaulCheckpointIO": "._lightning",
+    "S3StorageReader": "._dcp",
+    "S3StorageWriter": "._dcp",
+}
 
-        return ModelhaulCheckpointIO
-    raise AttributeError(f"module 'modelhaul.torch' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelhaul.torch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
