@@ -353,6 +353,9 @@ class Run:
         return {}
 
 
+SETTLE_S = 2.0
+
+
 def run_child(cmd: list[str], env: dict[str, str], logdir: Path) -> Run:
     """Run ``cmd`` to the end under ``/usr/bin/time``; time it from spawn to exit.
 
@@ -363,6 +366,9 @@ def run_child(cmd: list[str], env: dict[str, str], logdir: Path) -> Run:
     out_path, err_path, rss_path = logdir / "child.out", logdir / "child.err", logdir / "rss"
     rss_path.unlink(missing_ok=True)
     os.sync()
+    # Let the disk settle: the root filesystem is mounted with `discard`, so deleting the
+    # previous 2 GiB output trims in the background and slows whichever tool runs next.
+    time.sleep(SETTLE_S)
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
         # A session of its own, so an interrupted benchmark can stop time and its child.
@@ -456,8 +462,10 @@ class Bench:
     def command(self, tool: str, direction: str, key: str, path: Path) -> tuple[list[str], dict]:
         me = [PY, str(HERE), "_child"]
         if tool == "modelhaul":
-            a, b = (str(path), key) if direction == "up" else (key, str(path))
-            return [*me, "modelhaul", direction, a, b], self.mh_env
+            # The real command line, as a user runs it (start-up included, like s5cmd's).
+            s3 = f"s3://{BUCKET}/{key}"
+            a, b = (str(path), s3) if direction == "up" else (s3, str(path))
+            return [PY, "-m", "modelhaul", "cp", "--json", a, b], self.mh_env
         if tool == "s5cmd":
             s3 = f"s3://{BUCKET}/{key}"
             a, b = (str(path), s3) if direction == "up" else (s3, str(path))
