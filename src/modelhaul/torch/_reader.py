@@ -7,7 +7,10 @@ served from a small cache of blocks, and every read keeps the next ``readahead``
 in flight, so a reader that goes forward (``torch.load``, ``pickle``, a zip member
 after another) always finds its next bytes already on their way. Opening starts the
 first and the last block at once: ``torch.load`` reads the zip's central directory at the
-end before anything else.
+end before anything else. There the reader also learns where the large zip records are
+(:mod:`._zipmap`) and leaves their inner blocks out of the read-ahead: ``torch.load`` reads
+each one with a single ``readinto``, which then fetches those blocks in parallel straight
+into the tensor's memory instead of through the cache.
 
 Memory: at most about ``(readahead + 2) * block_size`` bytes of cached blocks, whatever
 the object's size. Every request is pinned to the ETag seen when the reader was opened:
@@ -26,6 +29,7 @@ from typing import Any
 from .._config import MiB, TransferConfig
 from .._store import ObjectInfo, ObjectStore
 from ._common import Retrier
+from ._zipmap import inner_blocks, zip_records
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_READAHEAD", "ObjectReader"]
 
@@ -90,7 +94,10 @@ class ObjectReader(io.RawIOBase):
         self._cache: OrderedDict[int, _Block] = OrderedDict()
         self._spare: list[bytearray] = []
         self._pos = 0
-        self._last_end = 0
+        self._last_end = -1
+        # Blocks inside large zip records (see _zipmap): read-ahead leaves them out.
+        self._inner: set[int] = set()
+        self._zip_checked = False
         if self.size:
             self._schedule(0)
         last = (self.size - 1) // self._block_size
@@ -167,7 +174,7 @@ class ObjectReader(io.RawIOBase):
         ahead = self._readahead if sequential else 1
         last = (end - 1) // bs
         for index in range(last + 1, min(last + 1 + ahead, -(-self.size // bs))):
-            if index not in self._cache:
+            if index not in self._cache and index not in self._inner:
                 self._schedule(index)
         try:
             self._wait(direct)
@@ -175,6 +182,10 @@ class ObjectReader(io.RawIOBase):
                 self._wait([block.future])
                 lo, hi = max(start, block.start), min(end, block.end)
                 view[lo - start : hi - start] = block.buffer[lo - block.start : hi - block.start]
+                if block.end == self.size and not self._zip_checked:
+                    self._zip_checked = True
+                    records = zip_records(block.buffer[: block.end - block.start], block.start)
+                    self._inner = inner_blocks(records, bs)
         except BaseException:
             self._drop_failed()
             raise
