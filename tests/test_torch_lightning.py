@@ -90,3 +90,21 @@ def test_lightning_saves_prunes_and_resumes_from_a_bucket(store: S3Store, bucket
     state = ModelhaulCheckpointIO(store=store).load_checkpoint(f"{root}/checkpoints/last.ckpt")
     assert state["global_step"] == 8
     assert torch.equal(state["state_dict"]["layer.weight"], resumed.layer.weight.detach())
+
+
+def test_fsspec_s3_goes_through_the_plugins_store(store: S3Store, bucket: str) -> None:
+    import fsspec
+
+    ModelhaulCheckpointIO(store=store)  # routes fsspec's s3:// to this store
+    fs = fsspec.filesystem("s3")
+    fs.makedirs(f"s3://{bucket}/logs/v0", exist_ok=True)
+    with fs.open(f"s3://{bucket}/logs/v0/metrics.csv", "w", newline="") as f:
+        f.write("step,loss\n1,0.5\n")
+    with fs.open(f"s3://{bucket}/logs/v0/metrics.csv", "a", newline="") as f:
+        f.write("2,0.25\n")  # what Lightning's CSV logger does after the first write
+    assert store.get_bytes(bucket, "logs/v0/metrics.csv") == b"step,loss\n1,0.5\n2,0.25\n"
+    assert fs.ls(f"s3://{bucket}/logs", detail=False) == [f"{bucket}/logs/v0"]
+    assert fs.isdir(f"s3://{bucket}/logs/v0") and fs.exists(f"s3://{bucket}/logs/v0/metrics.csv")
+    assert not fs.exists(f"s3://{bucket}/logs/nothing")
+    fs.rm(f"s3://{bucket}/logs/v0/metrics.csv")
+    assert list(store.list(bucket)) == []

@@ -131,6 +131,19 @@ def test_open_errors_say_what_is_wrong(store: S3Store, bucket: str) -> None:
         mt.open(f"s3://{bucket}/x", "ab", store=store)  # type: ignore[call-overload]
 
 
+def test_wrong_credentials_are_named(
+    env: dict[str, str], bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-0000")
+    with pytest.raises(modelhaul.AccessDenied, match="secret key is wrong"):
+        mt.open(f"s3://{bucket}/model.pt")
+    with (
+        pytest.raises(modelhaul.AccessDenied, match="secret key is wrong"),
+        mt.open(f"s3://{bucket}/model.pt", "wb") as f,
+    ):
+        f.write(b"state")
+
+
 def test_import_without_torch_says_how_to_install() -> None:
     import subprocess
     import sys
