@@ -1,0 +1,60 @@
+"""Run ``modelhaul serve`` in-process: a uvicorn server in a thread, on 127.0.0.1 and a
+free port, stopped cleanly at the end of the test."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from modelhaul import S3Store
+from modelhaul._serve import MirrorService, ServeSettings
+from modelhaul._serve_app import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_serve(
+    store: S3Store,
+    mirror: str,
+    spool: Path,
+    *,
+    origin: str | None = None,
+    token: str | None = None,
+    origin_token: str | None = None,
+) -> Iterator[tuple[str, MirrorService]]:
+    import uvicorn
+
+    port = free_port()
+    settings = ServeSettings(
+        mirror=mirror, origin=origin, origin_token=origin_token, host="127.0.0.1", port=port,
+        token=token, ref_ttl=0.5,
+    )  # fmt: skip
+    spool.mkdir(parents=True, exist_ok=True)
+    service = MirrorService(settings, store, spool)
+    config = uvicorn.Config(
+        create_app(service), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("serve did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", service
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        if service.write_through is not None:
+            service.write_through.wait(10)

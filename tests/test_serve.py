@@ -1,0 +1,320 @@
+"""``modelhaul serve``: the real huggingface_hub client against the service, over a mirror in
+a real SeaweedFS and, for misses, the local fake of the Hub as the origin."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+import modelhaul
+from modelhaul import S3Store, TransferConfig
+from modelhaul._manifest import RepoId
+from modelhaul._mirror import Mirror
+from tests.conftest import ACCESS_KEY, SECRET_KEY, make_file
+from tests.hubfake import FakeHub
+from tests.servefixture import running_serve
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+MiB = 1024 * 1024
+PART = 5 * MiB
+CONFIG = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=4)
+REPO = "acme/served"
+
+
+def model_files(tmp: Path, seed: int = 7) -> dict[str, bytes]:
+    return {
+        "config.json": b'{"model_type": "toy"}',
+        "model.safetensors": make_file(tmp / f"w{seed}.bin", PART + 4321, seed=seed).read_bytes(),
+        "tokenizer/vocab.txt": b"a\nb\nc\n" * 400,
+        "empty.txt": b"",
+    }
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".cache" not in p.parts
+    }
+
+
+def publish(tmp: Path, uri: str, repo: str, files: dict[str, bytes], revision: str) -> None:
+    src = tmp / f"src-{revision}"
+    for path, data in files.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(data)
+    modelhaul.push(src, uri, repo, revision=revision, config=CONFIG)
+
+
+@pytest.fixture
+def hub(env: dict[str, str]) -> Iterator[FakeHub]:
+    with FakeHub() as fake:
+        yield fake
+
+
+def test_mirrored_model_downloads_byte_identical(
+    tmp_path: Path, store: S3Store, bucket: str
+) -> None:
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    files = model_files(tmp_path)
+    uri = f"s3://{bucket}/mirror"
+    publish(tmp_path, uri, REPO, files, "rev-1")
+    with running_serve(store, uri, tmp_path / "spool") as (url, service):
+        snap = snapshot_download(REPO, endpoint=url, cache_dir=tmp_path / "hf")
+        assert tree(Path(snap)) == files
+        assert Path(snap).name == "rev-1"
+        one = hf_hub_download(REPO, "tokenizer/vocab.txt", endpoint=url,
+                              cache_dir=tmp_path / "hf2")  # fmt: skip
+        assert Path(one).read_bytes() == files["tokenizer/vocab.txt"]
+        info = HfApi(endpoint=url).model_info(REPO, files_metadata=True)
+        assert info.sha == "rev-1"
+        assert {s.rfilename: s.size for s in info.siblings or []} == {
+            p: len(d) for p, d in files.items()
+        }
+        assert sorted(HfApi(endpoint=url).list_repo_files(REPO)) == sorted(files)
+        assert service.counters.hits >= 3 and service.counters.misses == 0
+
+
+def test_hf_endpoint_in_a_subprocess(tmp_path: Path, store: S3Store, bucket: str,
+                                     env: dict[str, str]) -> None:  # fmt: skip
+    import subprocess
+    import sys
+
+    files = model_files(tmp_path)
+    uri = f"s3://{bucket}/m"
+    publish(tmp_path, uri, REPO, files, "rev-1")
+    with running_serve(store, uri, tmp_path / "spool") as (url, _):
+        child_env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+        child_env["HF_ENDPOINT"] = url
+        code = (
+            "import sys; from huggingface_hub import snapshot_download; "
+            f"print(snapshot_download({REPO!r}, cache_dir=sys.argv[1]))"
+        )
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hfc")],
+                             env=child_env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert tree(Path(out.stdout.strip().splitlines()[-1])) == files
+
+
+def test_miss_is_fetched_from_origin_served_and_then_mirrored(
+    tmp_path: Path, store: S3Store, bucket: str, hub: FakeHub
+) -> None:
+    from huggingface_hub import snapshot_download
+
+    files = model_files(tmp_path)
+    fake = hub.add(REPO, files)
+    uri = f"s3://{bucket}/m"
+    with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
+        snap = snapshot_download(REPO, endpoint=url, cache_dir=tmp_path / "hf")
+        assert tree(Path(snap)) == files and Path(snap).name == fake.commit
+        assert service.counters.misses == 3
+        assert service.write_through is not None
+        service.write_through.wait(30)
+        mirror = Mirror.from_uri(store, uri)
+        manifest, _ = mirror.resolve(RepoId("acme", "served"), "main")
+        assert manifest is not None and manifest.revision == fake.commit
+        assert {f.path for f in manifest.files} == set(files)
+        for f in manifest.files:
+            assert f.sha256 == hashlib.sha256(files[f.path]).hexdigest()
+        # Now served from the mirror alone: the origin sees no more downloads.
+        before = hub.downloads()
+        time.sleep(0.6)  # past the ref's ttl
+        snap2 = snapshot_download(REPO, endpoint=url, cache_dir=tmp_path / "hf2")
+        assert tree(Path(snap2)) == files and hub.downloads() == before
+    assert not list((tmp_path / "spool").iterdir())  # spool files are removed
+
+
+def test_eight_clients_one_origin_fetch(
+    tmp_path: Path, store: S3Store, bucket: str, hub: FakeHub
+) -> None:
+    from huggingface_hub import hf_hub_download
+
+    files = model_files(tmp_path)
+    hub.add(REPO, files)
+    uri = f"s3://{bucket}/m"
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+    with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
+        barrier = threading.Barrier(8)
+
+        def client(i: int) -> None:
+            try:
+                barrier.wait()
+                got = hf_hub_download(REPO, "model.safetensors", endpoint=url,
+                                      cache_dir=tmp_path / f"hf{i}")  # fmt: skip
+                results[i] = Path(got).read_bytes()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert len(results) == 8 and all(d == files["model.safetensors"] for d in results.values())
+        assert hub.downloads("model.safetensors") == 1
+        assert service.counters.origin_fetches == 1
+
+
+def test_interrupted_download_resumes_with_range(
+    tmp_path: Path, store: S3Store, bucket: str
+) -> None:
+    from huggingface_hub import hf_hub_download
+
+    files = model_files(tmp_path)
+    data = files["model.safetensors"]
+    uri = f"s3://{bucket}/m"
+    publish(tmp_path, uri, REPO, files, "rev-1")
+    with running_serve(store, uri, tmp_path / "spool") as (url, _):
+        where = urlsplit(url)
+        # A client reads part of the file, then its connection drops.
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        conn.request("GET", f"/{REPO}/resolve/main/model.safetensors")
+        resp = conn.getresponse()
+        assert resp.status == 200 and int(resp.headers["Content-Length"]) == len(data)
+        first = resp.read(3 * MiB + 5)
+        conn.close()
+        # It asks for the rest with Range.
+        req = urllib.request.Request(f"{url}/{REPO}/resolve/main/model.safetensors",
+                                     headers={"Range": f"bytes={len(first)}-"})  # fmt: skip
+        with urllib.request.urlopen(req) as r2:
+            assert r2.status == 206
+            assert r2.headers["Content-Range"] == f"bytes {len(first)}-{len(data) - 1}/{len(data)}"
+            rest = r2.read()
+        assert first + rest == data
+        # huggingface_hub's own resume: a partial blob in its cache is continued.
+        sha = hashlib.sha256(data).hexdigest()
+        blobs = tmp_path / "hf" / "models--acme--served" / "blobs"
+        blobs.mkdir(parents=True)
+        (blobs / f"{sha}.incomplete").write_bytes(data[: 2 * MiB])
+        got = hf_hub_download(REPO, "model.safetensors", endpoint=url, cache_dir=tmp_path / "hf")
+        assert Path(got).read_bytes() == data
+        # Suffix and bad ranges.
+        req = urllib.request.Request(f"{url}/{REPO}/resolve/main/model.safetensors",
+                                     headers={"Range": "bytes=-10"})  # fmt: skip
+        with urllib.request.urlopen(req) as r3:
+            assert r3.read() == data[-10:]
+        status, _, _ = raw(url, "GET", f"/{REPO}/resolve/main/model.safetensors",
+                           {"Range": f"bytes={len(data)}-"})  # fmt: skip
+        assert status == 416
+
+
+def raw(url: str, method: str, path: str, headers: dict[str, str] | None = None
+        ) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    """A request with the path sent exactly as given (no client-side normalisation)."""
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for k, v in (headers or {}).items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def test_bad_requests_and_nothing_leaks(
+    tmp_path: Path, store: S3Store, bucket: str, hub: FakeHub
+) -> None:
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    files = model_files(tmp_path)
+    uri = f"s3://{bucket}/m"
+    publish(tmp_path, uri, REPO, files, "rev-1")
+    # An object beside the prefix that a traversal would reach.
+    store.put(bucket, "secret.txt", b"TOP SECRET")
+    hub.add("acme/other", {"config.json": b"{}"})
+    token = "serve-token-123"
+    seen: list[bytes] = []
+    with running_serve(store, uri, tmp_path / "spool", origin=hub.url, token=token) as (url, _):
+        auth = {"Authorization": f"Bearer {token}"}
+        api = HfApi(endpoint=url, token=token)
+        with pytest.raises(RepositoryNotFoundError):
+            api.model_info("nobody/nothing")
+        with pytest.raises(RevisionNotFoundError):
+            api.model_info(REPO, revision="v9")
+        with pytest.raises(EntryNotFoundError):
+            hf_hub_download(REPO, "nope.bin", endpoint=url, token=token,
+                            cache_dir=tmp_path / "hf")  # fmt: skip
+        for path in (
+            f"/{REPO}/resolve/main/../../../secret.txt",
+            f"/{REPO}/resolve/main/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+            f"/{REPO}/resolve/main/..%2f..%2f..%2fsecret.txt",
+            f"/{REPO}/resolve/main//etc/passwd",
+            f"/{REPO}/resolve/..%2f..%2f/secret.txt",
+            "/acme/../resolve/main/secret.txt",
+            f"/{REPO}/resolve/main/.modelhaul/manifest.json",
+            "/api/models/acme/served/tree/main/../../..",
+        ):
+            status, headers, body = raw(url, "GET", path, auth)
+            assert status in (400, 404), (path, status)
+            assert b"TOP SECRET" not in body and b"root:" not in body
+            seen.append(body + json.dumps(headers).encode())
+        # Wrong or missing token: 401, before anything is looked up.
+        for bad in ({"Authorization": "Bearer wrong"}, {}):
+            status, headers, body = raw(url, "GET", f"/{REPO}/resolve/main/config.json", bad)
+            assert status == 401
+            seen.append(body + json.dumps(headers).encode())
+        with pytest.raises(HfHubHTTPError) as info:
+            HfApi(endpoint=url, token="wrong").model_info(REPO)
+        assert info.value.response.status_code == 401
+        # Good requests, for the leak check.
+        for path in (f"/{REPO}/resolve/main/config.json", "/api/models/acme/served",
+                     "/", "/api/status", "/acme/other/resolve/main/config.json"):  # fmt: skip
+            status, headers, body = raw(url, "GET", path, auth)
+            assert status == 200, path
+            seen.append(body + json.dumps(headers).encode())
+    blob = b"\n".join(seen)
+    for secret in (ACCESS_KEY, SECRET_KEY, store.describe().split("//")[-1]):
+        assert secret.encode() not in blob
+
+
+def test_status_page_in_headless_chromium(tmp_path: Path, store: S3Store, bucket: str) -> None:
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("no /usr/bin/chromium (scripts/test.sh installs it: apt-get install chromium)")
+    files = model_files(tmp_path)
+    uri = f"s3://{bucket}/m"
+    publish(tmp_path, uri, REPO, files, "rev-1")
+    publish(tmp_path, uri, "acme/tiny", {"a.txt": b"x"}, "v1")
+    from huggingface_hub import hf_hub_download
+
+    with running_serve(store, uri, tmp_path / "spool") as (url, _):
+        hf_hub_download(REPO, "config.json", endpoint=url, cache_dir=tmp_path / "hf")
+        out = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom", url + "/"],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    dom = out.stdout
+    assert "<title>modelhaul mirror</title>" in dom
+    assert REPO in dom and "acme/tiny" in dom and "rev-1" in dom and "main" in dom
+    assert 'id="hits">1<' in dom and 'id="misses">0<' in dom
+    assert 'id="repo-count">2<' in dom
+    total = sum(len(d) for d in files.values())
+    assert f"{total / MiB:.1f} MiB" in dom
