@@ -188,6 +188,12 @@ class Cache:
         CacheError: the cache folder cannot be created or written.
         """
         try:
+            if not self.root.exists():
+                # Created readable by its owner only: the cache holds private weights. A
+                # folder the user made (say, one shared on purpose) keeps its mode.
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    self.root.mkdir(mode=0o700)
             (self.root / "tmp").mkdir(parents=True, exist_ok=True)
             probe = self.root / "tmp" / f".probe-{uuid.uuid4().hex[:8]}"
             probe.write_bytes(b"")

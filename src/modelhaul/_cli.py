@@ -22,7 +22,7 @@ from . import __version__
 from ._config import MiB, Profile, TransferConfig, load_profile
 from ._copy import abort_uploads, copy, list_uploads, open_store
 from ._engine import ProgressSubscriber
-from ._errors import ConfigError, ModelhaulError, redact
+from ._errors import ConfigError, ModelhaulError, known_secrets, redact
 from ._progress import RichProgress, setup_logging
 from ._uri import parse_s3
 
@@ -369,7 +369,11 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except ModelhaulError as exc:
-        secrets = [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
+        secrets = [
+            os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            os.environ.get("AWS_SESSION_TOKEN"),
+            *known_secrets(),
+        ]
         log.debug("failed", exc_info=True)
         click.echo(redact(f"error: {type(exc).__name__}: {exc.message}", secrets), err=True)
         if exc.hint:

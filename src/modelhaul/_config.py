@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ._errors import ConfigError
+from ._errors import ConfigError, remember_secrets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,6 +145,11 @@ class Profile:
     checksums: bool = True
     conditional_writes: bool = True
     region_given: bool = False
+
+    def __post_init__(self) -> None:
+        # The CLI's log filter and error printer scrub these even when the profile was
+        # read from a config file after logging was set up.
+        remember_secrets(self.secret_access_key, self.session_token)
 
     @property
     def secrets(self) -> tuple[str | None, ...]:

@@ -54,6 +54,7 @@ came from elsewhere before it is shown.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -528,8 +529,30 @@ _SECRET_PATTERNS = [
         r"(\s*[=:]\s*)(\S+)"
     ),
     re.compile(r"(?i)(X-Amz-Security-Token=|X-Amz-Signature=|Signature=)([^&\s]+)"),
+    # botocore's wire log prints headers as a dict: 'X-Amz-Security-Token': b'...'
+    re.compile(r"(?i)(x-amz-security-token['\"]?\s*:\s*b?['\"])([^'\"]+)"),
     re.compile(r"(?i)(Credential=)([^/&\s]+)"),
 ]
+
+
+# Secrets of every profile built in this process (see ``Profile.__post_init__``): a profile
+# may come from a config file or ``--profile`` deep inside a command, where the CLI's log
+# filter, set up before any profile exists, cannot see it. Only the CLI's filter and error
+# printer read this; :func:`redact` itself scrubs only what it is given.
+_known_secrets: set[str] = set()
+_known_lock = threading.Lock()
+
+
+def remember_secrets(*values: str | None) -> None:
+    """Note values that the CLI's output must never show."""
+    with _known_lock:
+        _known_secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def known_secrets() -> list[str]:
+    """Every secret noted by :func:`remember_secrets`, longest first."""
+    with _known_lock:
+        return sorted(_known_secrets, key=len, reverse=True)
 
 
 def redact(text: str, secrets: Sequence[str | None] = ()) -> str:

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from ._engine import ProgressSubscriber
-from ._errors import redact
+from ._errors import known_secrets, redact
 
 __all__ = ["RedactingFilter", "RichProgress", "setup_logging"]
 
@@ -103,7 +103,7 @@ class RedactingFilter(logging.Filter):
             message += "\n" + logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
             record.exc_text = None
-        record.msg = redact(message, self.secrets)
+        record.msg = redact(message, [*self.secrets, *known_secrets()])
         record.args = ()
         return True
 
