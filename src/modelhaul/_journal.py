@@ -51,6 +51,12 @@ def write_journal(path: Path, data: dict[str, Any], *, durable: bool = True) -> 
     folder) so the journal also survives a power cut; download journals skip them (see
     :mod:`modelhaul._download`).
     """
+    state = state_dir()
+    if path.is_relative_to(state) and not state.exists():
+        # mkdir(parents=True) gives the folders above the leaf the default mode; the
+        # state folder names buckets, keys and endpoints, so it is its owner's only.
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.mkdir(mode=0o700, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     payload = json.dumps({"version": VERSION, **data}, separators=(",", ":")).encode()
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
