@@ -122,6 +122,9 @@ class CheckpointManager:
         store: an already-open store (overrides ``profile``).
         config: part size, concurrency and retries of the uploads and downloads.
 
+    In data-parallel training call ``save`` on one rank only (rank 0); every rank may
+    ``load_latest``. For sharded states use :class:`S3StorageWriter` instead.
+
     Example::
 
         ckpt = CheckpointManager("s3://runs/llm/exp1/run7/", keep_last=3, keep_every=1000)
