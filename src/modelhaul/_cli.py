@@ -386,3 +386,7 @@ def main(argv: list[str] | None = None) -> None:
 from ._cli_repo import register as _register_repo  # noqa: E402 - needs the group above
 
 _register_repo(cli)
+
+from ._cli_mirror import register as _register_mirror  # noqa: E402 - needs the group above
+
+_register_mirror(cli)

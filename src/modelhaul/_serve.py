@@ -28,13 +28,13 @@ from ._manifest import Manifest, RepoId
 from ._mirror import Mirror, RepoSummary
 from ._serve_origin import WriteThrough
 from ._store import ObjectStore
+from ._sync import SYNC_STATUS_NAME
 from ._uri import parse_s3
 
 __all__ = ["MirrorService", "ServeSettings", "ServedFile", "ServedRevision", "load_serve_settings"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
-SYNC_STATUS_NAME = ".modelhaul/sync.json"
 
 
 @dataclass(frozen=True)

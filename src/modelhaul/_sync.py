@@ -1,0 +1,564 @@
+"""``mirror sync``: keep a mirror bucket in step with the hubs, from a config file.
+
+The config (TOML; every key but ``repos`` optional)::
+
+    mirror = "s3://team-models/mirror"   # or --mirror
+    origin = "hf"                        # hf (HF_ENDPOINT), modelscope, or a hub's URL
+    keep = 3                             # revisions kept per repo; 0 keeps all
+    cold_after = 1                       # kept revisions beyond the newest N ...
+    cold_storage_class = "STANDARD_IA"   # ... move to this storage class, where supported
+
+    [[repos]]
+    id = "Qwen/Qwen2-0.5B"
+    revisions = ["main"]                 # refs or commits; default ["main"]
+    include = ["*.json", "*.safetensors"]
+    exclude = ["*.bin"]
+    keep = 2                             # overrides the top-level keep (origin too)
+
+For each repo and revision: ask the hub which commit it is; if the mirror already has that
+commit's manifest only the ref moves (no bytes); otherwise the files are fetched — those
+whose SHA-256 an earlier revision in the mirror already holds are read from the mirror, the
+rest from the hub — and published as a push does (objects, then the manifest, then the
+ref). Then revisions beyond ``keep`` (never one a ref points at) are deleted, manifest
+first so they vanish at once, and kept revisions beyond ``cold_after`` are copied onto
+themselves in the colder storage class (``<rev>/.modelhaul/storage-class`` records it).
+
+Safe to run twice at once: each repo is synced under a lease in the bucket
+(``<repo>/.modelhaul-sync.lease``), so a second run waits for the first and then finds
+nothing to do; a run that died leaves a lease that expires. Every run records what it did
+in ``<prefix>/.modelhaul/sync.json``, which ``serve``'s status page shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._config import TransferConfig, read_config_file
+from ._copy import _matches, open_store
+from ._engine import ProgressSubscriber
+from ._errors import ConfigError, ModelhaulError, NoSuchKey
+from ._hub import HubFile, HuggingFaceHub, OriginHub, make_hub
+from ._lease import Lease, ObjectLeaseBackend
+from ._manifest import RepoId, check_revision, parse_repo_id
+from ._mirror import Mirror
+from ._pull import PlannedFile, _verify_origin_file
+from ._push import push
+from ._store import ObjectStore
+from ._uri import parse_s3, safe_join
+
+__all__ = ["SyncAction", "SyncConfig", "SyncRepo", "SyncReport", "load_sync_config", "sync_mirror"]
+
+log = logging.getLogger("modelhaul.sync")
+
+SYNC_STATUS_NAME = ".modelhaul/sync.json"
+_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SyncRepo:
+    """One repository to keep mirrored.
+
+    Attributes:
+        repo: ``ORG/NAME``.
+        revisions: refs or commits to mirror (``main`` by default).
+        include: glob patterns of files to mirror (all when empty).
+        exclude: glob patterns of files to leave out.
+        origin: ``hf``, ``modelscope`` or a Hugging Face-compatible hub's URL.
+        keep: revisions kept in the mirror (0: all).
+    """
+
+    repo: str
+    revisions: tuple[str, ...] = ("main",)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    origin: str = "hf"
+    keep: int = 0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """What ``mirror sync`` keeps where.
+
+    Attributes:
+        mirror: ``s3://BUCKET/PREFIX``.
+        repos: the repositories.
+        cold_after: kept revisions beyond the newest ``cold_after`` go to
+            ``cold_storage_class`` (0: none do).
+        cold_storage_class: an S3 storage class, e.g. ``STANDARD_IA`` or ``GLACIER_IR``.
+    """
+
+    mirror: str
+    repos: tuple[SyncRepo, ...]
+    cold_after: int = 0
+    cold_storage_class: str | None = None
+
+
+def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {name!r} must be a list of strings", hint=f'{name} = ["..."]')
+    return tuple(value)
+
+
+def _count(value: Any, where: str, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}: {name!r} must be a whole number >= 0", hint=f"{name} = 3")
+    return value
+
+
+def load_sync_config(path: str | Path, *, mirror: str | None = None) -> SyncConfig:
+    """Read a sync config file; ``mirror`` overrides the file's.
+
+    Raises:
+        ConfigError: a missing file, or a missing or malformed key.
+        InvalidRepoId, InvalidURI: a bad repo id, revision or mirror.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"no sync config at {file}", hint="see `modelhaul mirror sync --help`")
+    data = read_config_file(file)
+    where = str(file)
+    top = {"mirror", "origin", "keep", "cold_after", "cold_storage_class", "repos"}
+    if set(data) - top:
+        raise ConfigError(
+            f"{where} has unknown keys: {', '.join(sorted(set(data) - top))}",
+            hint=f"valid keys are {', '.join(sorted(top))}",
+        )
+    uri = mirror or data.get("mirror")
+    if not isinstance(uri, str):
+        raise ConfigError(f"{where} names no mirror", hint='add mirror = "s3://BUCKET/PREFIX"')
+    parse_s3(uri)
+    origin = str(data.get("origin", "hf"))
+    keep = _count(data.get("keep", 0), where, "keep")
+    items = data.get("repos")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{where} lists no repos", hint='add [[repos]] with id = "ORG/NAME"')
+    repos = []
+    known = {"id", "revisions", "include", "exclude", "origin", "keep"}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise ConfigError(f"{where}: every [[repos]] needs an id", hint='id = "ORG/NAME"')
+        if set(item) - known:
+            raise ConfigError(
+                f"{where}: [[repos]] {item['id']} has unknown keys: "
+                f"{', '.join(sorted(set(item) - known))}",
+                hint=f"valid keys are {', '.join(sorted(known))}",
+            )
+        repo, _ = parse_repo_id(item["id"])
+        revisions = _strings(item.get("revisions", ["main"]), where, "revisions")
+        for rev in revisions:
+            check_revision(rev)
+        repos.append(
+            SyncRepo(
+                str(repo),
+                revisions,
+                _strings(item.get("include", []), where, "include"),
+                _strings(item.get("exclude", []), where, "exclude"),
+                str(item.get("origin", origin)),
+                _count(item.get("keep", keep), where, "keep"),
+            )
+        )
+    cold = data.get("cold_storage_class")
+    if cold is not None and not isinstance(cold, str):
+        raise ConfigError(f"{where}: cold_storage_class must be a string", hint="e.g. STANDARD_IA")
+    return SyncConfig(
+        uri, tuple(repos), _count(data.get("cold_after", 0), where, "cold_after"), cold
+    )
+
+
+@dataclass
+class SyncAction:
+    """One thing a sync did.
+
+    Attributes:
+        repo: ``ORG/NAME``.
+        ref: the ref or revision asked for ("" for retention actions).
+        revision: the commit concerned.
+        action: ``published``, ``unchanged``, ``ref moved``, ``pruned``, ``cold``,
+            ``cold unsupported`` or ``failed``.
+        files: files in the revision.
+        origin_bytes: bytes fetched from the hub.
+        reused_bytes: bytes read back from the mirror (files an earlier revision had).
+        uploaded_bytes: bytes written to the mirror.
+        seconds: time taken.
+        detail: a line of explanation (the error, for ``failed``).
+    """
+
+    repo: str
+    ref: str
+    revision: str
+    action: str
+    files: int = 0
+    origin_bytes: int = 0
+    reused_bytes: int = 0
+    uploaded_bytes: int = 0
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class SyncReport:
+    """What a sync did, repo by repo."""
+
+    mirror: str
+    actions: list[SyncAction] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(a.origin_bytes + a.reused_bytes + a.uploaded_bytes for a in self.actions)
+
+    @property
+    def failed(self) -> list[SyncAction]:
+        return [a for a in self.actions if a.action == "failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mirror": self.mirror,
+            "seconds": round(self.seconds, 3),
+            "bytes_moved": self.bytes_moved,
+            "actions": [a.__dict__ for a in self.actions],
+        }
+
+
+def _hub(origin: str, env: Mapping[str, str]) -> OriginHub:
+    if origin.startswith(("http://", "https://")):
+        return HuggingFaceHub(origin, env.get("HF_TOKEN") or None)
+    return make_hub(origin, env)
+
+
+def sync_mirror(
+    config: SyncConfig,
+    *,
+    profile: str | None = None,
+    store: ObjectStore | None = None,
+    transfer: TransferConfig | None = None,
+    progress: Iterable[ProgressSubscriber] = (),
+    lock_timeout: float = 3600.0,
+    lease_ttl: float = 30.0,
+    env: Mapping[str, str] | None = None,
+) -> SyncReport:
+    """Bring the mirror in step with the hubs, as ``config`` says.
+
+    A failure of one repository is recorded in the report (``failed``) and the others go
+    on.
+
+    Returns:
+        What changed, with bytes and times.
+
+    Raises:
+        InvalidURI: the mirror is not ``s3://BUCKET[/PREFIX]``.
+        StoreError: the mirror's store cannot be used at all.
+    """
+    env = os.environ if env is None else env
+    transfer = transfer or TransferConfig()
+    started = time.monotonic()
+    store = store or open_store(profile, transfer)
+    mirror = Mirror.from_uri(store, config.mirror)
+    report = SyncReport(str(mirror))
+    synced: dict[str, dict[str, Any]] = {}
+    for item in config.repos:
+        repo, _ = parse_repo_id(item.repo)
+        t0 = time.monotonic()
+        lease = Lease(
+            ObjectLeaseBackend(
+                store,
+                mirror.bucket,
+                mirror.layout(repo).root + ".modelhaul-sync.lease",
+                f"the sync of {repo} in {mirror}",
+            ),
+            ttl=lease_ttl,
+        )
+        try:
+            lease.acquire(lock_timeout, on_wait=lambda who: log.warning("waiting for %s", who))
+        except ModelhaulError as exc:
+            report.actions.append(SyncAction(str(repo), "", "", "failed", detail=exc.message))
+            continue
+        try:
+            refs = _sync_repo(
+                mirror, repo, item, _hub(item.origin, env), transfer, list(progress), report
+            )
+            _retention(mirror, repo, item.keep, config, report)
+            synced[str(repo)] = {"finished": time.time(), "refs": refs}
+        except ModelhaulError as exc:
+            report.actions.append(
+                SyncAction(
+                    str(repo), "", "", "failed", seconds=time.monotonic() - t0, detail=exc.message
+                )
+            )
+        finally:
+            lease.release()
+    _record(mirror, synced)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _sync_repo(
+    mirror: Mirror,
+    repo: RepoId,
+    item: SyncRepo,
+    hub: OriginHub,
+    transfer: TransferConfig,
+    progress: list[ProgressSubscriber],
+    report: SyncReport,
+) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for name in item.revisions:
+        t0 = time.monotonic()
+        try:
+            resolved = hub.resolve(repo, name)
+        except ModelhaulError as exc:
+            report.actions.append(SyncAction(str(repo), name, "", "failed", detail=exc.message))
+            continue
+        commit = resolved.commit
+        refs[name] = commit
+        files = [f for f in resolved.files if _matches(f.path, item.include, item.exclude)]
+        if mirror.manifest(repo, commit) is not None:
+            action = "unchanged"
+            if name != commit and mirror.ref(repo, name) != commit:
+                mirror.set_ref(repo, name, commit)
+                action = "ref moved"
+            report.actions.append(
+                SyncAction(
+                    str(repo), name, commit, action, len(files), seconds=time.monotonic() - t0
+                )
+            )
+            continue
+        if not files:
+            report.actions.append(
+                SyncAction(
+                    str(repo), name, commit, "failed", detail="no file matches include/exclude"
+                )
+            )
+            continue
+        done = _publish_revision(mirror, repo, name, commit, files, hub, transfer, progress)
+        done.seconds = time.monotonic() - t0
+        report.actions.append(done)
+    return refs
+
+
+def _known_blobs(mirror: Mirror, repo: RepoId) -> dict[str, tuple[str, int]]:
+    """SHA-256 -> (key, size) of every file the mirror's revisions of ``repo`` hold."""
+    out: dict[str, tuple[str, int]] = {}
+    for summary in mirror.repos(repo):
+        for rev in summary.revisions:
+            manifest = mirror.manifest(repo, rev.revision)
+            for f in manifest.files if manifest else ():
+                out[f.sha256] = (mirror.layout(repo).file_key(rev.revision, f.path), f.size)
+    return out
+
+
+def _publish_revision(
+    mirror: Mirror,
+    repo: RepoId,
+    name: str,
+    commit: str,
+    files: Sequence[HubFile],
+    hub: OriginHub,
+    transfer: TransferConfig,
+    progress: list[ProgressSubscriber],
+) -> SyncAction:
+    known = _known_blobs(mirror, repo)
+    action = SyncAction(str(repo), name, commit, "published", len(files))
+    with tempfile.TemporaryDirectory(prefix="modelhaul-sync-") as tmp:
+        folder = Path(tmp) / "files"
+        folder.mkdir()
+        for f in files:
+            dest = safe_join(folder, f.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            reuse = known.get(f.sha256) if f.sha256 else None
+            if reuse is not None and reuse[1] == f.size:
+                _copy_down(mirror.store, mirror.bucket, reuse[0], reuse[1], dest)
+                action.reused_bytes += reuse[1]
+            else:
+                got = hub.fetch(repo, commit, f.path, folder)
+                if got.resolve() != dest.resolve():
+                    got.replace(dest)
+                action.origin_bytes += dest.stat().st_size
+            planned = PlannedFile(f.path, f.size, f.sha256, f.git_sha1, "origin", hub.describe())
+            _verify_origin_file(planned, dest, f"{repo}/{f.path}")
+        result = push(
+            folder,
+            str(mirror),
+            str(repo),
+            revision=commit,
+            ref=name if name != commit else None,
+            source={"hub": hub.name, "revision": commit},
+            store=mirror.store,
+            config=transfer,
+            progress=progress,
+        )
+    action.uploaded_bytes = result.stats.bytes
+    if result.already_published:  # another run published it while we fetched
+        action.action = "unchanged"
+    return action
+
+
+def _copy_down(store: ObjectStore, bucket: str, key: str, size: int, dest: Path) -> None:
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with dest.open("wb") as out:
+        pos = 0
+        while pos < size:
+            end = min(size, pos + _CHUNK)
+            with store.open_range(bucket, key, pos, end) as reader:
+                got = 0
+                while got < end - pos:
+                    n = reader.readinto(view[got : end - pos])
+                    if n == 0:
+                        break
+                    got += n
+            out.write(view[:got])
+            if got < end - pos:
+                raise NoSuchKey(f"s3://{bucket}/{key} ended early", hint="run the sync again")
+            pos = end
+
+
+def _retention(
+    mirror: Mirror, repo: RepoId, keep: int, config: SyncConfig, report: SyncReport
+) -> None:
+    summaries = mirror.repos(repo)
+    if not summaries:
+        return
+    summary = summaries[0]
+    pinned = set(summary.refs.values())
+    # The manifests' own times: the listing's are whole seconds, too coarse to order by.
+    created = {}
+    for rev in summary.revisions:
+        manifest = mirror.manifest(repo, rev.revision)
+        created[rev.revision] = manifest.created if manifest else rev.created
+    newest_first = sorted(
+        summary.revisions, key=lambda r: (created[r.revision], r.revision), reverse=True
+    )
+    for index, rev in enumerate(newest_first):
+        if rev.revision in pinned:
+            continue
+        if keep and index >= keep:
+            _prune(mirror, repo, rev.revision)
+            report.actions.append(
+                SyncAction(
+                    str(repo), "", rev.revision, "pruned", rev.files, detail=f"beyond keep = {keep}"
+                )
+            )
+        elif config.cold_storage_class and config.cold_after and index >= config.cold_after:
+            done = _make_cold(mirror, repo, rev.revision, config.cold_storage_class)
+            if done is not None:
+                report.actions.append(
+                    SyncAction(
+                        str(repo),
+                        "",
+                        rev.revision,
+                        done,
+                        rev.files,
+                        detail=config.cold_storage_class,
+                    )
+                )
+
+
+def _prune(mirror: Mirror, repo: RepoId, revision: str) -> None:
+    """Delete a revision: its manifest first, so it is gone for readers at once."""
+    layout = mirror.layout(repo)
+    mirror.store.delete(mirror.bucket, layout.manifest_key(revision))
+    for info in list(mirror.store.list(mirror.bucket, layout.revision_prefix(revision))):
+        mirror.store.delete(mirror.bucket, info.key)
+
+
+def _make_cold(mirror: Mirror, repo: RepoId, revision: str, storage_class: str) -> str | None:
+    """Copy a revision's objects onto themselves in ``storage_class``; None if done before."""
+    from ._s3 import S3Store
+
+    layout = mirror.layout(repo)
+    marker = layout.revision_prefix(revision) + ".modelhaul/storage-class"
+    try:
+        if mirror.store.get_bytes(mirror.bucket, marker).decode() == storage_class:
+            return None
+    except NoSuchKey:
+        pass
+    store = mirror.store
+    if not isinstance(store, S3Store):
+        return "cold unsupported"
+    client = store.client(mirror.bucket)
+    for info in list(store.list(mirror.bucket, layout.revision_prefix(revision))):
+        if info.key == marker:
+            continue
+        try:
+            _copy_in_place(client, mirror.bucket, info.key, info.size, storage_class)
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            # InvalidRequest: a self-copy that changes nothing, i.e. the class was ignored.
+            if code in (
+                "InvalidStorageClass",
+                "NotImplemented",
+                "InvalidArgument",
+                "InvalidRequest",
+            ):
+                log.warning("the store refuses storage class %s: %s", storage_class, code)
+                return "cold unsupported"
+            raise store.translate(exc, "CopyObject", bucket=mirror.bucket, key=info.key) from exc
+    store.put(mirror.bucket, marker, storage_class.encode())
+    return "cold"
+
+
+_UNSUPPORTED = ("InvalidStorageClass", "NotImplemented", "InvalidArgument", "InvalidRequest")
+_COPY_LIMIT = 5 * 1024**3  # the most one CopyObject may copy
+_COPY_PART = 1024**3
+
+
+def _copy_in_place(client: Any, bucket: str, key: str, size: int, storage_class: str) -> None:
+    """Rewrite an object onto itself in another storage class (bytes stay in the store)."""
+    source = {"Bucket": bucket, "Key": key}
+    if size <= _COPY_LIMIT:
+        client.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource=source,
+            StorageClass=storage_class,
+            MetadataDirective="COPY",
+        )
+        return
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, StorageClass=storage_class)
+    parts = []
+    try:
+        for number, start in enumerate(range(0, size, _COPY_PART), start=1):
+            end = min(size, start + _COPY_PART) - 1
+            got = client.upload_part_copy(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload["UploadId"],
+                PartNumber=number,
+                CopySource=source,
+                CopySourceRange=f"bytes={start}-{end}",
+            )
+            parts.append({"PartNumber": number, "ETag": got["CopyPartResult"]["ETag"]})
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        raise
+
+
+def _record(mirror: Mirror, synced: dict[str, dict[str, Any]]) -> None:
+    """Merge this run into ``<prefix>/.modelhaul/sync.json`` (for the status page)."""
+    key = f"{mirror.prefix}/{SYNC_STATUS_NAME}".lstrip("/")
+    try:
+        status = json.loads(mirror.store.get_bytes(mirror.bucket, key))
+        if not isinstance(status, dict) or not isinstance(status.get("repos"), dict):
+            status = {"repos": {}}
+    except (NoSuchKey, ValueError):
+        status = {"repos": {}}
+    status["repos"].update(synced)
+    status["finished"] = time.time()
+    try:
+        mirror.store.put(mirror.bucket, key, json.dumps(status, indent=1).encode())
+    except ModelhaulError as exc:  # the record is for display; the sync itself is done
+        log.warning("could not record the sync in %s: %s", key, exc)
