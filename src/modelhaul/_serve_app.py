@@ -56,7 +56,7 @@ __all__ = ["create_app", "run"]
 
 log = logging.getLogger("modelhaul.serve")
 
-CHUNK = 2 * 1024 * 1024
+CHUNK = 4 * 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 

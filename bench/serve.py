@@ -1,0 +1,212 @@
+"""``modelhaul serve`` benchmark: N concurrent clients each downloading one mirrored file
+through the service, against the same N clients reading it straight from SeaweedFS with
+s5cmd, in one run.
+
+Run:  .venv/bin/python bench/serve.py [--size-mib 1024] [--clients 16] [--repeat 1]
+                                      [--json-out PATH]
+
+What it does (see ../shared/DESIGN.md, "Speed"):
+
+* starts its own SeaweedFS in a temp dir, writes a file of ``--size-mib`` MiB (random
+  bytes), pushes it as ``bench/model`` (one revision), and removes everything at the end;
+* starts ``modelhaul serve --mirror s3://bench/mh --origin none`` as a child process on a
+  free port;
+* serve: ``--clients`` curl processes at once, each
+  ``curl -o FILE http://127.0.0.1:PORT/bench/model/resolve/main/model.safetensors``
+  (the URL huggingface_hub downloads from; curl as the client so the client's own CPU is
+  small and alike on both sides);
+* s5cmd: the same number of ``s5cmd cp s3://bench/mh/bench/model/r0/model.safetensors FILE``
+  at once (s5cmd's own ranged parallel download);
+* aggregate throughput = clients x size / wall time from the first start to the last end;
+  every downloaded file's size is checked, and one of each side's SHA-256; the service's
+  peak RSS comes from ``wait4`` when it exits. Order alternates each repeat.
+
+Target (issue "The team mirror"): serve >= 0.8x s5cmd. Figures on a shared machine are
+noisy (~20%): compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+MiB = 1024 * 1024
+BUCKET = "bench"
+REPO_ID = "bench/model"
+NAME = "model.safetensors"
+PY = sys.executable
+BIN = Path(sys.executable).parent
+TARGET = 0.8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_file(path: Path, size_mib: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(8 * MiB)
+    with path.open("wb") as fh:
+        for n in range(size_mib // 8):
+            fh.write(n.to_bytes(8, "little") + block[8:])
+        rest = size_mib % 8
+        if rest:
+            fh.write(block[: rest * MiB])
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_clients(cmds: list[list[str]], env: dict[str, str]) -> float:
+    """Start every command at once; seconds from the first start to the last end."""
+    subprocess.run(["sync"], check=False)
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for c in cmds
+    ]
+    for p, c in zip(procs, cmds, strict=True):
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(c)} failed ({p.returncode}): {err.decode()[-500:]}")
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="file size (default 1024)")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed repetitions")
+    ap.add_argument("--json-out", help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    if shutil.which("curl") is None:
+        raise SystemExit("bench/serve.py needs curl (apt-get install curl)")
+
+    import modelhaul
+
+    work = Path(tempfile.mkdtemp(prefix="modelhaul-bench-serve-", dir=os.environ.get("TMPDIR")))
+    server = modelhaul.start_server(
+        work / "seaweedfs",
+        access_key_id="benchkey",
+        secret_access_key="bench-secret-0123456789",
+        buckets=[BUCKET],
+    )
+    serve: subprocess.Popen[bytes] | None = None
+    try:
+        env = dict(os.environ, **server.env())
+        env.pop("MODELHAUL_CONFIG", None)
+        env["MODELHAUL_STATE_DIR"] = str(work / "state")
+        os.environ.update(env)
+        src = work / "model" / NAME
+        print(f"writing {args.size_mib} MiB and pushing it ...", file=sys.stderr)
+        write_file(src, args.size_mib)
+        size = src.stat().st_size
+        want = sha256(src)
+        modelhaul.push(src.parent, f"s3://{BUCKET}/mh", REPO_ID, revision="r0")
+
+        port = free_port()
+        serve = subprocess.Popen(
+            [PY, "-m", "modelhaul", "-q", "serve", "--mirror", f"s3://{BUCKET}/mh",
+             "--origin", "none", "--port", str(port)],
+            env=env,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or serve.poll() is not None:
+                    raise SystemExit("modelhaul serve did not start") from None
+                time.sleep(0.2)
+
+        endpoint = env["AWS_ENDPOINT_URL"]
+        key = f"s3://{BUCKET}/mh/{REPO_ID}/r0/{NAME}"
+        out = work / "out"
+        sides: dict[str, list[float]] = {"serve": [], "s5cmd": []}
+
+        def cmds(side: str) -> list[list[str]]:
+            if side == "serve":
+                return [
+                    ["curl", "-sS", "--fail", "-o", str(out / f"c{i}"),
+                     f"{url}/{REPO_ID}/resolve/main/{NAME}"]
+                    for i in range(args.clients)
+                ]  # fmt: skip
+            return [
+                [str(BIN / "s5cmd"), "--endpoint-url", endpoint, "cp", key, str(out / f"c{i}")]
+                for i in range(args.clients)
+            ]
+
+        for rep in range(args.repeat):
+            order = ["serve", "s5cmd"] if rep % 2 == 0 else ["s5cmd", "serve"]
+            for side in order:
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                seconds = run_clients(cmds(side), env)
+                for i in range(args.clients):
+                    if (out / f"c{i}").stat().st_size != size:
+                        raise SystemExit(f"{side}: client {i} got a file of the wrong size")
+                if sha256(out / "c0") != want:
+                    raise SystemExit(f"{side}: client 0 got other bytes")
+                sides[side].append(seconds)
+                print(f"  {side:<6} {args.clients * size / seconds / 1e6:8.0f} MB/s "
+                      f"({seconds:.2f}s)", file=sys.stderr)  # fmt: skip
+        shutil.rmtree(out, ignore_errors=True)
+        status = json.loads(urllib.request.urlopen(f"{url}/api/status").read())
+        serve.send_signal(signal.SIGTERM)
+        _, _, usage = os.wait4(serve.pid, 0)
+        serve.returncode = 0
+        rss_mib = usage.ru_maxrss / 1024
+        serve = None
+
+        total = args.clients * size
+        med = {k: statistics.median(v) for k, v in sides.items()}
+        rate = {k: total / v / 1e6 for k, v in med.items()}
+        ratio = rate["serve"] / rate["s5cmd"]
+        print(f"\n{args.clients} clients x {args.size_mib} MiB, median of {args.repeat}:")
+        print(f"  modelhaul serve (curl clients): {rate['serve']:8.0f} MB/s")
+        print(f"  s5cmd cp straight from store:  {rate['s5cmd']:8.0f} MB/s")
+        print(f"  ratio serve / s5cmd: {ratio:.2f}x (target >= {TARGET}x) "
+              f"{'OK' if ratio >= TARGET else 'BELOW TARGET'}")  # fmt: skip
+        served = status["counters"]["bytes_served"]
+        print(f"  serve peak RSS: {rss_mib:.0f} MiB; bytes served {served:,}")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps({
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": platform.platform(), "cpus": os.cpu_count(),
+                "size_mib": args.size_mib, "clients": args.clients, "repeat": args.repeat,
+                "seconds": sides, "mb_per_s": rate, "ratio_serve_vs_s5cmd": ratio,
+                "serve_peak_rss_mib": rss_mib,
+            }, indent=1))  # fmt: skip
+        return 0
+    finally:
+        if serve is not None and serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        modelhaul.stop_server(work / "seaweedfs")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
