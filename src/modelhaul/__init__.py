@@ -52,8 +52,10 @@ from ._errors import (
 from ._pull import pull
 from ._push import PushResult, push
 from ._s3 import S3Store
+from ._serve import ServeSettings, load_serve_settings, serve_mirror
 from ._server import EmbeddedServer, server_status, start_server, stop_server
 from ._store import ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
+from ._sync import SyncAction, SyncConfig, SyncRepo, SyncReport, load_sync_config, sync_mirror
 from ._upload import SourceChanged
 
 __version__ = "0.1.0"
@@ -100,11 +102,16 @@ __all__ = [
     "RangeReader",
     "RevisionConflict",
     "S3Store",
+    "ServeSettings",
     "ServerError",
     "ServerStartError",
     "SourceChanged",
     "SourcesFailed",
     "StoreError",
+    "SyncAction",
+    "SyncConfig",
+    "SyncRepo",
+    "SyncReport",
     "Throttled",
     "TransferBusy",
     "TransferConfig",
@@ -120,10 +127,14 @@ __all__ = [
     "copy",
     "list_uploads",
     "load_profile",
+    "load_serve_settings",
+    "load_sync_config",
     "open_store",
     "pull",
     "push",
+    "serve_mirror",
     "server_status",
     "start_server",
     "stop_server",
+    "sync_mirror",
 ]

@@ -111,25 +111,22 @@ def register(cli: click.Group) -> None:
         `hf download` then read from the mirror, and what it lacks is fetched from the
         origin once, streamed, and written through. A status page is at /.
         """
-        from ._copy import open_store
-        from ._serve import MirrorService, load_serve_settings
-        from ._serve_app import remove_spool, run
-        from ._serve_app import spool_dir as make_spool
+        from dataclasses import replace
+
+        from ._serve import load_serve_settings, serve_mirror
 
         settings = load_serve_settings(
             mirror=mirror, origin=origin, host=host, port=port, token=token
         )
-        store = open_store(state.profile_name)
-        spool = make_spool(spool_dir)
-        service = MirrorService(settings, store, spool)
+        if spool_dir is not None:
+            settings = replace(settings, spool_dir=spool_dir)
         if not state.quiet:
             where = settings.origin or "none"
             click.echo(
-                f"serving {service.mirror} on http://{settings.host}:{settings.port} "
+                f"serving {settings.mirror} on http://{settings.host}:{settings.port} "
                 f"(origin: {where}{', token required' if settings.token else ''})",
                 err=True,
             )
-        try:
-            run(service, log_level="warning" if state.quiet else "info")
-        finally:
-            remove_spool(spool)
+        serve_mirror(
+            settings, profile=state.profile_name, log_level="warning" if state.quiet else "info"
+        )

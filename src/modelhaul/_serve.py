@@ -31,7 +31,14 @@ from ._store import ObjectStore
 from ._sync import SYNC_STATUS_NAME
 from ._uri import parse_s3
 
-__all__ = ["MirrorService", "ServeSettings", "ServedFile", "ServedRevision", "load_serve_settings"]
+__all__ = [
+    "MirrorService",
+    "ServeSettings",
+    "ServedFile",
+    "ServedRevision",
+    "load_serve_settings",
+    "serve_mirror",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
@@ -299,3 +306,34 @@ class MirrorService:
         with self._lock:
             self._listing = (now + ttl, repos, status)
         return repos, status
+
+
+def serve_mirror(
+    settings: ServeSettings,
+    *,
+    profile: str | None = None,
+    store: ObjectStore | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the Hub-compatible service over ``settings.mirror`` until interrupted.
+
+    Args:
+        settings: from :func:`load_serve_settings`.
+        profile: the store's profile (name or default), unless ``store`` is given.
+        store: an already-open store for the mirror.
+        log_level: uvicorn's log level.
+
+    Raises:
+        MissingExtra: starlette or uvicorn is not installed (``pip install
+            'modelhaul[serve]'``).
+        InvalidURI: the mirror is not ``s3://BUCKET[/PREFIX]``.
+    """
+    from ._copy import open_store
+    from ._serve_app import remove_spool, run, spool_dir
+
+    store = store or open_store(profile)
+    spool = spool_dir(settings.spool_dir)
+    try:
+        run(MirrorService(settings, store, spool), log_level=log_level)
+    finally:
+        remove_spool(spool)
