@@ -11,7 +11,7 @@ import base64
 
 from awscrt import checksums as _crt
 
-__all__ = ["combine", "combine_segments", "crc32c", "crc32c_b64", "crc32c_hex"]
+__all__ = ["combine", "combine_segments", "completion", "crc32c", "crc32c_b64", "crc32c_hex"]
 
 
 def crc32c(data: bytes | bytearray | memoryview, previous: int = 0) -> int:
@@ -30,6 +30,20 @@ def combine_segments(segments: list[tuple[int, int, int]]) -> int:
     for start, end, crc in segments:
         total = crc if start == 0 else combine(total, crc, end - start)
     return total
+
+
+def completion(
+    parts: dict[int, tuple[str, int, int]],
+) -> tuple[list[tuple[int, str, int | None]], int]:
+    """From ``{number: (etag, crc32c, length)}``, the ``(number, etag, crc32c)`` list that
+    completes a multipart upload, in order, and the full-object CRC32C of the parts."""
+    listed: list[tuple[int, str, int | None]] = []
+    total = 0
+    for number in sorted(parts):
+        etag, crc, length = parts[number]
+        total = crc if not listed else combine(total, crc, length)
+        listed.append((number, etag, crc))
+    return listed, total
 
 
 def crc32c_hex(value: int) -> str:

@@ -30,7 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._engine import retry_call
 from ._errors import LockTimeout, NoSuchKey, PreconditionFailed
+from ._process import pid_alive
 from ._store import ObjectStore
 
 __all__ = ["FileLeaseBackend", "Lease", "LeaseBackend", "ObjectLeaseBackend"]
@@ -125,41 +127,36 @@ class ObjectLeaseBackend(LeaseBackend):
     def create(self, body: bytes) -> bool:
         if self.store.conditional_writes:
             try:
-                self.store.put(self.bucket, self.key, body, if_none_match=True)
+                retry_call(
+                    lambda: self.store.put(self.bucket, self.key, body, if_none_match=True),
+                    self.key,
+                )
             except PreconditionFailed:
-                return False
+                # Ours, when a retry follows a create whose answer was lost (the body
+                # names this holder uniquely).
+                return self.read() == body
             return True
         # No conditional writes: write, let a racing writer land, and read back.
         if self.read() is not None:
             return False
-        self.store.put(self.bucket, self.key, body)
+        retry_call(lambda: self.store.put(self.bucket, self.key, body), self.key)
         time.sleep(0.5)
         return self.read() == body
 
     def read(self) -> bytes | None:
         try:
-            return self.store.get_bytes(self.bucket, self.key)
+            return retry_call(lambda: self.store.get_bytes(self.bucket, self.key), self.key)
         except NoSuchKey:
             return None
 
     def overwrite(self, body: bytes) -> None:
-        self.store.put(self.bucket, self.key, body)
+        retry_call(lambda: self.store.put(self.bucket, self.key, body), self.key)
 
     def remove(self, body: bytes) -> bool:
         if self.read() != body:
             return False
-        self.store.delete(self.bucket, self.key)
+        retry_call(lambda: self.store.delete(self.bucket, self.key), self.key)
         return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:
@@ -239,7 +236,7 @@ class Lease:
             and data.get("host") == socket.gethostname()
             and isinstance(data.get("pid"), int)
         ):
-            dead = data["pid"] != os.getpid() and not _pid_alive(data["pid"])
+            dead = data["pid"] != os.getpid() and not pid_alive(data["pid"])
         if not dead:
             return False
         log.warning(

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._errors import ServerStartError
+from ._process import pid_alive
 from ._uri import parse_s3
 
 __all__ = ["EmbeddedServer", "default_server_dir", "server_status", "start_server", "stop_server"]
@@ -78,7 +79,7 @@ class EmbeddedServer:
         return "\n".join(f"export {k}={v}" for k, v in self.env().items())
 
     def is_running(self) -> bool:
-        return _pid_alive(self.pid) and _s3_answers(self.host, self.port, timeout=1.0)
+        return pid_alive(self.pid) and _s3_answers(self.host, self.port, timeout=1.0)
 
     def stop(self, timeout: float = 15.0) -> None:
         stop_server(Path(self.data_dir), timeout=timeout)
@@ -136,21 +137,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still "exists": look at its state where /proc tells.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _s3_answers(host: str, port: int, timeout: float) -> bool:
@@ -324,15 +310,15 @@ def stop_server(data_dir: Path | None = None, *, timeout: float = 15.0) -> bool:
         pid = int(state["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    was_running = _pid_alive(pid)
+    was_running = pid_alive(pid)
     if was_running:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.1)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _reap(pid)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._checksum import combine, crc32c, crc32c_hex
+from ._checksum import completion, crc32c, crc32c_hex
 from ._config import upload_part_size
 from ._engine import Engine, Job, Task
 from ._errors import (
@@ -449,13 +449,12 @@ class UploadJob(Job):
         assert self.upload_id is not None
         assert self._journal_path is not None
         size = self.source.size
-        parts: list[tuple[int, str, int | None]] = []
-        crc = 0
-        for number in sorted(self._parts):
-            etag, part_crc = self._parts[number]
-            length = min(self.part_size, size - (number - 1) * self.part_size)
-            crc = part_crc if number == 1 else combine(crc, part_crc, length)
-            parts.append((number, etag, part_crc))
+        parts, crc = completion(
+            {
+                n: (etag, part_crc, min(self.part_size, size - (n - 1) * self.part_size))
+                for n, (etag, part_crc) in self._parts.items()
+            }
+        )
         self.crc = crc
         upload_id = self.upload_id
 

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from .._checksum import combine, crc32c, crc32c_hex
+from .._checksum import completion, crc32c, crc32c_hex
 from .._config import MIN_PART_SIZE, MiB, TransferConfig
 from .._errors import ChecksumMismatch, ModelhaulError
 from .._store import ObjectStore
@@ -253,13 +253,7 @@ class ObjectWriter(io.BufferedIOBase):
     def _complete(self) -> None:
         upload_id = self._parts.upload_id
         assert upload_id is not None
-        parts: list[tuple[int, str, int | None]] = []
-        crc = 0
-        done = self._parts.done
-        for number in sorted(done):
-            etag, part_crc, length = done[number]
-            crc = part_crc if number == 1 else combine(crc, part_crc, length)
-            parts.append((number, etag, part_crc))
+        parts, crc = completion(self._parts.done)
         self.etag = self._retrier.call(
             lambda: self.store.complete_multipart(
                 self.bucket,
