@@ -85,6 +85,15 @@ def test_mirrored_model_downloads_byte_identical(
         }
         assert sorted(HfApi(endpoint=url).list_repo_files(REPO)) == sorted(files)
         assert service.counters.hits >= 3 and service.counters.misses == 0
+        # The metadata huggingface_hub reads from a HEAD, and no body with it.
+        data = files["model.safetensors"]
+        status, headers, body = raw(url, "HEAD", f"/{REPO}/resolve/main/model.safetensors")
+        sha = hashlib.sha256(data).hexdigest()
+        assert status == 200 and body == b""
+        assert headers["x-repo-commit"] == "rev-1"
+        assert headers["etag"] == headers["x-linked-etag"] == f'"{sha}"'
+        assert headers["x-linked-size"] == headers["content-length"] == str(len(data))
+        assert headers["accept-ranges"] == "bytes"
 
 
 def test_hf_endpoint_in_a_subprocess(tmp_path: Path, store: S3Store, bucket: str,
