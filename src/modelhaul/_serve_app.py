@@ -222,8 +222,11 @@ async def resolve(service: MirrorService, request: Request) -> Response:
         return Response(status_code=status, headers=headers)
     key = service.mirror_key(revision, path)
     if key is not None:
+        store, bucket = service.mirror.store, service.mirror.bucket
+        # Opened before the response starts, so a failure is still a clean 502.
+        reader = await anyio.to_thread.run_sync(lambda: store.open_range(bucket, key, start, end))
         service.count(hits=1)
-        body = _from_mirror(service, key, start, end)
+        body = _from_mirror(service, reader, start, end)
     else:
         hub_file = service.hub_file(revision, path)
         if hub_file is None or service.write_through is None:  # pragma: no cover
@@ -246,10 +249,8 @@ def _fill(reader: Any, buf: bytearray) -> int:
 
 
 async def _from_mirror(
-    service: MirrorService, key: str, start: int, end: int
+    service: MirrorService, reader: Any, start: int, end: int
 ) -> AsyncIterator[bytes | memoryview]:
-    store, bucket = service.mirror.store, service.mirror.bucket
-    reader = await anyio.to_thread.run_sync(lambda: store.open_range(bucket, key, start, end))
     try:
         left = end - start
         while left > 0:
