@@ -309,6 +309,8 @@ def test_status_page_in_headless_chromium(tmp_path: Path, store: S3Store, bucket
     uri = f"s3://{bucket}/m"
     publish(tmp_path, uri, REPO, files, "rev-1")
     publish(tmp_path, uri, "acme/tiny", {"a.txt": b"x"}, "v1")
+    synced = {"finished": 1790000000.0, "repos": {REPO: {"finished": 1790000000.0}}}
+    store.put(bucket, "m/.modelhaul/sync.json", json.dumps(synced).encode())
     from huggingface_hub import hf_hub_download
 
     with running_serve(store, uri, tmp_path / "spool") as (url, _):
@@ -327,3 +329,65 @@ def test_status_page_in_headless_chromium(tmp_path: Path, store: S3Store, bucket
     assert 'id="repo-count">2<' in dom
     total = sum(len(d) for d in files.values())
     assert f"{total / MiB:.1f} MiB" in dom
+    assert 'id="last-sync">2026-09-21 14:13:20 UTC<' in dom
+
+
+def test_corrupt_origin_file_is_cut_off_and_not_mirrored(
+    tmp_path: Path, store: S3Store, bucket: str, hub: FakeHub
+) -> None:
+    files = model_files(tmp_path)
+    fake = hub.add(REPO, files)
+    hub.corrupt.add("model.safetensors")
+    uri = f"s3://{bucket}/m"
+    data = files["model.safetensors"]
+    with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
+        where = urlsplit(url)
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        conn.request("GET", f"/{REPO}/resolve/main/model.safetensors")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        with pytest.raises(http.client.IncompleteRead) as info:
+            resp.read()
+        assert len(info.value.partial) < len(data)  # never the whole (wrong) file
+        conn.close()
+        assert service.write_through is not None
+        service.write_through.wait(30)
+        assert not list(store.list(bucket, f"m/{REPO}/{fake.commit}/model.safetensors"))
+        # Fixed at the origin: the next request fetches it again, whole and right.
+        hub.corrupt.clear()
+        with urllib.request.urlopen(f"{url}/{REPO}/resolve/main/model.safetensors") as r:
+            assert r.read() == data
+        assert hub.downloads("model.safetensors") == 2
+
+
+def test_serve_command(tmp_path: Path, store: S3Store, bucket: str, env: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import run_cli
+    from tests.servefixture import free_port
+
+    proc = run_cli("serve", env=env, check=False)
+    assert proc.returncode == 2 and "--mirror s3://BUCKET/PREFIX" in proc.stderr
+    publish(tmp_path, f"s3://{bucket}/m", REPO, {"config.json": b"{}"}, "rev-1")
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "modelhaul", "serve", "--mirror", f"s3://{bucket}/m",
+         "--origin", "none", "--port", str(port)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/{REPO}/resolve/main/config.json") as r:
+                    assert r.read() == b"{}"
+                break
+            except OSError:
+                assert time.monotonic() < deadline and child.poll() is None
+                time.sleep(0.2)
+    finally:
+        child.terminate()
+        _, err = child.communicate(timeout=30)
+    assert f"serving s3://{bucket}/m on {url} (origin: none)" in err
