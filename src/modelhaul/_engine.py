@@ -45,6 +45,31 @@ log = logging.getLogger("modelhaul.transfer")
 
 T = TypeVar("T")
 
+# Small requests outside a transfer (a manifest, a ref, a listing, a lease): the same
+# retry rule as parts, with fewer attempts, so one 503 or reset does not fail a pull.
+METADATA_ATTEMPTS = 6
+
+
+def retry_call(fn: Callable[[], T], what: str, *, attempts: int = METADATA_ATTEMPTS) -> T:
+    """Call ``fn``, retrying retryable modelhaul errors with backoff and full jitter.
+
+    Raises:
+        ModelhaulError: a non-retryable error at once, or the last retryable one.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except ModelhaulError as exc:
+            if not exc.retryable or attempt >= attempts:
+                raise
+            delay = random.uniform(0, min(2.0, 0.05 * 2 ** (attempt - 1)))
+            log.info("retrying %s in %.2fs (attempt %d): %s", what, delay, attempt + 1,
+                     exc.message)  # fmt: skip
+            time.sleep(delay)
+
+
 # Errors that every other file of the command would hit too: stop at once.
 _FATAL = (AccessDenied, NoSuchBucket, EndpointUnreachable, DiskFull, ConfigError, WrongRegion)
 

@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ._engine import retry_call
 from ._errors import NoSuchKey
 from ._manifest import MANIFEST_NAME, Manifest, RepoId, RepoLayout, check_revision
 from ._store import ObjectInfo, ObjectStore
@@ -81,21 +82,23 @@ class Mirror:
         """
         key = self.layout(repo).manifest_key(revision)
         try:
-            raw = self.store.get_bytes(self.bucket, key)
+            raw = retry_call(lambda: self.store.get_bytes(self.bucket, key), key)
         except NoSuchKey:
             return None
         return Manifest.from_json(raw, f"s3://{self.bucket}/{key}")
 
     def ref(self, repo: RepoId, ref: str) -> str | None:
         """The revision a ref names, or None."""
+        key = self.layout(repo).ref_key(ref)
         try:
-            raw = self.store.get_bytes(self.bucket, self.layout(repo).ref_key(ref))
+            raw = retry_call(lambda: self.store.get_bytes(self.bucket, key), key)
         except NoSuchKey:
             return None
         return check_revision(raw.decode("utf-8", "replace").strip())
 
     def set_ref(self, repo: RepoId, ref: str, revision: str) -> None:
-        self.store.put(self.bucket, self.layout(repo).ref_key(ref), revision.encode())
+        key = self.layout(repo).ref_key(ref)
+        retry_call(lambda: self.store.put(self.bucket, key, revision.encode()), key)
 
     def resolve(self, repo: RepoId, name: str) -> tuple[Manifest | None, str]:
         """Find ``name`` as a ref, then as a revision.
@@ -122,13 +125,16 @@ class Mirror:
         root = self.layout(repo).root
         return any(
             o.key.endswith("/" + MANIFEST_NAME) or o.key.startswith(root + "refs/")
-            for o in self.store.list(self.bucket, root)
+            for o in self._list(root)
         )
 
     def objects(self, repo: RepoId, revision: str) -> dict[str, ObjectInfo]:
         """The objects of a revision, by path (what is there, manifest or not)."""
         prefix = self.layout(repo).revision_prefix(revision)
-        return {o.key[len(prefix) :]: o for o in self.store.list(self.bucket, prefix)}
+        return {o.key[len(prefix) :]: o for o in self._list(prefix)}
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
+        return retry_call(lambda: list(self.store.list(self.bucket, prefix)), prefix or "/")
 
     # -- listing -------------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class Mirror:
         published: set[tuple[str, str]] = set()
         refs: dict[str, dict[str, str]] = defaultdict(dict)
         root = f"{self.prefix}/" if self.prefix else ""
-        for info in self.store.list(self.bucket, base):
+        for info in self._list(base):
             parts = info.key[len(root) :].split("/")
             if len(parts) < 4:
                 continue
