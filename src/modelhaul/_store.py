@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._errors import PreconditionFailed, ServerError
+
 __all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo", "ViewBody"]
 
 
@@ -166,10 +168,25 @@ class ObjectStore(abc.ABC):
         *,
         if_match: str | None = None,
     ) -> bytes:
-        """Read a whole small object, or one range of it, into memory."""
+        """Read a whole small object, or one range of it, into memory.
+
+        Raises:
+            ServerError: the answer ended before the bytes asked for (retryable).
+            ObjectChanged: the object was replaced between its HEAD and its GET.
+        """
         if start is None or end is None:
-            info = self.head(bucket, key)
-            start, end = 0, info.size
+            # Pinned to what the HEAD saw: a ref rewritten in between ("v1" -> "v10")
+            # must not be read as the first bytes of the new one; then read the new one.
+            for attempt in range(3):
+                info = self.head(bucket, key)
+                try:
+                    return self.get_bytes(
+                        bucket, key, 0, info.size, if_match=if_match or info.etag or None
+                    )
+                except PreconditionFailed:
+                    if if_match or attempt == 2:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
         out = bytearray(end - start)
         view = memoryview(out)
         got = 0
@@ -180,7 +197,16 @@ class ObjectStore(abc.ABC):
                     if n == 0:
                         break
                     got += n
-        return bytes(out[:got])
+        if got < len(out):
+            # A body cut short (a dropped connection after a clean FIN) is not the
+            # object: a truncated ref or manifest must never be taken for a real one.
+            raise ServerError(
+                f"s3://{bucket}/{key}: the answer ended after {got} of {len(out)} bytes",
+                hint="the connection was cut; run the same command again",
+                bucket=bucket,
+                key=key,
+            )
+        return bytes(out)
 
     @abc.abstractmethod
     def put(
