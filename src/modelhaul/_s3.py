@@ -287,6 +287,16 @@ class S3Store(ObjectStore):
                 hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, or add "
                 "credentials to the modelhaul config file",
             )
+        if isinstance(exc, RecursionError):
+            # botocore's region redirector answers a 301 that names no region with a
+            # HeadBucket to find it, which is redirected too, and so on: a proxy or
+            # server redirecting everything (http:// to https://) ends here.
+            return WrongRegion(
+                f"the store at {endpoint} answers with redirects (HTTP 301) that name no region",
+                hint="check the endpoint URL (https:// rather than http://?) and the bucket's "
+                "region (AWS_REGION)",
+                **common,
+            )
         if isinstance(
             exc,
             botocore.exceptions.CredentialRetrievalError
@@ -452,12 +462,29 @@ class S3Store(ObjectStore):
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         extra: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self.checksums else {}
-        r = self._call(
-            "HeadObject",
-            lambda c: c.head_object(Bucket=bucket, Key=key, **extra),
-            bucket=bucket,
-            key=key,
-        )
+        try:
+            r = self._call(
+                "HeadObject",
+                lambda c: c.head_object(Bucket=bucket, Key=key, **extra),
+                bucket=bucket,
+                key=key,
+            )
+        except StoreError as exc:
+            if exc.status not in (400, 403) or not (exc.code is None or exc.code.isdigit()):
+                raise
+            # An answer to HEAD has no body, so a bare 400/403 says nothing of why (an
+            # expired token, a wrong region, a bad signature): a 1-byte GET learns the code.
+            try:
+                self._call(
+                    "GetObject",
+                    lambda c: c.get_object(Bucket=bucket, Key=key, Range="bytes=0-0"),
+                    bucket=bucket,
+                    key=key,
+                )
+            except StoreError as precise:
+                if precise.code and not precise.code.isdigit():
+                    raise precise from exc
+            raise
         if not r.get("ETag"):
             # Every S3 store sends an ETag: a HEAD answer without one was cut in its
             # headers, and its Content-Length cannot be trusted either.
