@@ -13,7 +13,8 @@ import modelhaul
 from modelhaul import S3Store
 from modelhaul._manifest import RepoId
 from modelhaul._mirror import Mirror
-from modelhaul._sync import SyncReport, load_sync_config, sync_mirror
+from modelhaul._sync import SyncReport, sync_mirror
+from modelhaul._sync_config import load_sync_config
 from tests.conftest import make_file, run_cli
 from tests.hubfake import FakeHub
 

@@ -55,7 +55,8 @@ from ._s3 import S3Store
 from ._serve import ServeSettings, load_serve_settings, serve_mirror
 from ._server import EmbeddedServer, server_status, start_server, stop_server
 from ._store import ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
-from ._sync import SyncAction, SyncConfig, SyncRepo, SyncReport, load_sync_config, sync_mirror
+from ._sync import SyncAction, SyncReport, sync_mirror
+from ._sync_config import SyncConfig, SyncRepo, load_sync_config
 from ._upload import SourceChanged
 
 __version__ = "0.1.0"

@@ -53,7 +53,8 @@ def register(cli: click.Group) -> None:
         schedule, see docs/design/mirror.md (cron and a systemd timer). Exits 1 when a
         repo failed (the others are still synced).
         """
-        from ._sync import load_sync_config, sync_mirror
+        from ._sync import sync_mirror
+        from ._sync_config import load_sync_config
 
         config = load_sync_config(config_file, mirror=mirror)
         report = sync_mirror(config, profile=state.profile_name, lock_timeout=lock_timeout)

@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._manifest import RepoId, check_revision, parse_repo_id
 from ._serve import MirrorService, ServedRevision
+from ._serve_origin import Flight
 from ._uri import safe_relpath
 
 try:
@@ -229,10 +230,10 @@ async def resolve(service: MirrorService, request: Request) -> Response:
         body = _from_mirror(service, reader, start, end)
     else:
         hub_file = service.hub_file(revision, path)
-        if hub_file is None or service.write_through is None:  # pragma: no cover
-            return _error(404, "EntryNotFound", "Entry not found", head)
+        if hub_file is None or revision.hub is None or service.write_through is None:
+            return _error(404, "EntryNotFound", "Entry not found", head)  # pragma: no cover
         service.count(misses=1)
-        flight, fd = service.write_through.join(revision.hub, hub_file, rev)  # type: ignore[arg-type]
+        flight, fd = service.write_through.join(revision.hub, hub_file, rev)
         body = _from_flight(service, flight, fd, start, end)
     return StreamingResponse(body, status_code=status, headers=headers)
 
@@ -266,7 +267,7 @@ async def _from_mirror(
 
 
 async def _from_flight(
-    service: MirrorService, flight: Any, fd: int, start: int, end: int
+    service: MirrorService, flight: Flight, fd: int, start: int, end: int
 ) -> AsyncIterator[bytes | memoryview]:
     try:
         pos = start

@@ -41,138 +41,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._config import TransferConfig, read_config_file
+from ._config import TransferConfig
 from ._copy import _matches, open_store
 from ._engine import ProgressSubscriber
-from ._errors import ConfigError, ModelhaulError, NoSuchKey
+from ._errors import ModelhaulError, NoSuchKey
 from ._hub import HubFile, HuggingFaceHub, OriginHub, make_hub
 from ._lease import Lease, ObjectLeaseBackend
-from ._manifest import RepoId, check_revision, parse_repo_id
+from ._manifest import RepoId, parse_repo_id
 from ._mirror import Mirror
 from ._pull import PlannedFile, _verify_origin_file
 from ._push import push
 from ._store import ObjectStore
-from ._uri import parse_s3, safe_join
+from ._sync_config import SyncConfig, SyncRepo
+from ._sync_retention import apply_retention
+from ._uri import safe_join
 
-__all__ = ["SyncAction", "SyncConfig", "SyncRepo", "SyncReport", "load_sync_config", "sync_mirror"]
+__all__ = ["SYNC_STATUS_NAME", "SyncAction", "SyncReport", "sync_mirror"]
 
 log = logging.getLogger("modelhaul.sync")
 
 SYNC_STATUS_NAME = ".modelhaul/sync.json"
 _CHUNK = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SyncRepo:
-    """One repository to keep mirrored.
-
-    Attributes:
-        repo: ``ORG/NAME``.
-        revisions: refs or commits to mirror (``main`` by default).
-        include: glob patterns of files to mirror (all when empty).
-        exclude: glob patterns of files to leave out.
-        origin: ``hf``, ``modelscope`` or a Hugging Face-compatible hub's URL.
-        keep: revisions kept in the mirror (0: all).
-    """
-
-    repo: str
-    revisions: tuple[str, ...] = ("main",)
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    origin: str = "hf"
-    keep: int = 0
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    """What ``mirror sync`` keeps where.
-
-    Attributes:
-        mirror: ``s3://BUCKET/PREFIX``.
-        repos: the repositories.
-        cold_after: kept revisions beyond the newest ``cold_after`` go to
-            ``cold_storage_class`` (0: none do).
-        cold_storage_class: an S3 storage class, e.g. ``STANDARD_IA`` or ``GLACIER_IR``.
-    """
-
-    mirror: str
-    repos: tuple[SyncRepo, ...]
-    cold_after: int = 0
-    cold_storage_class: str | None = None
-
-
-def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {name!r} must be a list of strings", hint=f'{name} = ["..."]')
-    return tuple(value)
-
-
-def _count(value: Any, where: str, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{where}: {name!r} must be a whole number >= 0", hint=f"{name} = 3")
-    return value
-
-
-def load_sync_config(path: str | Path, *, mirror: str | None = None) -> SyncConfig:
-    """Read a sync config file; ``mirror`` overrides the file's.
-
-    Raises:
-        ConfigError: a missing file, or a missing or malformed key.
-        InvalidRepoId, InvalidURI: a bad repo id, revision or mirror.
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"no sync config at {file}", hint="see `modelhaul mirror sync --help`")
-    data = read_config_file(file)
-    where = str(file)
-    top = {"mirror", "origin", "keep", "cold_after", "cold_storage_class", "repos"}
-    if set(data) - top:
-        raise ConfigError(
-            f"{where} has unknown keys: {', '.join(sorted(set(data) - top))}",
-            hint=f"valid keys are {', '.join(sorted(top))}",
-        )
-    uri = mirror or data.get("mirror")
-    if not isinstance(uri, str):
-        raise ConfigError(f"{where} names no mirror", hint='add mirror = "s3://BUCKET/PREFIX"')
-    parse_s3(uri)
-    origin = str(data.get("origin", "hf"))
-    keep = _count(data.get("keep", 0), where, "keep")
-    items = data.get("repos")
-    if not isinstance(items, list) or not items:
-        raise ConfigError(f"{where} lists no repos", hint='add [[repos]] with id = "ORG/NAME"')
-    repos = []
-    known = {"id", "revisions", "include", "exclude", "origin", "keep"}
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            raise ConfigError(f"{where}: every [[repos]] needs an id", hint='id = "ORG/NAME"')
-        if set(item) - known:
-            raise ConfigError(
-                f"{where}: [[repos]] {item['id']} has unknown keys: "
-                f"{', '.join(sorted(set(item) - known))}",
-                hint=f"valid keys are {', '.join(sorted(known))}",
-            )
-        repo, _ = parse_repo_id(item["id"])
-        revisions = _strings(item.get("revisions", ["main"]), where, "revisions")
-        for rev in revisions:
-            check_revision(rev)
-        repos.append(
-            SyncRepo(
-                str(repo),
-                revisions,
-                _strings(item.get("include", []), where, "include"),
-                _strings(item.get("exclude", []), where, "exclude"),
-                str(item.get("origin", origin)),
-                _count(item.get("keep", keep), where, "keep"),
-            )
-        )
-    cold = data.get("cold_storage_class")
-    if cold is not None and not isinstance(cold, str):
-        raise ConfigError(f"{where}: cold_storage_class must be a string", hint="e.g. STANDARD_IA")
-    return SyncConfig(
-        uri, tuple(repos), _count(data.get("cold_after", 0), where, "cold_after"), cold
-    )
 
 
 @dataclass
@@ -287,7 +176,10 @@ def sync_mirror(
             refs = _sync_repo(
                 mirror, repo, item, _hub(item.origin, env), transfer, list(progress), report
             )
-            _retention(mirror, repo, item.keep, config, report)
+            for action, rev, files, detail in apply_retention(
+                mirror, repo, item.keep, config.cold_after, config.cold_storage_class
+            ):
+                report.actions.append(SyncAction(str(repo), "", rev, action, files, detail=detail))
             synced[str(repo)] = {"finished": time.time(), "refs": refs}
         except ModelhaulError as exc:
             report.actions.append(
@@ -421,130 +313,6 @@ def _copy_down(store: ObjectStore, bucket: str, key: str, size: int, dest: Path)
             if got < end - pos:
                 raise NoSuchKey(f"s3://{bucket}/{key} ended early", hint="run the sync again")
             pos = end
-
-
-def _retention(
-    mirror: Mirror, repo: RepoId, keep: int, config: SyncConfig, report: SyncReport
-) -> None:
-    summaries = mirror.repos(repo)
-    if not summaries:
-        return
-    summary = summaries[0]
-    pinned = set(summary.refs.values())
-    # The manifests' own times: the listing's are whole seconds, too coarse to order by.
-    created = {}
-    for rev in summary.revisions:
-        manifest = mirror.manifest(repo, rev.revision)
-        created[rev.revision] = manifest.created if manifest else rev.created
-    newest_first = sorted(
-        summary.revisions, key=lambda r: (created[r.revision], r.revision), reverse=True
-    )
-    for index, rev in enumerate(newest_first):
-        if rev.revision in pinned:
-            continue
-        if keep and index >= keep:
-            _prune(mirror, repo, rev.revision)
-            report.actions.append(
-                SyncAction(
-                    str(repo), "", rev.revision, "pruned", rev.files, detail=f"beyond keep = {keep}"
-                )
-            )
-        elif config.cold_storage_class and config.cold_after and index >= config.cold_after:
-            done = _make_cold(mirror, repo, rev.revision, config.cold_storage_class)
-            if done is not None:
-                report.actions.append(
-                    SyncAction(
-                        str(repo),
-                        "",
-                        rev.revision,
-                        done,
-                        rev.files,
-                        detail=config.cold_storage_class,
-                    )
-                )
-
-
-def _prune(mirror: Mirror, repo: RepoId, revision: str) -> None:
-    """Delete a revision: its manifest first, so it is gone for readers at once."""
-    layout = mirror.layout(repo)
-    mirror.store.delete(mirror.bucket, layout.manifest_key(revision))
-    for info in list(mirror.store.list(mirror.bucket, layout.revision_prefix(revision))):
-        mirror.store.delete(mirror.bucket, info.key)
-
-
-def _make_cold(mirror: Mirror, repo: RepoId, revision: str, storage_class: str) -> str | None:
-    """Copy a revision's objects onto themselves in ``storage_class``; None if done before."""
-    from ._s3 import S3Store
-
-    layout = mirror.layout(repo)
-    marker = layout.revision_prefix(revision) + ".modelhaul/storage-class"
-    try:
-        if mirror.store.get_bytes(mirror.bucket, marker).decode() == storage_class:
-            return None
-    except NoSuchKey:
-        pass
-    store = mirror.store
-    if not isinstance(store, S3Store):
-        return "cold unsupported"
-    client = store.client(mirror.bucket)
-    for info in list(store.list(mirror.bucket, layout.revision_prefix(revision))):
-        if info.key == marker:
-            continue
-        try:
-            _copy_in_place(client, mirror.bucket, info.key, info.size, storage_class)
-        except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            # InvalidRequest: a self-copy that changes nothing, i.e. the class was ignored.
-            if code in (
-                "InvalidStorageClass",
-                "NotImplemented",
-                "InvalidArgument",
-                "InvalidRequest",
-            ):
-                log.warning("the store refuses storage class %s: %s", storage_class, code)
-                return "cold unsupported"
-            raise store.translate(exc, "CopyObject", bucket=mirror.bucket, key=info.key) from exc
-    store.put(mirror.bucket, marker, storage_class.encode())
-    return "cold"
-
-
-_UNSUPPORTED = ("InvalidStorageClass", "NotImplemented", "InvalidArgument", "InvalidRequest")
-_COPY_LIMIT = 5 * 1024**3  # the most one CopyObject may copy
-_COPY_PART = 1024**3
-
-
-def _copy_in_place(client: Any, bucket: str, key: str, size: int, storage_class: str) -> None:
-    """Rewrite an object onto itself in another storage class (bytes stay in the store)."""
-    source = {"Bucket": bucket, "Key": key}
-    if size <= _COPY_LIMIT:
-        client.copy_object(
-            Bucket=bucket,
-            Key=key,
-            CopySource=source,
-            StorageClass=storage_class,
-            MetadataDirective="COPY",
-        )
-        return
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key, StorageClass=storage_class)
-    parts = []
-    try:
-        for number, start in enumerate(range(0, size, _COPY_PART), start=1):
-            end = min(size, start + _COPY_PART) - 1
-            got = client.upload_part_copy(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload["UploadId"],
-                PartNumber=number,
-                CopySource=source,
-                CopySourceRange=f"bytes={start}-{end}",
-            )
-            parts.append({"PartNumber": number, "ETag": got["CopyPartResult"]["ETag"]})
-        client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
-        )
-    except BaseException:
-        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-        raise
 
 
 def _record(mirror: Mirror, synced: dict[str, dict[str, Any]]) -> None:
