@@ -11,6 +11,10 @@ python3 -m venv .venv
 # machine without apt (or without root) still runs everything else.
 command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
     || echo "chromium not installed: the status-page test will be skipped" >&2
+# nftables drops packets for the weak-link test (tests/test_weak_link.py; it skips
+# without it). Best effort, like chromium.
+command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftables >/dev/null) \
+    || echo "nftables not installed: the weak-link test will be skipped" >&2
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
