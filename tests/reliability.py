@@ -4,7 +4,8 @@ docs/RELIABILITY.md.
 
 Set ``RELIABILITY_LOG`` to a file and every fault test appends one JSON line
 per event (a kill survived, a transfer through the fault proxy, a weak-link time, a bad
-input tried); ``python -m tests.reliability FILE`` prints the totals.
+input tried); ``python -m tests.reliability FILE`` prints the totals, and
+``python -m tests.reliability --table FILE`` the bad-input table of docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -86,5 +88,32 @@ def summarize(path: Path) -> dict[str, Any]:
     }
 
 
+def bad_input_table(path: Path) -> str:
+    """The bad inputs of a reliability log as a Markdown table (last run of each case)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event["kind"] == "bad_input":
+            rows[event["case"]] = event
+
+    def cell(text: str) -> str:
+        text = re.sub(r"request_id=\w+", "request_id=…", text)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    out = [
+        "| input | command | error class | message | hint |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for e in rows.values():
+        out.append(
+            f"| {cell(e['input'])} | `{cell(e['command'])}` | `{e['error']}` | "
+            f"{cell(e['message'])} | {cell(e['hint'])} |"
+        )
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print(json.dumps(summarize(Path(sys.argv[1])), indent=2))
+    if sys.argv[1] == "--table":
+        print(bad_input_table(Path(sys.argv[2])))
+    else:
+        print(json.dumps(summarize(Path(sys.argv[1])), indent=2))

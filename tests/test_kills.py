@@ -78,9 +78,9 @@ def _moved(counter: Path) -> int:
         return 0
 
 
-def _run(args: list[str], env: dict[str, str], counter: Path, kill_at: tuple[str, float] | None,
-         ) -> tuple[bool, int]:  # fmt: skip
-    """Run one child; kill it at ``kill_at`` (("time", s) or ("bytes", n)).
+def _run(args: list[str], env: dict[str, str], counter: Path,
+         kill_at: tuple[float, float] | None) -> tuple[bool, int]:  # fmt: skip
+    """Run one child; kill it at ``kill_at``: (seconds, bytes moved), whichever comes first.
 
     Returns (killed, bytes it moved).
     """
@@ -91,10 +91,8 @@ def _run(args: list[str], env: dict[str, str], counter: Path, kill_at: tuple[str
     killed = False
     while proc.poll() is None and time.monotonic() - start < 240:
         if kill_at is not None:
-            how, when = kill_at
-            if (how == "time" and time.monotonic() - start >= when) or (
-                how == "bytes" and _moved(counter) >= when
-            ):
+            seconds, moved = kill_at
+            if time.monotonic() - start >= seconds or _moved(counter) >= moved:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed = True
                 break
@@ -122,15 +120,19 @@ def _campaign(
     share = size / (kills + 1)  # so that the killed runs cannot finish the work
     for _ in range(kills):
         if rng.random() < 0.25:
-            kill_at: tuple[str, float] = ("time", rng.uniform(0.0, 1.2))
+            # At a random time (start-up, listing, leases...), but never past the share
+            # of bytes that would let the run finish.
+            kill_at = (rng.uniform(0.0, 1.2), 0.9 * share)
+            how = "time"
         else:
-            kill_at = ("bytes", rng.uniform(0.02, 0.9) * share)
+            kill_at = (float("inf"), rng.uniform(0.02, 0.9) * share)
+            how = "bytes"
         killed, moved = _run(args, env, counter, kill_at)
         total += moved
         assert killed, f"{op} finished before its kill at {kill_at}"
         check()
         done += 1
-        record("kill", op=op, at=kill_at[0])
+        record("kill", op=op, at=how)
     _, moved = _run(args, env, counter, None)
     total += moved
     check()
@@ -186,7 +188,7 @@ def cp_down(tmp: Path, env: dict[str, str], store: S3Store, bucket: str, kills: 
     src = make_file(tmp / f"down-src-{seed}.bin", size, seed=seed)
     modelhaul.copy(src, f"s3://{bucket}/down/{seed}.bin")
     want = sha256(src)
-    dest = tmp / "out" / f"down-{seed}.bin"
+    dest = tmp / f"out-{seed}" / f"down-{seed}.bin"
 
     def check() -> None:
         if dest.exists():
