@@ -3,6 +3,7 @@ free port, stopped cleanly at the end of the test."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -13,6 +14,17 @@ from pathlib import Path
 from modelhaul import S3Store
 from modelhaul._serve import MirrorService, ServeSettings
 from modelhaul._serve_app import create_app
+
+_SHARED: dict[str, str] = {}
+
+
+def shared_bucket(store: S3Store, name: str) -> str:
+    """One bucket per test module (a prefix per test): SeaweedFS gives each bucket volumes of
+    its own, and a session that makes a bucket per test can run out of them."""
+    if name not in _SHARED:
+        _SHARED[name] = f"{name}{os.getpid()}"
+        store.client().create_bucket(Bucket=_SHARED[name])
+    return _SHARED[name]
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from modelhaul._manifest import RepoId
 from modelhaul._mirror import Mirror
 from tests.conftest import ACCESS_KEY, SECRET_KEY, make_file
 from tests.hubfake import FakeHub
-from tests.servefixture import running_serve
+from tests.servefixture import running_serve, shared_bucket
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -58,6 +58,11 @@ def publish(tmp: Path, uri: str, repo: str, files: dict[str, bytes], revision: s
 
 
 @pytest.fixture
+def bucket(store: S3Store) -> str:
+    return shared_bucket(store, "serve")
+
+
+@pytest.fixture
 def hub(env: dict[str, str]) -> Iterator[FakeHub]:
     with FakeHub() as fake:
         yield fake
@@ -69,7 +74,7 @@ def test_mirrored_model_downloads_byte_identical(
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     files = model_files(tmp_path)
-    uri = f"s3://{bucket}/mirror"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     publish(tmp_path, uri, REPO, files, "rev-1")
     with running_serve(store, uri, tmp_path / "spool") as (url, service):
         snap = snapshot_download(REPO, endpoint=url, cache_dir=tmp_path / "hf")
@@ -102,7 +107,7 @@ def test_hf_endpoint_in_a_subprocess(tmp_path: Path, store: S3Store, bucket: str
     import sys
 
     files = model_files(tmp_path)
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     publish(tmp_path, uri, REPO, files, "rev-1")
     with running_serve(store, uri, tmp_path / "spool") as (url, _):
         child_env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
@@ -124,7 +129,7 @@ def test_miss_is_fetched_from_origin_served_and_then_mirrored(
 
     files = model_files(tmp_path)
     fake = hub.add(REPO, files)
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
         snap = snapshot_download(REPO, endpoint=url, cache_dir=tmp_path / "hf")
         assert tree(Path(snap)) == files and Path(snap).name == fake.commit
@@ -152,7 +157,7 @@ def test_eight_clients_one_origin_fetch(
 
     files = model_files(tmp_path)
     hub.add(REPO, files)
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     results: dict[int, bytes] = {}
     errors: list[BaseException] = []
     with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
@@ -185,7 +190,7 @@ def test_interrupted_download_resumes_with_range(
 
     files = model_files(tmp_path)
     data = files["model.safetensors"]
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     publish(tmp_path, uri, REPO, files, "rev-1")
     with running_serve(store, uri, tmp_path / "spool") as (url, _):
         where = urlsplit(url)
@@ -248,7 +253,7 @@ def test_bad_requests_and_nothing_leaks(
     )
 
     files = model_files(tmp_path)
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     publish(tmp_path, uri, REPO, files, "rev-1")
     # An object beside the prefix that a traversal would reach.
     store.put(bucket, "secret.txt", b"TOP SECRET")
@@ -306,11 +311,11 @@ def test_status_page_in_headless_chromium(tmp_path: Path, store: S3Store, bucket
     if not Path(chromium).exists():
         pytest.skip("no /usr/bin/chromium (scripts/test.sh installs it: apt-get install chromium)")
     files = model_files(tmp_path)
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     publish(tmp_path, uri, REPO, files, "rev-1")
     publish(tmp_path, uri, "acme/tiny", {"a.txt": b"x"}, "v1")
     synced = {"finished": 1790000000.0, "repos": {REPO: {"finished": 1790000000.0}}}
-    store.put(bucket, "m/.modelhaul/sync.json", json.dumps(synced).encode())
+    store.put(bucket, f"{tmp_path.name}/.modelhaul/sync.json", json.dumps(synced).encode())
     from huggingface_hub import hf_hub_download
 
     with running_serve(store, uri, tmp_path / "spool") as (url, _):
@@ -338,7 +343,7 @@ def test_corrupt_origin_file_is_cut_off_and_not_mirrored(
     files = model_files(tmp_path)
     fake = hub.add(REPO, files)
     hub.corrupt.add("model.safetensors")
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     data = files["model.safetensors"]
     with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
         where = urlsplit(url)
@@ -352,7 +357,9 @@ def test_corrupt_origin_file_is_cut_off_and_not_mirrored(
         conn.close()
         assert service.write_through is not None
         service.write_through.wait(30)
-        assert not list(store.list(bucket, f"m/{REPO}/{fake.commit}/model.safetensors"))
+        assert not list(
+            store.list(bucket, f"{tmp_path.name}/{REPO}/{fake.commit}/model.safetensors")
+        )
         # Fixed at the origin: the next request fetches it again, whole and right.
         hub.corrupt.clear()
         with urllib.request.urlopen(f"{url}/{REPO}/resolve/main/model.safetensors") as r:
@@ -369,10 +376,11 @@ def test_serve_command(tmp_path: Path, store: S3Store, bucket: str, env: dict[st
 
     proc = run_cli("serve", env=env, check=False)
     assert proc.returncode == 2 and "--mirror s3://BUCKET/PREFIX" in proc.stderr
-    publish(tmp_path, f"s3://{bucket}/m", REPO, {"config.json": b"{}"}, "rev-1")
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    publish(tmp_path, uri, REPO, {"config.json": b"{}"}, "rev-1")
     port = free_port()
     child = subprocess.Popen(
-        [sys.executable, "-m", "modelhaul", "serve", "--mirror", f"s3://{bucket}/m",
+        [sys.executable, "-m", "modelhaul", "serve", "--mirror", uri,
          "--origin", "none", "--port", str(port)],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -390,4 +398,4 @@ def test_serve_command(tmp_path: Path, store: S3Store, bucket: str, env: dict[st
     finally:
         child.terminate()
         _, err = child.communicate(timeout=30)
-    assert f"serving s3://{bucket}/m on {url} (origin: none)" in err
+    assert f"serving {uri} on {url} (origin: none)" in err

@@ -17,6 +17,7 @@ from modelhaul._sync import SyncReport, sync_mirror
 from modelhaul._sync_config import load_sync_config
 from tests.conftest import make_file, run_cli
 from tests.hubfake import FakeHub
+from tests.servefixture import shared_bucket
 
 MiB = 1024 * 1024
 REPO = "acme/synced"
@@ -42,6 +43,11 @@ def write_config(tmp: Path, uri: str, origin: str, **top: object) -> Path:
 
 
 @pytest.fixture
+def bucket(store: S3Store) -> str:
+    return shared_bucket(store, "sync")
+
+
+@pytest.fixture
 def hub(env: dict[str, str]) -> FakeHub:
     with FakeHub() as fake:
         yield fake  # type: ignore[misc]
@@ -54,7 +60,7 @@ def actions(report: SyncReport) -> list[tuple[str, str]]:
 def test_sync_incremental_refs_retention_cold(
     tmp_path: Path, hub: FakeHub, store: S3Store, bucket: str, env: dict[str, str]
 ) -> None:
-    uri = f"s3://{bucket}/mirror"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     cfg = write_config(tmp_path, uri, hub.url, keep=2, cold_after=1,
                        cold_storage_class="STANDARD_IA")  # fmt: skip
     config = load_sync_config(cfg)
@@ -97,20 +103,20 @@ def test_sync_incremental_refs_retention_cold(
     assert ("published", v3.commit) in actions(fourth)
     assert ("pruned", v1.commit) in actions(fourth)
     assert mirror.manifest(rid, v1.commit) is None
-    assert not list(store.list(bucket, f"mirror/{REPO}/{v1.commit}/"))
+    assert not list(store.list(bucket, f"{tmp_path.name}/{REPO}/{v1.commit}/"))
     assert [r.revision for r in mirror.repos(rid)[0].revisions] == [v2.commit, v3.commit]
     # What pulls see is the newest, whole.
     folder = modelhaul.pull(REPO, cache_dir=tmp_path / "c", mirrors=[uri], origins=[])
     assert (folder / "config.json").read_bytes() == b'{"version": 3}'
     # The status record for serve's page.
-    status = json.loads(store.get_bytes(bucket, "mirror/.modelhaul/sync.json"))
+    status = json.loads(store.get_bytes(bucket, f"{tmp_path.name}/.modelhaul/sync.json"))
     assert status["repos"][REPO]["refs"] == {"main": v3.commit}
 
 
 def test_two_syncs_at_once_fetch_each_file_once(
     tmp_path: Path, hub: FakeHub, store: S3Store, bucket: str, env: dict[str, str]
 ) -> None:
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     config = load_sync_config(write_config(tmp_path, uri, hub.url))
     v1 = hub.add(REPO, files_v(tmp_path, 1))
     reports: list[SyncReport] = []
@@ -151,7 +157,7 @@ def test_sync_config_errors(tmp_path: Path) -> None:
 def test_a_failing_repo_is_reported_and_the_rest_synced(
     tmp_path: Path, hub: FakeHub, store: S3Store, bucket: str, env: dict[str, str]
 ) -> None:
-    uri = f"s3://{bucket}/m"
+    uri = f"s3://{bucket}/{tmp_path.name}"
     cfg = tmp_path / "m.toml"
     cfg.write_text(f'mirror = "{uri}"\norigin = "{hub.url}"\n[[repos]]\nid = "nobody/nothing"\n'
                    f'[[repos]]\nid = "{REPO}"\n')  # fmt: skip

@@ -26,7 +26,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 from ._checksum import crc32c_hex
 from ._config import DEFAULT_CONCURRENCY, TransferConfig
@@ -43,6 +44,22 @@ __all__ = ["Flight", "WriteThrough"]
 log = logging.getLogger("modelhaul.serve")
 
 _CHUNK = 1024 * 1024
+
+
+class _DropAuthOnOtherHost(urllib.request.HTTPRedirectHandler):
+    """Follow the hub's redirects (to its CDN), but never send the origin token to another
+    host."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_DropAuthOnOtherHost())
 
 
 class Flight:
@@ -229,7 +246,7 @@ class WriteThrough:
         if file.git_sha1 and file.size is not None:
             git = hashlib.sha1(b"blob %d\x00" % file.size, usedforsecurity=False)
         try:
-            with urllib.request.urlopen(request, timeout=60) as resp, flight.path.open("wb") as out:  # noqa: S310
+            with _OPENER.open(request, timeout=60) as resp, flight.path.open("wb") as out:
                 while chunk := resp.read(_CHUNK):
                     out.write(chunk)
                     out.flush()
