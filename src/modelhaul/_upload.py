@@ -395,12 +395,11 @@ class UploadJob(Job):
             view = self._buffer(length)
             self.source.read_into(task.start, view, engine, task.number)
             crc = crc32c(view)
-            whole = view.obj
 
             def body() -> Body:
                 # A fresh reader per attempt: a failed attempt leaves the last one at its end.
-                if isinstance(whole, bytearray) and len(whole) == length:
-                    return whole
+                # Never the bare buffer: one sendall of a whole part times out on a slow
+                # link (see _store.SEND_BLOCK).
                 return ViewBody(view)
 
             engine.check_cancelled()
