@@ -399,3 +399,27 @@ def test_serve_command(tmp_path: Path, store: S3Store, bucket: str, env: dict[st
         child.terminate()
         _, err = child.communicate(timeout=30)
     assert f"serving {uri} on {url} (origin: none)" in err
+
+
+def test_file_left_out_of_a_mirrored_revision_comes_from_the_origin(
+    tmp_path: Path, store: S3Store, bucket: str, hub: FakeHub
+) -> None:
+    from huggingface_hub import hf_hub_download
+
+    files = model_files(tmp_path)
+    fake = hub.add(REPO, files)
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    # Mirrored without the tokenizer (as a sync with exclude = ["tokenizer/*"] would).
+    kept = {p: d for p, d in files.items() if not p.startswith("tokenizer/")}
+    publish(tmp_path, uri, REPO, kept, fake.commit)
+    with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
+        got = hf_hub_download(REPO, "tokenizer/vocab.txt", endpoint=url, cache_dir=tmp_path / "h")
+        assert Path(got).read_bytes() == files["tokenizer/vocab.txt"]
+        got = hf_hub_download(REPO, "config.json", endpoint=url, cache_dir=tmp_path / "h")
+        assert Path(got).read_bytes() == files["config.json"]
+        assert hub.downloads() == 1 and hub.downloads("tokenizer/vocab.txt") == 1
+        assert service.write_through is not None
+        service.write_through.wait(30)
+    # The published revision is not changed behind its manifest.
+    prefix = f"{tmp_path.name}/{REPO}/{fake.commit}/tokenizer/"
+    assert not list(store.list(bucket, prefix))

@@ -272,6 +272,30 @@ class MirrorService:
             self.write_through.note_ref(hub, name)
         return ServedRevision.from_hub(hub)
 
+    def left_out(self, revision: ServedRevision, path: str) -> ServedRevision | None:
+        """The origin's view of a mirrored revision that lacks ``path`` (a sync's
+        include/exclude left it out), if the origin has that file at the same commit.
+
+        Raises:
+            HubError: the origin failed.
+        """
+        if self.origin is None or revision.hub is not None:
+            return None
+        key = (f"origin:{revision.repo}", revision.commit)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._revisions.get(key)
+        if cached is None or cached[0] <= now:
+            try:
+                hub = self.origin.resolve(revision.repo, revision.commit)
+            except (NoSuchModel, NoSuchRevision):
+                return None  # a revision pushed by hand, which the origin never had
+            cached = (now + 1e9, ServedRevision.from_hub(hub))
+            with self._lock:
+                self._revisions[key] = cached
+        found = cached[1]
+        return found if path in found.files else None
+
     def hub_file(self, revision: ServedRevision, path: str) -> HubFile | None:
         if revision.hub is None:
             return None

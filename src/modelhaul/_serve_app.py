@@ -197,9 +197,14 @@ async def resolve(service: MirrorService, request: Request) -> Response:
     rev = _rev(request.path_params["rev"])
     path = _path(request.path_params["path"])
     revision = await _revision(service, repo, rev)
-    f = revision.files.get(path)
-    if f is None:
-        return _error(404, "EntryNotFound", "Entry not found", head)
+    keep = True
+    if path not in revision.files:
+        # Left out of a mirrored revision on purpose: served from the origin, not kept.
+        outside = await anyio.to_thread.run_sync(service.left_out, revision, path)
+        if outside is None:
+            return _error(404, "EntryNotFound", "Entry not found", head)
+        revision, keep = outside, False
+    f = revision.files[path]
     headers = {
         "X-Repo-Commit": revision.commit,
         "ETag": f'"{f.etag}"',
@@ -233,7 +238,7 @@ async def resolve(service: MirrorService, request: Request) -> Response:
         if hub_file is None or revision.hub is None or service.write_through is None:
             return _error(404, "EntryNotFound", "Entry not found", head)  # pragma: no cover
         service.count(misses=1)
-        flight, fd = service.write_through.join(revision.hub, hub_file, rev)
+        flight, fd = service.write_through.join(revision.hub, hub_file, rev, keep=keep)
         body = _from_flight(service, flight, fd, start, end)
     return StreamingResponse(body, status_code=status, headers=headers)
 

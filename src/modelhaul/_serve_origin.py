@@ -177,9 +177,12 @@ class WriteThrough:
                 (str(revision.repo), revision.commit), _Filling(revision, {}, set())
             ).refs.add(ref)
 
-    def join(self, revision: HubRevision, file: HubFile, ref: str | None) -> tuple[Flight, int]:
+    def join(
+        self, revision: HubRevision, file: HubFile, ref: str | None, *, keep: bool = True
+    ) -> tuple[Flight, int]:
         """The flight of ``file`` (started now if none is), and a descriptor of its spool
-        that the caller must close.
+        that the caller must close. With ``keep`` False (a file a published revision left
+        out on purpose) the file is served but not written to the mirror.
 
         Returns:
             The flight and an open read-only descriptor of its spool file.
@@ -200,7 +203,7 @@ class WriteThrough:
                 self._flights[key] = flight
                 thread = threading.Thread(
                     target=self._fetch,
-                    args=(revision, file, flight, key),
+                    args=(revision, file, flight, key, keep),
                     name=f"modelhaul-origin-{self._count}",
                     daemon=True,
                 )
@@ -222,11 +225,14 @@ class WriteThrough:
     def _url(self, revision: HubRevision, path: str) -> str:
         return f"{self.endpoint}/{revision.repo}/resolve/{revision.commit}/{quote(path)}"
 
-    def _fetch(self, revision: HubRevision, file: HubFile, flight: Flight, key: str) -> None:
+    def _fetch(
+        self, revision: HubRevision, file: HubFile, flight: Flight, key: str, keep: bool
+    ) -> None:
         try:
             sha256 = self._download(revision, file, flight)
             flight.finish()
-            self._upload(revision, file, flight, key, sha256)
+            if keep:
+                self._upload(revision, file, flight, key, sha256)
         except BaseException as exc:  # every client of the flight must learn of it
             if not flight.done:
                 flight.finish(exc)
