@@ -20,6 +20,7 @@ other content under its id is a :class:`~modelhaul.RevisionConflict`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ from ._cache import sha256_file
 from ._checksum import crc32c, crc32c_hex
 from ._config import DEFAULT_CONCURRENCY, Profile, TransferConfig, upload_part_size
 from ._copy import _matches, open_store
-from ._engine import Engine, ProgressSubscriber, TransferStats
+from ._engine import Engine, ProgressSubscriber, TransferStats, retry_call
 from ._errors import LocalFileNotFound, PreconditionFailed, RevisionConflict, UnsafeSymlink
 from ._journal import read_journal, remove_journal, state_dir, write_journal
 from ._lease import Lease, ObjectLeaseBackend
@@ -361,7 +362,8 @@ def _push_locked(
             if obj is not None and obj.size == path.stat().st_size and store.checksums:
                 # Already in the bucket from an earlier run: keep it if the CRC32C matches.
                 sha, crc, ident = hasher.result(rel)
-                info = store.head(bucket, layout.file_key(revision, rel))
+                fkey = layout.file_key(revision, rel)
+                info = retry_call(functools.partial(store.head, bucket, fkey), fkey)
                 if info.crc32c is not None and crc32c_hex(info.crc32c) == crc:
                     entries[rel] = FileEntry(rel, info.size, sha, info.etag, 0, crc)
                     continue
@@ -418,14 +420,15 @@ def _publish(mirror: Mirror, repo: RepoId, manifest: Manifest) -> None:
     body = manifest.to_bytes()
     if store.conditional_writes:
         try:
-            store.put(bucket, key, body, if_none_match=True)
+            # A retry after a lost answer meets PreconditionFailed: read back below.
+            retry_call(lambda: store.put(bucket, key, body, if_none_match=True), key)
             return
         except PreconditionFailed:
             other = mirror.manifest(repo, manifest.revision)
     else:
         other = mirror.manifest(repo, manifest.revision)
         if other is None:
-            store.put(bucket, key, body)
+            retry_call(lambda: store.put(bucket, key, body), key)
             time.sleep(0.2)
             other = mirror.manifest(repo, manifest.revision)
             if other is not None and other.to_bytes() == body:

@@ -23,8 +23,9 @@ __all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "Uplo
 # call (3.5+), and while a request is sent urllib3 leaves the socket at the *connect*
 # timeout: a 16 MiB part handed over in one ``sendall`` failed whenever its stream got
 # less than ~13 Mbit/s (8 streams on a 100 Mbit/s link), every attempt, cut at 10 s.
-# Blocks make the timeout a stall timeout again: it now bounds 1 MiB, not the part.
-SEND_BLOCK = 1024 * 1024
+# Blocks make the timeout a stall timeout again: it bounds 64 KiB, not the part (1 MiB
+# blocks still failed: a stream on a lossy, queued link can fall to ~0.3 Mbit/s).
+SEND_BLOCK = 64 * 1024
 
 
 class ViewBody(io.RawIOBase):
@@ -51,7 +52,7 @@ class ViewBody(io.RawIOBase):
 
     def read(self, size: int = -1) -> memoryview:
         """The next block, as a slice of the buffer (http.client only sends it on). It is
-        :data:`SEND_BLOCK` long whatever ``size`` asks: http.client asks for 8 KiB."""
+        :data:`SEND_BLOCK` long whatever ``size`` asks (http.client asks for 8 KiB)."""
         n = min(max(size, SEND_BLOCK), len(self._view) - self._pos)
         block = self._view[self._pos : self._pos + n]
         self._pos += n
