@@ -244,6 +244,10 @@ def start_server(
         "-master.telemetry=false",
         # A typo in a bucket name must fail, not quietly create a new bucket.
         "-s3.autoCreateBucket=false",
+        # Each bucket takes volumes of its own, and the default limit is free disk / volume
+        # size (about 48 volumes with 49 GB free): the 49th bucket's first write got 500
+        # InternalError. Volumes grow as written, so a high count costs no disk.
+        "-volume.max=1000",
     ]
     if buckets:
         args.append(f"-bucket={','.join(buckets)}")
