@@ -12,15 +12,9 @@ from pathlib import Path
 
 import click
 
+from ._config import format_size
+
 __all__ = ["register"]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def register(cli: click.Group) -> None:
@@ -67,15 +61,15 @@ def register(cli: click.Group) -> None:
                 moved = ""
                 if a.origin_bytes or a.reused_bytes or a.uploaded_bytes:
                     moved = (
-                        f": {_human(a.origin_bytes)} from the hub, "
-                        f"{_human(a.reused_bytes)} reused, {_human(a.uploaded_bytes)} "
+                        f": {format_size(a.origin_bytes)} from the hub, "
+                        f"{format_size(a.reused_bytes)} reused, {format_size(a.uploaded_bytes)} "
                         "uploaded"
                     )
                 detail = f" ({a.detail})" if a.detail else ""
                 click.echo(f"{a.action:<16} {what}{rev}{moved} in {a.seconds:.1f}s{detail}")
             click.echo(
                 f"synced {len(config.repos)} repo(s) into {report.mirror}: "
-                f"{_human(report.bytes_moved)} moved in {report.seconds:.1f}s, "
+                f"{format_size(report.bytes_moved)} moved in {report.seconds:.1f}s, "
                 f"{len(report.failed)} failed"
             )
         if report.failed:

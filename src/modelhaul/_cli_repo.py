@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from ._cache import Cache
-from ._config import MiB, TransferConfig
+from ._config import MiB, TransferConfig, format_size
 from ._copy import open_store
 from ._engine import ProgressSubscriber
 from ._manifest import parse_repo_id
@@ -28,14 +28,6 @@ from ._repo_config import load_repo_settings
 from ._uri import parse_s3
 
 __all__ = ["register"]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _stamp(t: float) -> str:
@@ -91,7 +83,7 @@ class FileLines(ProgressSubscriber):
             t0, size = self._started.pop(data["path"], (time.monotonic(), 0))
             secs = max(time.monotonic() - t0, 1e-6)
             speed = f", {size / secs / 1e6:.0f} MB/s" if size and data["source"] != "cache" else ""
-            self._echo(f"  {data['path']}: from {data['source']} ({_human(size)}{speed})")
+            self._echo(f"  {data['path']}: from {data['source']} ({format_size(size)}{speed})")
         elif kind == "waiting":
             self._echo(f"  {data['path']}: another process is fetching it ({data['holder']})")
         elif kind == "write_back":
@@ -188,8 +180,8 @@ def register(cli: click.Group) -> None:
             click.echo(f"{plan.repo}@{plan.revision}:")
             for f in plan.files:
                 where = f" {f.where}" if f.where and f.source != "cache" else ""
-                click.echo(f"  {f.path}  {_human(f.size or 0)}  from {f.source}{where}")
-            click.echo(f"would fetch {_human(plan.fetch_bytes)} ({plan.fetch_bytes:,} bytes)")
+                click.echo(f"  {f.path}  {format_size(f.size or 0)}  from {f.source}{where}")
+            click.echo(f"would fetch {format_size(plan.fetch_bytes)} ({plan.fetch_bytes:,} bytes)")
             return
         subs: list[ProgressSubscriber] = []
         bar: RichProgress | None = None
@@ -341,14 +333,14 @@ def register(cli: click.Group) -> None:
                 refs = ", ".join(f"{k} -> {v[:12]}" for k, v in sorted(r["refs"].items()))
                 click.echo(
                     f"{r['repo']:<40} {len(r['revisions']):>3} revision(s) "
-                    f"{_human(r['size']):>10}  {refs}"
+                    f"{format_size(r['size']):>10}  {refs}"
                 )
                 continue
             click.echo(f"{r['repo']} in {r['mirror']}:")
             for v in r["revisions"]:
                 refs = f"  <- {', '.join(v['refs'])}" if v["refs"] else ""
                 click.echo(
-                    f"  {v['revision']:<42} {v['files']:>5} file(s) {_human(v['size']):>10}  "
+                    f"  {v['revision']:<42} {v['files']:>5} file(s) {format_size(v['size']):>10}  "
                     f"{_stamp(v['created'])}{refs}"
                 )
         if repo is not None and not out:
@@ -382,16 +374,16 @@ def register(cli: click.Group) -> None:
                 "partial": [{"path": str(p), "bytes": n} for p, n in partials],
             }, indent=1))  # fmt: skip
             return
-        click.echo(f"cache {cache.root}: {_human(cache.blob_bytes())} in blobs")
+        click.echo(f"cache {cache.root}: {format_size(cache.blob_bytes())} in blobs")
         for e in entries:
             state = "" if e.complete else "  (partial)"
             refs = f"  <- {', '.join(e.refs)}" if e.refs else ""
             click.echo(
-                f"  {e.repo}@{e.revision:<42} {e.files:>5} file(s) {_human(e.size):>10}  "
+                f"  {e.repo}@{e.revision:<42} {e.files:>5} file(s) {format_size(e.size):>10}  "
                 f"used {_stamp(e.last_used)}{state}{refs}"
             )
         for p, n in partials:
-            click.echo(f"  partial download {p.name}: {_human(n)} on disk")
+            click.echo(f"  partial download {p.name}: {format_size(n)} on disk")
 
     @cache_group.command("verify")
     @cache_dir_opt
@@ -402,7 +394,7 @@ def register(cli: click.Group) -> None:
         for bad in report.bad:
             fixed = " (removed)" if bad in report.repaired else ""
             click.echo(f"DAMAGED {bad}{fixed}")
-        click.echo(f"verified {report.blobs} blob(s), {_human(report.bytes)}; "
+        click.echo(f"verified {report.blobs} blob(s), {format_size(report.bytes)}; "
                    f"{len(report.bad)} damaged")  # fmt: skip
         if report.bad and not repair:
             click.echo("hint: run `modelhaul cache verify --repair`, then pull again", err=True)
@@ -428,5 +420,5 @@ def register(cli: click.Group) -> None:
             max_size=parse_size(max_size) if max_size else None,
         )
         for e in removed:
-            click.echo(f"removed {e.repo}@{e.revision} ({_human(e.size)})")
-        click.echo(f"cache now {_human(cache.blob_bytes())}")
+            click.echo(f"removed {e.repo}@{e.revision} ({format_size(e.size)})")
+        click.echo(f"cache now {format_size(cache.blob_bytes())}")

@@ -430,6 +430,15 @@ class TransferConfig:
             raise ConfigError("bandwidth limit must be positive")
 
 
+def format_size(n: float) -> str:
+    """Bytes for people: ``512 B``, ``1.5 MiB``, ``3.2 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 # S3's limits on multipart uploads (AWS; the S3-compatible stores are no looser).
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB

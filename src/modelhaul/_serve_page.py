@@ -8,17 +8,10 @@ import html
 import time
 from typing import Any
 
+from ._config import format_size
 from ._serve import MirrorService
 
 __all__ = ["render_status", "status_data"]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _stamp(t: Any) -> str:
@@ -75,7 +68,7 @@ def render_status(service: MirrorService) -> str:
                 f"<td><code>{e(str(v.get('revision', '-')))}</code></td>"
                 f"<td>{e(', '.join(v.get('refs', [])))}</td>"
                 f"<td class='num'>{v.get('files', 0)}</td>"
-                f"<td class='num size'>{e(_human(v.get('size', 0)))}</td>"
+                f"<td class='num size'>{e(format_size(v.get('size', 0)))}</td>"
                 f"<td>{e(_stamp(v.get('created')))}</td>"
                 f"<td>{e(_stamp(r['last_sync']))}</td>"
                 "</tr>"
@@ -95,10 +88,10 @@ last sync: <span id="last-sync">{e(_stamp(data["last_sync"]))}</span>.</p>
 <th>bytes served</th><th>requests</th></tr>
 <tr><td id="hits">{c["hits"]}</td><td id="misses">{c["misses"]}</td>
 <td id="origin-fetches">{c["origin_fetches"]}</td>
-<td id="bytes-served">{e(_human(c["bytes_served"]))} ({c["bytes_served"]:,})</td>
+<td id="bytes-served">{e(format_size(c["bytes_served"]))} ({c["bytes_served"]:,})</td>
 <td id="requests">{c["requests"]}</td></tr></table>
 <h2>Mirrored models (<span id="repo-count">{len(data["repos"])}</span>,
-{e(_human(total))})</h2>
+{e(format_size(total))})</h2>
 <table id="repos"><thead><tr><th>repository</th><th>revision</th><th>refs</th>
 <th class="num">files</th><th class="num">size</th><th>published</th><th>last sync</th>
 </tr></thead>
