@@ -164,23 +164,17 @@ def copy(
         engine = Engine(config, concurrency, progress)
         try:
             run = engine.run(pending)
-        except ObjectChanged:
-            if attempt == MAX_RESTARTS:
-                raise
-            log.warning("%s was replaced during the download: starting it again", pending[0].label)
-            pending = [_again(j) for j in pending if not j.finished]
-            _merge(stats, engine.stats)
-            continue
-        except TransferFailed as exc:
-            changed = [f for f in exc.failures if isinstance(f.cause, ObjectChanged)]
+        except (ObjectChanged, TransferFailed):
+            # The engine records every failure, whether it raised one alone or a summary.
+            failures = engine.stats.failures
+            changed = {f.what for f in failures if isinstance(f.cause, ObjectChanged)}
             _merge(stats, engine.stats)
             if not changed or attempt == MAX_RESTARTS:
                 raise
-            again = {f.what for f in changed}
-            others = [f for f in exc.failures if f.what not in again]
-            pending = [_again(j) for j in pending if j.label in again]
-            if others:
-                stats.failures.extend(others)
+            for label in sorted(changed):
+                log.warning("%s was replaced during the transfer: starting it again", label)
+            stats.failures.extend(f for f in failures if f.what not in changed)
+            pending = [_again(j) for j in pending if j.label in changed]
             continue
         _merge(stats, run)
         break
