@@ -282,6 +282,20 @@ def child_main(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def precompile() -> None:
+    """Byte-compile modelhaul's sources, as installing a wheel does.
+
+    An editable install has no .pyc files, and with PYTHONDONTWRITEBYTECODE set (as on
+    this machine) every child would compile ~50 modules from source at start-up
+    (~0.1 s) — a cost no user of an installed package pays.
+    """
+    import compileall
+
+    import modelhaul
+
+    compileall.compile_dir(str(Path(modelhaul.__file__).parent), quiet=1)
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -420,6 +434,8 @@ class Bench:
 
     def start(self) -> None:
         import modelhaul
+
+        precompile()
 
         self.server = modelhaul.start_server(
             self.work / "server",

@@ -404,6 +404,10 @@ class TransferConfig:
         connect_timeout: seconds to open a connection.
         bandwidth_limit: bytes per second across the whole command; None for no limit.
         verify: verify checksums where the source provides them.
+        direct_io: write downloads with O_DIRECT, past the page cache: None (auto) for
+            files of 64 MiB or more where the filesystem allows it, falling back to the
+            page cache when the disk proves slower than the network; True for every
+            file; False never.
     """
 
     concurrency: int | None = None
@@ -418,6 +422,7 @@ class TransferConfig:
     connect_timeout: float = 10.0
     bandwidth_limit: float | None = None
     verify: bool = True
+    direct_io: bool | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:

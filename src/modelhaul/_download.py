@@ -17,8 +17,10 @@ import contextlib
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -53,30 +55,59 @@ class TransferBusy(ModelhaulError):
     """Another process is already writing the same destination."""
 
 
+# Page-cache writes go in slices of at most 32 KiB. The kernel sizes each new page-cache
+# folio from the length of the write; a 1 MiB pwrite asks for 1 MiB folios, and on a VM
+# whose free memory is handed back to the host (virtio free-page reporting, as here) those
+# large allocations fault in fresh host pages: measured, 1 MiB writes spent 5-8 s of system
+# time per 2 GiB against 1.2-1.4 s for 32 KiB writes (s5cmd writes 32 KiB too), and 64 KiB
+# was fast only some of the time. The extra system calls cost ~0.1 s per 2 GiB.
+WRITE_SLICE = 32 * 1024
+
+# Direct I/O (O_DIRECT) writes whole 4 KiB blocks from the worker's buffer straight to the
+# device, skipping the page cache: on the measured machine that halved the system time of
+# a download and made it steady whatever the state of memory. Used for files of at least
+# DIRECT_MIN bytes (config ``direct_io=None``), and given up for the rest of a file when
+# the disk turns out to be the bottleneck: after each DIRECT_PROBE bytes written direct, if
+# the workers have spent more than DIRECT_MAX_SHARE of their time waiting on direct writes,
+# the page cache (which absorbs a burst at memory speed) is the better place. Writes are
+# synchronous, so some waiting is normal: here (disk ~1.2 GB/s, network ~1 GB/s, 8
+# workers) the share was ~0.2 while direct ran 1.5x faster than buffered; a disk at a
+# third of the network's speed waits ~0.75 of the time.
+DIRECT_ALIGN = 4096
+DIRECT_MIN = 64 * MiB
+DIRECT_PROBE = 128 * MiB
+DIRECT_MAX_SHARE = 0.6
+
+
 def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PARTIAL_SUFFIX)
 
 
 class _Buffers(threading.local):
-    buffer: bytearray | None = None
+    buffer: mmap.mmap | None = None
 
 
 _buffers = _Buffers()
 
 
 def _worker_buffer(size: int) -> memoryview:
-    """Each worker thread reuses one read buffer (memory: concurrency × chunk size)."""
+    """Each worker thread reuses one read buffer (memory: concurrency × chunk size).
+
+    Anonymous mmap memory, so it is page-aligned as direct I/O requires.
+    """
     buf = _buffers.buffer
     if buf is None or len(buf) != size:
-        buf = _buffers.buffer = bytearray(size)
+        buf = _buffers.buffer = mmap.mmap(-1, size)
     return memoryview(buf)
 
 
-def write_at(fd: int, data: memoryview, offset: int, path: Path) -> None:
+def write_at(
+    fd: int, data: memoryview, offset: int, path: Path, slice_size: int = WRITE_SLICE
+) -> None:
     """``pwrite`` all of ``data`` at ``offset``; a full disk becomes :class:`DiskFull`."""
     try:
         while data:
-            n = os.pwrite(fd, data, offset)
+            n = os.pwrite(fd, data[:slice_size], offset)
             data = data[n:]
             offset += n
     except OSError as exc:
@@ -136,6 +167,11 @@ class DownloadJob(Job):
         self.partial = partial_path(dest)
         self.journal_path = self.partial.with_name(self.partial.name + ".json")
         self._fd = -1
+        self._direct_fd = -1
+        self._direct_bytes = 0
+        self._direct_seconds = 0.0
+        self._direct_since = 0.0
+        self._retired_fds: list[int] = []
         self._queue: deque[Task] = deque()
         self._running: list[Task] = []
         self._segments: list[tuple[int, int, int]] = []
@@ -172,6 +208,7 @@ class DownloadJob(Job):
         self._segments = self._resume(info)
         done = sum(e - s for s, e, _ in self._segments)
         self._preallocate(info.size)
+        self._open_direct(info.size, engine)
         part = download_part_size(info.size, engine.concurrency, engine.config)
         cursor = 0
         for start, end, _ in [*self._segments, (info.size, info.size, 0)]:
@@ -228,6 +265,69 @@ class DownloadJob(Job):
             crc = crc32c(view[:n], crc)
             pos += n
         return crc
+
+    def _open_direct(self, size: int, engine: Engine) -> None:
+        wanted = engine.config.direct_io
+        if wanted is False or (wanted is None and size < DIRECT_MIN):
+            return
+        flag = getattr(os, "O_DIRECT", 0)
+        if not flag:
+            return  # not Linux
+        try:
+            self._direct_fd = os.open(self.partial, os.O_WRONLY | flag)
+        except OSError as exc:  # a filesystem without direct I/O (tmpfs on old kernels...)
+            log.debug("%s: no direct I/O on %s: %s", self.label, self.partial, exc)
+            return
+        self._direct_since = time.monotonic()
+
+    def _write(self, data: memoryview, offset: int) -> None:
+        """Write ``data`` (the start of a worker buffer) at ``offset``: whole aligned
+        blocks direct when direct I/O is on, everything else through the page cache."""
+        fd = self._direct_fd
+        if fd >= 0 and offset % DIRECT_ALIGN == 0:
+            k = len(data) - len(data) % DIRECT_ALIGN
+            if k:
+                started = time.monotonic()
+                try:
+                    write_at(fd, data[:k], offset, self.dest, slice_size=k)
+                except OSError as exc:  # EINVAL: this file or device refuses it after all
+                    log.debug("%s: direct write failed, buffered from now: %s", self.label, exc)
+                    self._stop_direct()
+                else:
+                    self._direct_written(k, time.monotonic() - started)
+                    data = data[k:]
+                    offset += k
+        if data:
+            write_at(self._fd, data, offset, self.dest)
+
+    def _direct_written(self, n: int, seconds: float) -> None:
+        with self._lock:
+            before = self._direct_bytes
+            self._direct_bytes += n
+            self._direct_seconds += seconds
+            if before // DIRECT_PROBE == self._direct_bytes // DIRECT_PROBE or not self._engine:
+                return
+            # Over all direct writes so far: short windows are too noisy to judge by.
+            workers = self._engine.concurrency
+            share = self._direct_seconds / max(
+                1e-9, (time.monotonic() - self._direct_since) * workers
+            )
+        log.debug("%s: %.0f%% of the time in direct writes", self.label, share * 100)
+        if share > DIRECT_MAX_SHARE:
+            log.info(
+                "%s: the disk is slower than the network (%.0f%% of the time in direct "
+                "writes); writing through the page cache from here",
+                self.label,
+                share * 100,
+            )
+            self._stop_direct()
+
+    def _stop_direct(self) -> None:
+        # The descriptor stays open until the job ends: another worker may be using it.
+        with self._lock:
+            if self._direct_fd >= 0:
+                self._retired_fds.append(self._direct_fd)
+                self._direct_fd = -1
 
     def _preallocate(self, size: int) -> None:
         if size == 0:
@@ -339,7 +439,11 @@ class DownloadJob(Job):
                         end = task.end
                     if task.pos >= end:
                         return
-                    n, broken = _fill(r, view[: min(chunk, end - task.pos)])
+                    want = min(chunk, end - task.pos)
+                    if self._direct_fd >= 0 and task.pos % DIRECT_ALIGN:
+                        # Back onto a block boundary (after a broken read or a split).
+                        want = min(want, DIRECT_ALIGN - task.pos % DIRECT_ALIGN)
+                    n, broken = _fill(r, view[:want])
                     if n == 0:
                         raise broken or ServerError(
                             f"{self.label}: the connection ended {end - task.pos} bytes early",
@@ -354,7 +458,7 @@ class DownloadJob(Job):
                         n = min(n, task.end - task.pos)
                     if n <= 0:
                         return
-                    write_at(self._fd, view[:n], task.pos, self.dest)
+                    self._write(view[:n], task.pos)
                     crc = crc32c(view[:n], task.crc)
                     with self._lock:
                         task.crc = crc
@@ -418,6 +522,10 @@ class DownloadJob(Job):
         self._segments = []
 
     def _close(self) -> None:
+        self._stop_direct()
+        for fd in self._retired_fds:
+            os.close(fd)
+        self._retired_fds = []
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
