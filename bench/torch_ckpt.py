@@ -10,8 +10,9 @@ In one run, so the figures are comparable (see ../shared/DESIGN.md, "Speed"):
 * a state_dict of ``--size-mib`` MiB (float32 tensors of 1-64 MiB, seeded) is made in each
   child that saves it; a safetensors file of the same tensors is written once and uploaded;
 * times, each tool in its own child process: ``torch.save`` through modelhaul.torch.open
-  vs s3torchconnector's ``S3Checkpoint.writer``; ``torch.load(weights_only=True)`` through
-  modelhaul.torch.open vs ``S3Checkpoint.reader``; the safetensors file to CPU tensors
+  vs s3torchconnector's ``S3Checkpoint.writer``; ``modelhaul.torch.load(weights_only=True)``
+  (and, for information, ``torch.load`` through modelhaul.torch.open) vs ``torch.load`` on
+  ``S3Checkpoint.reader``; the safetensors file to CPU tensors
   with ``modelhaul.torch.load_safetensors`` vs runai-model-streamer's ``SafetensorsStreamer``.
   The time is the operation's own (client set-up included, state creation not); the peak
   RSS is the child's (for saves it includes the state itself);
@@ -97,6 +98,11 @@ def child(kind: str, size_mib: int, uri: str) -> None:
     elif kind == "load-modelhaul":
         import modelhaul.torch as mt
 
+        loaded = mt.load(uri, weights_only=True)
+        result["tensors"] = len(loaded)
+    elif kind == "load-modelhaul-open":
+        import modelhaul.torch as mt
+
         with mt.open(uri) as f:
             loaded = torch.load(f, weights_only=True)
         result["tensors"] = len(loaded)
@@ -170,16 +176,24 @@ def main() -> None:
     try:
         _prepare_safetensors(args.size_mib, work)
         for rep in range(args.repeat):
-            order = [
-                ("save-modelhaul", f"s3://{BUCKET}/ckpt/mh-{rep}.pt"),
-                ("save-s3torchconnector", f"s3://{BUCKET}/ckpt/s3t-{rep}.pt"),
-                ("load-s3torchconnector", f"s3://{BUCKET}/ckpt/mh-{rep}.pt"),
-                ("load-modelhaul", f"s3://{BUCKET}/ckpt/mh-{rep}.pt"),
-                ("st-runai", f"s3://{BUCKET}/st/model.safetensors"),
-                ("st-modelhaul", f"s3://{BUCKET}/st/model.safetensors"),
+            ckpt = f"s3://{BUCKET}/ckpt/mh-{rep}.pt"
+            groups = [
+                [
+                    ("save-modelhaul", ckpt),
+                    ("save-s3torchconnector", f"s3://{BUCKET}/ckpt/s3t-{rep}.pt"),
+                ],
+                [
+                    ("load-s3torchconnector", ckpt),
+                    ("load-modelhaul", ckpt),
+                    ("load-modelhaul-open", ckpt),
+                ],
+                [
+                    ("st-runai", f"s3://{BUCKET}/st/model.safetensors"),
+                    ("st-modelhaul", f"s3://{BUCKET}/st/model.safetensors"),
+                ],
             ]
-            if rep % 2:  # alternate who goes first
-                order = [order[1], order[0], order[3], order[2], order[5], order[4]]
+            # Alternate who goes first.
+            order = [job for group in groups for job in (group[::-1] if rep % 2 else group)]
             for kind, uri in order:
                 subprocess.run(["sync"], check=False)
                 result = run_child(kind, args.size_mib, uri, env)

@@ -20,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a process without 
 
 from ._checkpoint import Checkpoint, CheckpointManager
 from ._datasets import S3IterableDataset, S3MapDataset
+from ._load import load
 from ._open import open
 from ._reader import ObjectReader
 from ._safetensors import load_safetensors
@@ -39,6 +40,7 @@ __all__ = [
     "S3MapDataset",
     "S3StorageReader",
     "S3StorageWriter",
+    "load",
     "load_safetensors",
     "open",
 ]

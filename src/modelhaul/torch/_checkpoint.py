@@ -31,6 +31,7 @@ from .._config import Profile, TransferConfig
 from .._errors import ConfigError, IntegrityError, NoSuchKey
 from .._store import ObjectStore
 from ._common import Retrier, prefix_uri, resolve_store
+from ._load import load_from_reader
 from ._reader import ObjectReader
 from ._writer import ObjectWriter
 
@@ -393,11 +394,9 @@ class CheckpointManager:
     ) -> Any:
         """``torch.load`` one checkpoint from :meth:`list` or :meth:`latest`."""
         with ObjectReader(
-            self.store, self.bucket, self.prefix + checkpoint.key, config=self.config
+            self.store, self.bucket, self.prefix + checkpoint.key, config=self.config, readahead=0
         ) as reader:
-            return torch.load(
-                cast(IO[bytes], reader), map_location=map_location, weights_only=weights_only
-            )
+            return load_from_reader(reader, map_location=map_location, weights_only=weights_only)
 
     # -- retention -----------------------------------------------------------------------
 

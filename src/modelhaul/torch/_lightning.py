@@ -11,6 +11,7 @@ from .._config import Profile, TransferConfig
 from .._store import ObjectStore
 from ._common import object_uri, resolve_store
 from ._fsspec import register_filesystem
+from ._load import load_from_reader
 from ._reader import ObjectReader
 from ._writer import ObjectWriter
 
@@ -97,11 +98,19 @@ class ModelhaulCheckpointIO(CheckpointIO):
             )
             return loaded
         where = object_uri(str(path))
-        with ObjectReader(self.store, where.bucket, where.key, config=self.config) as reader:
-            result: dict[str, Any] = torch.load(
-                cast(IO[bytes], reader), map_location=map_location, weights_only=weights_only
+        if weights_only is None:  # torch's own default decides: plain torch.load
+            with ObjectReader(self.store, where.bucket, where.key, config=self.config) as reader:
+                result: dict[str, Any] = torch.load(
+                    cast(IO[bytes], reader), map_location=map_location, weights_only=None
+                )
+                return result
+        with ObjectReader(
+            self.store, where.bucket, where.key, config=self.config, readahead=0
+        ) as reader:
+            loaded_remote: dict[str, Any] = load_from_reader(
+                reader, map_location=map_location, weights_only=weights_only
             )
-            return result
+            return loaded_remote
 
     def remove_checkpoint(self, path: Any) -> None:
         """Delete the checkpoint at ``path`` (absent is not an error)."""
