@@ -423,3 +423,40 @@ def test_file_left_out_of_a_mirrored_revision_comes_from_the_origin(
     # The published revision is not changed behind its manifest.
     prefix = f"{tmp_path.name}/{REPO}/{fake.commit}/tokenizer/"
     assert not list(store.list(bucket, prefix))
+
+
+def test_multi_chunk_files_stream_byte_identical(
+    tmp_path: Path, store: S3Store, bucket: str
+) -> None:
+    from modelhaul._serve_app import CHUNK
+
+    # Several chunks per response: the next chunk is read while the last is sent, and
+    # buffers are reused once the transport lets go of them.
+    data = make_file(tmp_path / "big.bin", 3 * CHUNK + 12345, seed=11).read_bytes()
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    publish(tmp_path, uri, REPO, {"model.safetensors": data, "config.json": b"{}"}, "rev-1")
+    with running_serve(store, uri, tmp_path / "spool") as (url, _):
+        where = urlsplit(url)
+        # A client that stops reading after a chunk and a half, and hangs up.
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        conn.request("GET", f"/{REPO}/resolve/main/model.safetensors")
+        assert conn.getresponse().read(CHUNK + CHUNK // 2) == data[: CHUNK + CHUNK // 2]
+        conn.close()
+        got: dict[str, bytes] = {}
+
+        def fetch(name: str, headers: dict[str, str]) -> None:
+            req = urllib.request.Request(f"{url}/{REPO}/resolve/main/model.safetensors",
+                                         headers=headers)  # fmt: skip
+            with urllib.request.urlopen(req) as r:
+                got[name] = r.read()
+
+        threads = [
+            threading.Thread(target=fetch, args=("whole", {})),
+            threading.Thread(target=fetch, args=("tail", {"Range": f"bytes={CHUNK - 7}-"})),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert got["whole"] == data
+        assert got["tail"] == data[CHUNK - 7 :]
