@@ -13,8 +13,9 @@ part of a key under the mirror's prefix; nothing from a request ever names a loc
 Error bodies are written here, never copied from the store or the origin, so neither
 credentials nor endpoints reach a client.
 
-Files stream with bounded memory: one chunk per client is in flight (read in a worker
-thread, then sent; uvicorn's flow control holds the next read until the client takes it).
+Files stream with bounded memory: two chunks per client, one being sent while the next
+is read in a worker thread; uvicorn's flow control holds the read after that until the
+client takes the first.
 """
 
 from __future__ import annotations
