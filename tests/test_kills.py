@@ -191,6 +191,8 @@ def cp_down(tmp: Path, env: dict[str, str], store: S3Store, bucket: str, kills: 
     dest = tmp / f"out-{seed}" / f"down-{seed}.bin"
 
     def check() -> None:
+        if not dest.parent.exists():
+            return  # killed before it made the folder: nothing was written, nothing to see
         if dest.exists():
             assert sha256(dest) == want, "a wrong file is visible at the destination"
         # Besides the file itself, only the resumable partial file and its journal (and
