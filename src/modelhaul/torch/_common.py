@@ -1,4 +1,5 @@
-"""What every part of the torch extra shares: resolving a location to a store, and retries.
+"""What every part of the torch extra shares: resolving a location to a store, retries, and
+a tensor's memory as a buffer.
 
 Retries reuse the transfer engine's policy (exponential backoff, full jitter, attempts from
 :class:`~modelhaul.TransferConfig`) without running its worker pool: each object here owns
@@ -7,9 +8,12 @@ a :class:`Retrier`, whose ``cancel`` stops its waits at once when the owner abor
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from collections.abc import Callable
 from typing import TypeVar
+
+import torch
 
 from .._config import Profile, TransferConfig, load_profile
 from .._copy import open_store
@@ -19,7 +23,7 @@ from .._store import ObjectInfo, ObjectStore
 from .._upload import ObjectSource
 from .._uri import S3URI, parse_s3
 
-__all__ = ["Retrier", "object_uri", "prefix_uri", "resolve_store"]
+__all__ = ["Retrier", "byte_view", "object_uri", "prefix_uri", "resolve_store"]
 
 T = TypeVar("T")
 
@@ -127,3 +131,10 @@ class Retrier:
 
 def _cause(exc: RetriesExhausted) -> BaseException:
     return exc.cause
+
+
+def byte_view(tensor: torch.Tensor) -> memoryview:
+    """The tensor's own memory as a writable memoryview (no numpy needed)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    raw = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
+    return memoryview(raw).cast("B")

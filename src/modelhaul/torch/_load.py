@@ -18,7 +18,6 @@ reader instead: slower, same result.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import pickle
 import threading
@@ -31,7 +30,7 @@ import torch
 
 from .._config import MiB, Profile, TransferConfig
 from .._store import ObjectStore
-from ._common import object_uri, resolve_store
+from ._common import byte_view, object_uri, resolve_store
 from ._reader import ObjectReader
 
 __all__ = ["load", "load_from_reader"]
@@ -186,21 +185,17 @@ class _Fetch:
         try:
             if len(parts) == 1 and parts[0][2] == end - start:
                 record, at, _ = parts[0]
-                self._read(start, _view(record.tensor)[at : at + end - start])
+                self._reader._fetch(start, byte_view(record.tensor)[at : at + end - start])
             else:
                 scratch = self._scratch(end - start)
-                self._read(start, scratch)
+                self._reader._fetch(start, scratch)
                 for record, at, n in parts:
                     lo = record.offset + at - start
-                    _view(record.tensor)[at : at + n] = scratch[lo : lo + n]
+                    byte_view(record.tensor)[at : at + n] = scratch[lo : lo + n]
         except BaseException as exc:  # handed to whoever waits on the record
             self._finish(parts, exc)
             return
         self._finish(parts, None)
-
-    def _read(self, start: int, view: memoryview) -> None:
-        r = self._reader
-        r._retrier.read_range(r.store, r.bucket, r.info, start, view)
 
     def _scratch(self, n: int) -> memoryview:
         buf: bytearray | None = getattr(self._local, "buffer", None)
@@ -251,13 +246,6 @@ def _plan(records: list[_Record]) -> list[tuple[int, int, list[tuple[_Record, in
         for record, _, _ in parts:
             record.pending += 1
     return jobs
-
-
-def _view(tensor: torch.Tensor) -> memoryview:
-    n = tensor.numel()
-    if n == 0:
-        return memoryview(b"")
-    return memoryview((ctypes.c_char * n).from_address(tensor.data_ptr())).cast("B")
 
 
 class _PrefetchedZip:

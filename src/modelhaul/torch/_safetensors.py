@@ -18,7 +18,6 @@ bytes, so host memory stays bounded however large the model is.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import json
 import os
 import struct
@@ -44,7 +43,7 @@ from .._errors import (
 )
 from .._store import ObjectInfo, ObjectStore
 from .._uri import S3URI, parse_s3
-from ._common import Retrier, resolve_store
+from ._common import Retrier, byte_view, resolve_store
 
 __all__ = ["load_safetensors"]
 
@@ -345,13 +344,6 @@ def _local_sources(path: Path) -> tuple[list[_Source], dict[str, str] | None]:
 # -- moving the bytes ---------------------------------------------------------------------
 
 
-def _byte_view(tensor: torch.Tensor) -> memoryview:
-    """The tensor's own memory as a writable memoryview (no numpy needed)."""
-    nbytes = tensor.numel() * tensor.element_size()
-    raw = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
-    return memoryview(raw).cast("B")
-
-
 @dataclass
 class _Piece:
     """Bytes ``[begin, end)`` of the file, which land at ``offset`` in ``entry``'s tensor."""
@@ -473,7 +465,7 @@ def _load(
         chunk_size = max(chunk_size, 64 * 1024)
         default_budget = DEFAULT_CUDA_STAGING if cuda else concurrency * chunk_size
         budget = MemoryBudget(max(max_memory or default_budget, chunk_size))
-        views = {} if cuda else {n: _byte_view(t) for n, t in tensors.items() if t.numel()}
+        views = {} if cuda else {n: byte_view(t) for n, t in tensors.items() if t.numel()}
         staging = _Staging(chunk_size) if cuda else None
         jobs = []
         for source, entries in zip(sources, headers, strict=True):
@@ -538,7 +530,7 @@ class _Staging:
 
     @staticmethod
     def view(buffer: torch.Tensor) -> memoryview:
-        return _byte_view(buffer)
+        return byte_view(buffer)
 
 
 def _check_index(weight_map: dict[str, str] | None, owner: dict[str, str]) -> None:
