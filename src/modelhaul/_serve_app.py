@@ -280,7 +280,6 @@ async def _from_mirror(
     size = min(CHUNK, end - start)
     spare = [bytearray(size), bytearray(size)]
     unread = end - start
-    pending: asyncio.Future[int] | None = None
 
     def read_next() -> tuple[asyncio.Future[int], memoryview] | None:
         nonlocal unread
@@ -294,17 +293,15 @@ async def _from_mirror(
         future = asyncio.ensure_future(anyio.to_thread.run_sync(_fill, reader, view))
         return future, view
 
+    nxt = None
     try:
         nxt = read_next()
         while nxt is not None:
-            pending, view = nxt
-            n = await pending
-            pending = None
+            future, view = nxt
+            n = await future
             if n < len(view):
                 raise ConnectionError(f"the mirror ended {unread + len(view) - n} bytes early")
             nxt = read_next()  # the store's next bytes come in while these go out
-            if nxt is not None:
-                pending = nxt[0]
             service.count(bytes_served=n)
             yield view
             with contextlib.suppress(BufferError):  # still held: the buffer stays busy
@@ -312,9 +309,9 @@ async def _from_mirror(
                 view.release()
                 spare.append(cast(bytearray, buf))
     finally:
-        if pending is not None:  # never close the body under a read in flight
+        if nxt is not None:  # never close the body under a read in flight
             with contextlib.suppress(BaseException):
-                await pending
+                await nxt[0]
         reader.close()
 
 
