@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ._cache import sha256_file
 from ._config import MiB, load_profile
 from ._copy import copy
 from ._engine import ProgressSubscriber
@@ -46,15 +46,7 @@ def _sample_model(root: Path, size_mib: int) -> dict[str, str]:
                 n = min(left, 8 * MiB)
                 fh.write(os.urandom(n))
                 left -= n
-    return {p.name: _sha256(p) for p in sorted(root.iterdir())}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(8 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
+    return {p.name: sha256_file(p) for p in sorted(root.iterdir())}
 
 
 def run_demo(
@@ -104,7 +96,7 @@ def run_demo(
                 f"     {what}: {stats.files} files, {stats.bytes / MiB:.0f} MiB in "
                 f"{stats.seconds:.2f}s = [bold]{stats.mb_per_s:.0f} MB/s[/]"
             )
-        pulled = {p.name: _sha256(p) for p in sorted((work / "pulled").iterdir())}
+        pulled = {p.name: sha256_file(p) for p in sorted((work / "pulled").iterdir())}
         if pulled != sums:
             raise SystemExit("demo failed: the downloaded files differ from the originals")
         say("[green]all files verified identical (sha256)[/]")
