@@ -689,7 +689,7 @@ class Bench:
     # -- report --------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        from modelhaul import _config
+        from modelhaul._core import config as _config
 
         rows = []
         med: dict[tuple[str, str], float] = {}

@@ -18,4 +18,5 @@ command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftab
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from modelhaul import S3Store
-from modelhaul._serve import MirrorService, ServeSettings
-from modelhaul._serve_app import create_app
+from modelhaul._server.app import create_app
+from modelhaul._server.settings import MirrorService, ServeSettings
 
 _SHARED: dict[str, str] = {}
 

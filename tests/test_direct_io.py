@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import modelhaul
-from modelhaul import TransferConfig, _download
+from modelhaul import TransferConfig
+from modelhaul._transfer import download as _download
 from tests.conftest import make_file
 
 MiB = 1024 * 1024

@@ -14,8 +14,8 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store, TransferConfig, load_profile
-from modelhaul._download import DownloadJob
-from modelhaul._engine import Engine
+from modelhaul._transfer.download import DownloadJob
+from modelhaul._transfer.engine import Engine
 from tests.conftest import ACCESS_KEY, SECRET_KEY, make_file
 
 MiB = 1024 * 1024

@@ -27,10 +27,10 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store
-from modelhaul._cache import Cache
-from modelhaul._errors import NoSuchKey
-from modelhaul._manifest import RepoId, parse_repo_id
-from modelhaul._mirror import Mirror
+from modelhaul._core.errors import NoSuchKey
+from modelhaul._repo.cache import Cache
+from modelhaul._repo.manifest import RepoId, parse_repo_id
+from modelhaul._repo.mirror import Mirror
 from tests.conftest import make_file
 from tests.reliability import MiB, record, sha256, tree
 

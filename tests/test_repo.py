@@ -11,9 +11,9 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store, TransferConfig
-from modelhaul._cache import Cache
-from modelhaul._manifest import RepoId
-from modelhaul._mirror import Mirror
+from modelhaul._repo.cache import Cache
+from modelhaul._repo.manifest import RepoId
+from modelhaul._repo.mirror import Mirror
 from tests.conftest import make_file, run_cli
 
 MiB = 1024 * 1024
@@ -110,7 +110,7 @@ def test_second_pull_of_pinned_revision_touches_no_network(
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr("modelhaul._cache.sha256_file", refuse)
+    monkeypatch.setattr("modelhaul._repo.cache.sha256_file", refuse)
     folder = pull("acme/toy@v1", cache, uri)
     assert tree(folder) == tree(src)
     offline = modelhaul.pull("acme/toy", cache_dir=cache, offline=True, origins=[])

@@ -14,9 +14,9 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store
-from modelhaul._cache import Cache
-from modelhaul._lease import FileLeaseBackend, Lease
-from modelhaul._manifest import RepoId
+from modelhaul._repo.cache import Cache
+from modelhaul._repo.manifest import RepoId
+from modelhaul._store.lease import FileLeaseBackend, Lease
 from tests.conftest import run_cli
 from tests.test_repo import CONFIG, make_model, pull, tree
 

@@ -191,7 +191,7 @@ def test_concurrent_pushes_of_one_revision(tmp_path: Path, store: S3Store, bucke
 
 
 def test_push_lease_held_by_a_live_pusher(tmp_path: Path, store: S3Store, bucket: str) -> None:
-    from modelhaul._lease import Lease, ObjectLeaseBackend
+    from modelhaul._store.lease import Lease, ObjectLeaseBackend
 
     key = "m/acme/toy/v1/.modelhaul/push.lease"
     other = Lease(ObjectLeaseBackend(store, bucket, key, "the push"), ttl=30)

@@ -11,7 +11,7 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store, TransferConfig
-from modelhaul._pull import PlannedFile, _verify_origin_file
+from modelhaul._repo.pull import PlannedFile, verify_origin_file
 from tests.conftest import make_file
 from tests.hubfake import FakeHub
 
@@ -227,14 +227,14 @@ def test_html_page_or_empty_file_without_any_hash(tmp_path: Path) -> None:
     page = tmp_path / "page"
     page.write_bytes(b"  <!DOCTYPE html><html>Too many requests</html>")
     with pytest.raises(modelhaul.BadContent, match="HTML page"):
-        _verify_origin_file(PlannedFile("model.bin", None, None, None, "origin", ""), page, "x")
+        verify_origin_file(PlannedFile("model.bin", None, None, None, "origin", ""), page, "x")
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     with pytest.raises(modelhaul.BadContent, match="empty"):
-        _verify_origin_file(PlannedFile("model.bin", None, None, None, "origin", ""), empty, "x")
+        verify_origin_file(PlannedFile("model.bin", None, None, None, "origin", ""), empty, "x")
     # An HTML file that is meant to be one is fine.
     ok = PlannedFile("index.html", None, None, None, "origin", "")
-    assert _verify_origin_file(ok, page, "x") == hashlib.sha256(page.read_bytes()).hexdigest()
+    assert verify_origin_file(ok, page, "x") == hashlib.sha256(page.read_bytes()).hexdigest()
 
 
 def test_token_is_sent_and_never_shown(tmp_path: Path, env: dict[str, str],

@@ -17,8 +17,8 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store, TransferConfig
-from modelhaul._manifest import RepoId
-from modelhaul._mirror import Mirror
+from modelhaul._repo.manifest import RepoId
+from modelhaul._repo.mirror import Mirror
 from tests.conftest import ACCESS_KEY, SECRET_KEY, make_file
 from tests.hubfake import FakeHub
 from tests.servefixture import running_serve, shared_bucket
@@ -428,7 +428,7 @@ def test_file_left_out_of_a_mirrored_revision_comes_from_the_origin(
 def test_multi_chunk_files_stream_byte_identical(
     tmp_path: Path, store: S3Store, bucket: str
 ) -> None:
-    from modelhaul._serve_app import CHUNK
+    from modelhaul._server.app import CHUNK
 
     # Several chunks per response: the next chunk is read while the last is sent, and
     # buffers are reused once the transport lets go of them.

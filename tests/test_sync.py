@@ -11,10 +11,10 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store
-from modelhaul._manifest import RepoId
-from modelhaul._mirror import Mirror
-from modelhaul._sync import SyncReport, sync_mirror
-from modelhaul._sync_config import load_sync_config
+from modelhaul._mirror.config import load_sync_config
+from modelhaul._mirror.sync import SyncReport, sync_mirror
+from modelhaul._repo.manifest import RepoId
+from modelhaul._repo.mirror import Mirror
 from tests.conftest import make_file, run_cli
 from tests.hubfake import FakeHub
 from tests.servefixture import shared_bucket

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 import modelhaul
 from modelhaul import ConfigError, TransferConfig, load_profile
-from modelhaul._checksum import combine_segments, crc32c
-from modelhaul._cli import parse_age, parse_size
-from modelhaul._config import MAX_PARTS, MIN_PART_SIZE, download_part_size, upload_part_size
-from modelhaul._errors import redact
-from modelhaul._uri import parse_location, safe_join, safe_relpath
+from modelhaul._core.checksum import combine_segments, crc32c
+from modelhaul._core.config import MAX_PARTS, MIN_PART_SIZE, download_part_size, upload_part_size
+from modelhaul._core.errors import redact
+from modelhaul._core.units import parse_age, parse_size
+from modelhaul._core.uri import parse_location, safe_join, safe_relpath
 
 MiB = 1024 * 1024
 
@@ -226,7 +226,7 @@ def test_public_api_is_pinned() -> None:
 def test_every_error_derives_from_modelhaul_error() -> None:
     import inspect
 
-    from modelhaul import _errors
+    from modelhaul._core import errors as _errors
 
     for name, obj in vars(_errors).items():
         if inspect.isclass(obj) and issubclass(obj, BaseException):

@@ -3,15 +3,14 @@
 The public API is the list below; everything in ``_``-prefixed modules is internal.
 """
 
-from ._config import PRESETS, Preset, Profile, TransferConfig, load_profile
-from ._copy import abort_uploads, copy, list_uploads, open_store
-from ._download import TransferBusy
-from ._engine import ProgressSubscriber, TransferStats
-from ._errors import (
+from ._core.config import PRESETS, Preset, Profile, TransferConfig, load_profile
+from ._core.errors import (
     AccessDenied,
     BadContent,
     CacheError,
+    Cancelled,
     ChecksumMismatch,
+    ClockSkew,
     ConfigError,
     CredentialsExpired,
     DiskFull,
@@ -38,26 +37,31 @@ from ._errors import (
     PartFailure,
     PreconditionFailed,
     RevisionConflict,
+    RevisionTampered,
     ServerError,
     ServerStartError,
+    SourceChanged,
     SourcesFailed,
     StoreError,
     Throttled,
+    TransferBusy,
     TransferFailed,
     TruncatedObject,
     UnsafePath,
     UnsafeSymlink,
     WrongRegion,
 )
-from ._pull import pull
-from ._push import PushResult, push
-from ._s3 import S3Store
-from ._serve import ServeSettings, load_serve_settings, serve_mirror
-from ._server import EmbeddedServer, server_status, start_server, stop_server
-from ._store import ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
-from ._sync import SyncAction, SyncReport, sync_mirror
-from ._sync_config import SyncConfig, SyncRepo, load_sync_config
-from ._upload import SourceChanged
+from ._mirror.config import SyncConfig, SyncRepo, load_sync_config
+from ._mirror.sync import SyncAction, SyncReport, sync_mirror
+from ._repo.pull import pull
+from ._repo.push import PushResult, push
+from ._server.settings import ServeSettings, load_serve_settings, serve_mirror
+from ._store.base import ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
+from ._store.embedded import EmbeddedServer, server_status, start_server, stop_server
+from ._store.factory import open_store
+from ._store.s3 import S3Store
+from ._transfer.copy import abort_uploads, copy, list_uploads
+from ._transfer.engine import ProgressSubscriber, TransferStats
 
 __version__ = "0.1.0"
 
@@ -66,7 +70,9 @@ __all__ = [
     "AccessDenied",
     "BadContent",
     "CacheError",
+    "Cancelled",
     "ChecksumMismatch",
+    "ClockSkew",
     "ConfigError",
     "CredentialsExpired",
     "DiskFull",
@@ -102,6 +108,7 @@ __all__ = [
     "PushResult",
     "RangeReader",
     "RevisionConflict",
+    "RevisionTampered",
     "S3Store",
     "ServeSettings",
     "ServerError",

@@ -27,9 +27,9 @@ from typing import IO, Any, cast
 
 import torch
 
-from .._config import Profile, TransferConfig
-from .._errors import ConfigError, IntegrityError, NoSuchKey
-from .._store import ObjectStore
+from .._core.config import Profile, TransferConfig
+from .._core.errors import ConfigError, IntegrityError, NoSuchKey
+from .._store.base import ObjectStore
 from ._common import Retrier, prefix_uri, resolve_store
 from ._load import load_from_reader
 from ._reader import ObjectReader

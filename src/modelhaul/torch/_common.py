@@ -1,27 +1,28 @@
 """What every part of the torch extra shares: resolving a location to a store, retries, and
 a tensor's memory as a buffer.
 
-Retries reuse the transfer engine's policy (exponential backoff, full jitter, attempts from
-:class:`~modelhaul.TransferConfig`) without running its worker pool: each object here owns
-a :class:`Retrier`, whose ``cancel`` stops its waits at once when the owner aborts.
+Retries use the one retry policy (:mod:`modelhaul._core.retry`: exponential backoff, full
+jitter, attempts from :class:`~modelhaul.TransferConfig`): each object here owns a
+:class:`Retrier`, whose ``cancel`` stops its waits at once when the owner aborts.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 
-from .._config import Profile, TransferConfig, load_profile
-from .._copy import open_store
-from .._engine import Engine, RetriesExhausted
-from .._errors import InvalidURI
-from .._store import ObjectInfo, ObjectStore
-from .._upload import ObjectSource
-from .._uri import S3URI, parse_s3
+from .._core.config import Profile, TransferConfig, load_profile
+from .._core.errors import InvalidURI
+from .._core.retry import RetriesExhausted, RetryPolicy
+from .._core.uri import S3URI, parse_s3
+from .._store.base import ObjectInfo, ObjectStore
+from .._store.factory import open_store
+from .._transfer.upload import ObjectSource
 
 __all__ = ["Retrier", "byte_view", "object_uri", "prefix_uri", "resolve_store"]
 
@@ -79,7 +80,7 @@ def prefix_uri(uri: str) -> S3URI:
 
 
 class Retrier:
-    """Runs store requests under the engine's retry policy.
+    """Runs store requests under the retry policy, with a cancel switch of its own.
 
     Args:
         config: attempts and backoff.
@@ -87,7 +88,13 @@ class Retrier:
 
     def __init__(self, config: TransferConfig | None = None) -> None:
         self.config = config or TransferConfig()
-        self._engine = Engine(self.config, 1)
+        self._cancelled = threading.Event()
+        self.policy = RetryPolicy(
+            max_attempts=self.config.max_attempts,
+            backoff_base=self.config.backoff_base,
+            backoff_max=self.config.backoff_max,
+            cancelled=self._cancelled,
+        )
 
     def call(
         self,
@@ -103,10 +110,7 @@ class Retrier:
         Raises:
             ModelhaulError: the last error, once attempts run out, or a non-retryable one.
         """
-        try:
-            return self._engine.retry(fn, label=what, part=part, progressed=progressed)
-        except RetriesExhausted as exc:
-            raise _cause(exc) from exc
+        return self.policy.call(fn, what=what, part=part, progressed=progressed)
 
     def read_range(
         self, store: ObjectStore, bucket: str, info: ObjectInfo, start: int, view: memoryview
@@ -120,17 +124,13 @@ class Retrier:
         """
         source = ObjectSource(store, bucket, info.key, info)
         try:
-            source.read_into(start, view, self._engine, 0)
+            source.read_into(start, view, self.policy, 0)
         except RetriesExhausted as exc:
-            raise _cause(exc) from exc
+            raise exc.cause from exc
 
     def cancel(self) -> None:
         """Stop waiting between attempts; calls in progress fail with a cancellation."""
-        self._engine.cancelled.set()
-
-
-def _cause(exc: RetriesExhausted) -> BaseException:
-    return exc.cause
+        self._cancelled.set()
 
 
 def byte_view(tensor: torch.Tensor) -> memoryview:

@@ -17,9 +17,9 @@ from typing import Any, Generic, TypeVar
 import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .._config import Profile, TransferConfig
-from .._errors import NoSuchKey
-from .._store import ObjectInfo, ObjectStore
+from .._core.config import Profile, TransferConfig
+from .._core.errors import NoSuchKey
+from .._store.base import ObjectInfo, ObjectStore
 from ._common import Retrier, prefix_uri, resolve_store
 
 __all__ = ["S3IterableDataset", "S3MapDataset"]

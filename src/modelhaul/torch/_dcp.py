@@ -40,10 +40,10 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future as TorchFuture
 
-from .._config import MiB, Profile, TransferConfig
-from .._errors import NoSuchKey
-from .._store import ObjectStore
-from .._uri import parse_s3
+from .._core.config import MiB, Profile, TransferConfig
+from .._core.errors import NoSuchKey
+from .._core.uri import parse_s3
+from .._store.base import ObjectStore
 from ._common import Retrier, object_uri, resolve_store
 from ._reader import ObjectReader
 from ._writer import ObjectWriter

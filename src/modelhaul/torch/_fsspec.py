@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import fsspec  # type: ignore[import-untyped]
 from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]
 
-from .._errors import NoSuchKey
-from .._store import ObjectStore
+from .._core.errors import NoSuchKey
+from .._store.base import ObjectStore
 from ._reader import ObjectReader
 from ._writer import ObjectWriter
 
@@ -47,7 +47,7 @@ class ModelhaulFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _store(self) -> ObjectStore:
         store = type(self).store
         if store is None:
-            from .._copy import open_store
+            from .._store.factory import open_store
 
             store = type(self).store = open_store()
         return store

@@ -7,8 +7,8 @@ from typing import IO, Any, cast
 
 import torch
 
-from .._config import Profile, TransferConfig
-from .._store import ObjectStore
+from .._core.config import Profile, TransferConfig
+from .._store.base import ObjectStore
 from ._common import object_uri, resolve_store
 from ._fsspec import register_filesystem
 from ._load import load_from_reader

@@ -28,8 +28,8 @@ from typing import IO, Any, cast
 
 import torch
 
-from .._config import MiB, Profile, TransferConfig
-from .._store import ObjectStore
+from .._core.config import MiB, Profile, TransferConfig
+from .._store.base import ObjectStore
 from ._common import byte_view, object_uri, resolve_store
 from ._reader import ObjectReader
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, overload
 
-from .._config import Profile, TransferConfig
-from .._errors import ConfigError
-from .._store import ObjectStore
+from .._core.config import Profile, TransferConfig
+from .._core.errors import ConfigError
+from .._store.base import ObjectStore
 from ._common import object_uri, resolve_store
 from ._reader import ObjectReader
 from ._writer import ObjectWriter

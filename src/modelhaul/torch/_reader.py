@@ -26,8 +26,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._config import MiB, TransferConfig
-from .._store import ObjectInfo, ObjectStore
+from .._core.config import MiB, TransferConfig
+from .._store.base import ObjectInfo, ObjectStore
 from ._common import Retrier
 from ._zipmap import inner_blocks, zip_records
 

@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 
-from .._budget import MemoryBudget
-from .._config import MiB, Profile, TransferConfig
-from .._errors import (
+from .._core.config import MiB, Profile, TransferConfig
+from .._core.errors import (
     ConfigError,
     InvalidSafetensors,
     LocalFileNotFound,
@@ -41,8 +40,9 @@ from .._errors import (
     ServerError,
     TruncatedObject,
 )
-from .._store import ObjectInfo, ObjectStore
-from .._uri import S3URI, parse_s3
+from .._core.uri import S3URI, parse_s3
+from .._store.base import ObjectInfo, ObjectStore
+from .._transfer.budget import MemoryBudget
 from ._common import Retrier, byte_view, resolve_store
 
 __all__ = ["load_safetensors"]

@@ -25,10 +25,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from .._checksum import completion, crc32c, crc32c_hex
-from .._config import MIN_PART_SIZE, MiB, TransferConfig
-from .._errors import ChecksumMismatch, ModelhaulError
-from .._store import ObjectStore
+from .._core.checksum import completion, crc32c, crc32c_hex
+from .._core.config import MIN_PART_SIZE, MiB, TransferConfig
+from .._core.errors import ChecksumMismatch, ModelhaulError
+from .._store.base import ObjectStore
 from ._common import Retrier
 
 __all__ = ["DEFAULT_WRITE_CONCURRENCY", "DEFAULT_WRITE_PART_SIZE", "ObjectWriter"]

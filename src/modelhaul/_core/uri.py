@@ -1,0 +1,144 @@
+"""Locations: a local path or ``s3://bucket/key``; and keeping relative paths inside
+their folder."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import InvalidURI, UnsafePath
+
+__all__ = [
+    "S3URI",
+    "matches_filters",
+    "parse_location",
+    "safe_join",
+    "safe_relpath",
+]
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class S3URI:
+    """``s3://bucket/key``. A key that is empty or ends in ``/`` names a prefix."""
+
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.key == "" or self.key.endswith("/")
+
+    def child(self, relative: str) -> S3URI:
+        """The object ``relative`` below this prefix."""
+        base = self.key if self.key == "" or self.key.endswith("/") else self.key + "/"
+        return S3URI(self.bucket, base + relative)
+
+
+def parse_s3(text: str) -> S3URI:
+    """Parse ``s3://bucket[/key]``.
+
+    Raises:
+        InvalidURI: not an s3:// URI, or an invalid bucket name.
+    """
+    if not text.startswith("s3://"):
+        raise InvalidURI(
+            f"{text!r} is not an s3:// URI",
+            hint="write it as s3://BUCKET/KEY",
+        )
+    rest = text[5:]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise InvalidURI(f"{text!r} names no bucket", hint="write it as s3://BUCKET/KEY")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise InvalidURI(
+            f"{bucket!r} in {text!r} is not a valid bucket name",
+            hint="bucket names are 3-63 characters: lowercase letters, digits, '.', '-'",
+        )
+    return S3URI(bucket, key)
+
+
+def parse_location(text: str) -> S3URI | Path:
+    """A local path, or an :class:`S3URI` for ``s3://...``.
+
+    Raises:
+        InvalidURI: a URI with another scheme, or a malformed s3:// URI.
+    """
+    if text.startswith("s3://"):
+        return parse_s3(text)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://", text):
+        scheme = text.split("://", 1)[0]
+        raise InvalidURI(
+            f"{text!r} uses the scheme {scheme}://, which modelhaul does not copy",
+            hint="use a local path or s3://BUCKET/KEY",
+        )
+    if not text:
+        raise InvalidURI("an empty location was given", hint="give a local path or s3://BUCKET/KEY")
+    return Path(text)
+
+
+def safe_relpath(relative: str) -> str:
+    """Return ``relative`` normalised, or raise if it could escape the folder it is under.
+
+    Raises:
+        UnsafePath: absolute, containing ``..``, a drive, a backslash or a NUL byte.
+    """
+    if (
+        not relative
+        or "\x00" in relative
+        or "\\" in relative
+        or relative.startswith("/")
+        or re.match(r"^[a-zA-Z]:", relative)
+    ):
+        raise UnsafePath(
+            f"refusing path {relative!r}: it is absolute or malformed",
+            hint="paths inside a model or prefix must be relative, with '/' separators",
+        )
+    parts = [p for p in PurePosixPath(relative).parts if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise UnsafePath(
+            f"refusing path {relative!r}: it escapes its folder",
+            hint="the source holds a path with '..'; it may be hostile, do not use it",
+        )
+    return "/".join(parts)
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """``root / relative``, guaranteed to stay under ``root`` (symlinks included).
+
+    Raises:
+        UnsafePath: the result would be outside ``root``.
+    """
+    clean = safe_relpath(relative)
+    target = root / clean
+    resolved_root = root.resolve()
+    resolved = target.resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        raise UnsafePath(
+            f"refusing path {relative!r}: it resolves outside {root}",
+            hint="a symlink inside the folder points elsewhere; remove it",
+        )
+    return target
+
+
+def matches_filters(relative: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether ``relative`` (a posix path) passes the ``--include`` / ``--exclude`` globs.
+
+    A glob matches the whole relative path or its last part; with includes, at least one
+    must match; no exclude may.
+    """
+    name = relative.rsplit("/", 1)[-1]
+    if include and not any(
+        fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in include
+    ):
+        return False
+    return not any(
+        fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in exclude
+    )

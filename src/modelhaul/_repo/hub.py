@@ -1,0 +1,281 @@
+"""Origin hubs: where a model comes from when no mirror has it. Each hub is reached through
+its own client library — Hugging Face through ``huggingface_hub``, ModelScope through
+``modelscope`` — and each library's errors are translated here, at the boundary.
+
+Settings are passed to the libraries explicitly (endpoint, token) at each call, never
+through their import-time globals, so ``HF_ENDPOINT`` set after import is honoured.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._core.errors import HubError, MissingExtra, ModelhaulError, NoSuchModel, NoSuchRevision
+from .._core.uri import safe_join, safe_relpath
+from .manifest import RepoId
+
+__all__ = ["HubFile", "HubRevision", "HuggingFaceHub", "ModelScopeHub", "OriginHub", "make_hub"]
+
+log = logging.getLogger("modelhaul.hub")
+
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+MS_DEFAULT_ENDPOINT = "https://modelscope.cn"
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a hub revision, with the checksums the hub vouches for."""
+
+    path: str
+    size: int | None
+    sha256: str | None = None
+    git_sha1: str | None = None
+
+
+@dataclass(frozen=True)
+class HubRevision:
+    """A revision as a hub resolved it: the commit and its files."""
+
+    hub: str
+    repo: RepoId
+    commit: str
+    files: tuple[HubFile, ...]
+
+
+class OriginHub(abc.ABC):
+    """A model hub that modelhaul can fetch from."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The hub and its endpoint, for messages (no token)."""
+
+    @abc.abstractmethod
+    def resolve(self, repo: RepoId, revision: str) -> HubRevision:
+        """The commit and files of ``revision`` (a branch, tag or commit).
+
+        Raises:
+            NoSuchModel, NoSuchRevision: the hub does not have it.
+            HubError: the hub failed or refused.
+        """
+
+    @abc.abstractmethod
+    def fetch(self, repo: RepoId, commit: str, path: str, folder: Path) -> Path:
+        """Download one file of ``commit`` into ``folder``; return where it is.
+
+        Raises:
+            HubError: the hub failed or refused.
+        """
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git object id of a file (what a hub reports for files not in LFS)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\x00" % path.stat().st_size)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class HuggingFaceHub(OriginHub):
+    """The Hugging Face Hub (or any server speaking its API, e.g. a local mirror).
+
+    Args:
+        endpoint: the hub's URL; ``HF_ENDPOINT`` or https://huggingface.co by default.
+        token: an access token; by default huggingface_hub's own (``HF_TOKEN``, or the
+            file ``hf auth login`` writes).
+    """
+
+    name = "hf"
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+        self.endpoint = (endpoint or HF_DEFAULT_ENDPOINT).rstrip("/")
+        self._token = token
+
+    def describe(self) -> str:
+        return f"Hugging Face at {self.endpoint}"
+
+    def _api(self) -> Any:
+        try:
+            from huggingface_hub import HfApi
+        except ImportError:
+            raise MissingExtra("huggingface_hub", "pulling from Hugging Face") from None
+        return HfApi(endpoint=self.endpoint, token=self._token, library_name="modelhaul")
+
+    def _translate(self, exc: BaseException, repo: RepoId, revision: str) -> ModelhaulError:
+        from huggingface_hub import errors as hf_errors
+
+        status = None
+        response = getattr(exc, "response", None)
+        if response is not None:
+            status = getattr(response, "status_code", None)
+        if isinstance(exc, hf_errors.GatedRepoError):
+            return HubError(
+                f"{repo} on {self.describe()} is gated: access was refused",
+                hub=self.describe(),
+                status=status,
+                hint="accept the model's terms on its page, and set HF_TOKEN to a token of "
+                "that account",
+            )
+        if isinstance(exc, hf_errors.RepositoryNotFoundError):
+            return NoSuchModel(str(repo), [f"{self.describe()}: no such model (or no access)"])
+        if isinstance(exc, hf_errors.RevisionNotFoundError):
+            return NoSuchRevision(
+                str(repo), revision, [f"{self.describe()}: no revision {revision!r}"]
+            )
+        if isinstance(exc, hf_errors.HfHubHTTPError):
+            if status in (401, 403):
+                hint = "set HF_TOKEN to a token that may read this model"
+            else:
+                hint = "the hub failed; run the same command again later"
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return HubError(
+                f"{self.describe()} answered {status} for {repo}: {first}",
+                hub=self.describe(),
+                status=status,
+                hint=hint,
+            )
+        return HubError(
+            f"cannot reach {self.describe()} for {repo}: {type(exc).__name__}: {exc}",
+            hub=self.describe(),
+            hint="check the network and HF_ENDPOINT, or use a mirror (--mirror)",
+        )
+
+    def resolve(self, repo: RepoId, revision: str) -> HubRevision:
+        api = self._api()
+        try:
+            info = api.model_info(str(repo), revision=revision, files_metadata=True)
+        except ModelhaulError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, repo, revision) from exc
+        files = []
+        for s in info.siblings or []:
+            lfs = s.lfs
+            files.append(
+                HubFile(
+                    safe_relpath(s.rfilename),
+                    s.size,
+                    getattr(lfs, "sha256", None) if lfs is not None else None,
+                    s.blob_id if lfs is None else None,
+                )
+            )
+        if not info.sha:
+            raise HubError(
+                f"{self.describe()} did not say which commit {repo}@{revision} is",
+                hub=self.describe(),
+                hint="the endpoint may not be a Hugging Face hub; check HF_ENDPOINT",
+            )
+        return HubRevision(self.name, repo, info.sha, tuple(sorted(files, key=lambda f: f.path)))
+
+    def fetch(self, repo: RepoId, commit: str, path: str, folder: Path) -> Path:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            raise MissingExtra("huggingface_hub", "pulling from Hugging Face") from None
+        try:
+            got = hf_hub_download(
+                str(repo),
+                path,
+                revision=commit,
+                local_dir=folder,
+                endpoint=self.endpoint,
+                token=self._token,
+                library_name="modelhaul",
+            )
+        except Exception as exc:
+            raise self._translate(exc, repo, commit) from exc
+        return Path(got)
+
+
+class ModelScopeHub(OriginHub):
+    """ModelScope, through the ``modelscope`` package (an optional dependency).
+
+    Args:
+        endpoint: ``MODELSCOPE_DOMAIN``-style URL; https://modelscope.cn by default.
+        token: an access token (``MODELSCOPE_API_TOKEN``).
+    """
+
+    name = "modelscope"
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+        self.endpoint = (endpoint or MS_DEFAULT_ENDPOINT).rstrip("/")
+        self._token = token
+
+    def describe(self) -> str:
+        return f"ModelScope at {self.endpoint}"
+
+    def _api(self) -> Any:
+        try:
+            from modelscope.hub.api import HubApi
+        except ImportError:
+            raise MissingExtra("modelscope", "pulling from ModelScope", "modelscope") from None
+        api = HubApi(endpoint=self.endpoint)
+        if self._token:
+            api.login(self._token)
+        return api
+
+    def resolve(self, repo: RepoId, revision: str) -> HubRevision:
+        api = self._api()
+        try:
+            listed = api.get_model_files(str(repo), revision=revision, recursive=True)
+        except Exception as exc:
+            text = str(exc)
+            if "not exist" in text.lower() or "404" in text:
+                raise NoSuchModel(str(repo), [f"{self.describe()}: {text}"]) from exc
+            raise HubError(
+                f"{self.describe()} failed for {repo}: {text}",
+                hub=self.describe(),
+                hint="check the network and the model id",
+            ) from exc
+        files = [
+            HubFile(safe_relpath(f["Path"]), f.get("Size"), f.get("Sha256") or None)
+            for f in listed
+            if f.get("Type") != "tree"
+        ]
+        return HubRevision(self.name, repo, revision, tuple(sorted(files, key=lambda f: f.path)))
+
+    def fetch(self, repo: RepoId, commit: str, path: str, folder: Path) -> Path:
+        try:
+            from modelscope.hub.file_download import model_file_download
+        except ImportError:
+            raise MissingExtra("modelscope", "pulling from ModelScope", "modelscope") from None
+        try:
+            got = model_file_download(str(repo), path, revision=commit, local_dir=str(folder))
+        except Exception as exc:
+            raise HubError(
+                f"{self.describe()} failed to send {repo}/{path}: {exc}",
+                hub=self.describe(),
+                hint="run the same command again later",
+            ) from exc
+        result = Path(got)
+        return result if result.is_file() else safe_join(folder, path)
+
+
+def make_hub(name: str, env: Mapping[str, str] | None = None) -> OriginHub:
+    """An origin hub by name (``hf``, ``modelscope``), configured from the environment.
+
+    Raises:
+        ConfigError: an unknown hub name.
+    """
+    from .._core.errors import ConfigError
+
+    env = os.environ if env is None else env
+    if name in ("hf", "huggingface"):
+        return HuggingFaceHub(env.get("HF_ENDPOINT") or None, env.get("HF_TOKEN") or None)
+    if name in ("modelscope", "ms"):
+        return ModelScopeHub(
+            env.get("MODELSCOPE_DOMAIN") or None, env.get("MODELSCOPE_API_TOKEN") or None
+        )
+    raise ConfigError(
+        f"unknown origin {name!r}", hint="use --origin hf, --origin modelscope or --origin none"
+    )

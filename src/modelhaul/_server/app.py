@@ -1,0 +1,416 @@
+"""The HTTP layer of ``serve``: the part of the Hugging Face Hub API that downloads use.
+
+* ``GET /api/models/{org}/{name}[/revision/{rev}]`` — model info: commit and files;
+* ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]`` — the file listing;
+* ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{path}`` — a file, with ``X-Repo-Commit``,
+  ``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``, and ``Range``;
+* ``GET /`` — the status page; ``GET /api/status`` — the same as JSON.
+
+Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``)
+as the hub does, so huggingface_hub raises its own matching exceptions. Every name from a
+request is checked (repo ids, revisions, ``safe_relpath`` for paths) before it becomes
+part of a key under the mirror's prefix; nothing from a request ever names a local file.
+Error bodies are written here, never copied from the store or the origin, so neither
+credentials nor endpoints reach a client.
+
+Files stream with bounded memory: two chunks per client, one being sent while the next
+is read in a worker thread; uvicorn's flow control holds the read after that until the
+client takes the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+from .._core.errors import (
+    HubError,
+    InvalidRepoId,
+    MissingExtra,
+    ModelhaulError,
+    NoSuchModel,
+    NoSuchRevision,
+    UnsafePath,
+)
+from .._core.uri import safe_relpath
+from .._repo.manifest import RepoId, check_revision, parse_repo_id
+from .origin import Flight
+from .settings import MirrorService, ServedRevision
+
+try:
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+    from starlette.types import ASGIApp, Receive, Scope, Send
+except ImportError:  # pragma: no cover - the serve extra is missing
+    raise MissingExtra("starlette", "modelhaul serve", "serve") from None
+
+__all__ = ["create_app", "run"]
+
+log = logging.getLogger("modelhaul.serve")
+
+CHUNK = 4 * 1024 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _error(status: int, code: str, message: str, head: bool = False) -> Response:
+    headers = {"X-Error-Code": code, "X-Error-Message": message}
+    if head:
+        return Response(status_code=status, headers=headers)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _repo(request: Request) -> RepoId:
+    p = request.path_params
+    try:
+        repo, _ = parse_repo_id(f"{p['org']}/{p['name']}")
+    except InvalidRepoId:
+        raise _BadRequest("not a repository id") from None
+    return repo
+
+
+def _rev(text: str) -> str:
+    try:
+        return check_revision(text)
+    except InvalidRepoId:
+        raise _BadRequest("not a revision") from None
+
+
+def _path(text: str) -> str:
+    try:
+        clean = safe_relpath(text)
+    except UnsafePath:
+        raise _BadRequest("not a file path inside the repository") from None
+    if clean != text or clean.split("/", 1)[0] == ".modelhaul":
+        raise _BadRequest("not a file path inside the repository")
+    return clean
+
+
+Handler = Callable[[MirrorService, Request], Awaitable[Response]]
+
+
+def _guard(service: MirrorService, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Turn errors into the hub's answers; never show a store's or origin's own text."""
+
+    async def endpoint(request: Request) -> Response:
+        head = request.method == "HEAD"
+        service.count(requests=1)
+        try:
+            return await handler(service, request)
+        except _BadRequest as exc:
+            return _error(400, "BadRequest", str(exc), head)
+        except NoSuchModel:
+            return _error(404, "RepoNotFound", "Repository not found", head)
+        except NoSuchRevision:
+            return _error(404, "RevisionNotFound", "Revision not found", head)
+        except HubError as exc:
+            log.warning("origin failed: %s", exc)
+            return _error(502, "OriginFailed", "The origin hub failed; try again later", head)
+        except ModelhaulError as exc:
+            log.warning("mirror failed: %s", exc)
+            return _error(502, "MirrorFailed", "The mirror failed; try again later", head)
+
+    return endpoint
+
+
+async def _revision(service: MirrorService, repo: RepoId, rev: str) -> ServedRevision:
+    return await anyio.to_thread.run_sync(service.revision, repo, rev)
+
+
+async def model_info(service: MirrorService, request: Request) -> Response:
+    repo = _repo(request)
+    revision = await _revision(service, repo, _rev(request.path_params.get("rev", "main")))
+    siblings = []
+    for f in revision.files.values():
+        item: dict[str, Any] = {"rfilename": f.path, "size": f.size, "blobId": f.etag}
+        if f.sha256:
+            item["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
+        siblings.append(item)
+    return JSONResponse({
+        "_id": str(repo), "id": str(repo), "modelId": str(repo), "sha": revision.commit,
+        "private": False, "disabled": False, "gated": False, "downloads": 0, "likes": 0,
+        "tags": [], "siblings": siblings,
+    })  # fmt: skip
+
+
+async def tree(service: MirrorService, request: Request) -> Response:
+    repo = _repo(request)
+    revision = await _revision(service, repo, _rev(request.path_params["rev"]))
+    under = request.path_params.get("path", "").strip("/")
+    if under:
+        under = _path(under)
+    recursive = request.query_params.get("recursive", "").lower() in ("1", "true")
+    base = f"{under}/" if under else ""
+    items: list[dict[str, Any]] = []
+    dirs: set[str] = set()
+    for f in sorted(revision.files.values(), key=lambda f: f.path):
+        if not f.path.startswith(base):
+            continue
+        rest = f.path[len(base) :]
+        if not recursive and "/" in rest:
+            dirs.add(base + rest.split("/", 1)[0])
+            continue
+        if recursive:
+            parts = rest.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                dirs.add(base + "/".join(parts[:i]))
+        item: dict[str, Any] = {"type": "file", "path": f.path, "size": f.size, "oid": f.etag}
+        if f.sha256:
+            item["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
+        items.append(item)
+    items += [{"type": "directory", "path": d, "oid": ""} for d in sorted(dirs)]
+    return JSONResponse(items)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range`` -> [start, end) or None for the whole file; ValueError if unsatisfiable."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None  # a form we do not serve (several ranges): the whole file, as allowed
+    if not m.group(1):
+        n = int(m.group(2))
+        return max(0, size - n), size
+    start = int(m.group(1))
+    end = int(m.group(2)) + 1 if m.group(2) else size
+    if start >= size or end <= start:
+        raise ValueError
+    return start, min(end, size)
+
+
+async def resolve(service: MirrorService, request: Request) -> Response:
+    head = request.method == "HEAD"
+    repo = _repo(request)
+    rev = _rev(request.path_params["rev"])
+    path = _path(request.path_params["path"])
+    revision = await _revision(service, repo, rev)
+    keep = True
+    if path not in revision.files:
+        # Left out of a mirrored revision on purpose: served from the origin, not kept.
+        outside = await anyio.to_thread.run_sync(service.left_out, revision, path)
+        if outside is None:
+            return _error(404, "EntryNotFound", "Entry not found", head)
+        revision, keep = outside, False
+    f = revision.files[path]
+    headers = {
+        "X-Repo-Commit": revision.commit,
+        "ETag": f'"{f.etag}"',
+        "X-Linked-Etag": f'"{f.etag}"',
+        "X-Linked-Size": str(f.size),
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+    }
+    try:
+        rng = _byte_range(request.headers.get("range"), f.size)
+    except ValueError:
+        headers["Content-Range"] = f"bytes */{f.size}"
+        return Response(status_code=416, headers=headers)
+    start, end = rng or (0, f.size)
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
+    headers["Content-Length"] = str(end - start)
+    if head or end == start:
+        return Response(status_code=status, headers=headers)
+    key = service.mirror_key(revision, path)
+    if key is not None:
+        store, bucket = service.mirror.store, service.mirror.bucket
+        # Opened before the response starts, so a failure is still a clean 502.
+        reader = await anyio.to_thread.run_sync(lambda: store.open_range(bucket, key, start, end))
+        service.count(hits=1)
+        body = _from_mirror(service, reader, start, end)
+    else:
+        hub_file = service.hub_file(revision, path)
+        if hub_file is None or revision.hub is None or service.write_through is None:
+            return _error(404, "EntryNotFound", "Entry not found", head)  # pragma: no cover
+        service.count(misses=1)
+        flight, fd = service.write_through.join(revision.hub, hub_file, rev, keep=keep)
+        body = _from_flight(service, flight, fd, start, end)
+    return StreamingResponse(body, status_code=status, headers=headers)
+
+
+def _fill(reader: Any, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = int(reader.readinto(view[got:]))
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _unshared(buf: bytearray) -> bool:
+    """True if no view of ``buf`` is alive any more (a resize is refused while one is)."""
+    try:
+        buf.pop()
+    except BufferError:
+        return False
+    buf.append(0)
+    return True
+
+
+async def _from_mirror(
+    service: MirrorService, reader: Any, start: int, end: int
+) -> AsyncIterator[bytes | memoryview]:
+    """Stream ``[start, end)`` of a mirrored object, reading the next chunk from the store
+    while the last one goes to the client (two buffers per response).
+
+    Buffers are reused while nothing holds on to them: a fresh 4 MiB per chunk costs a
+    memset and, on a VM that hands freed memory back, ~1000 page faults. Transports that
+    keep a view of what they could not send yet (asyncio's, from Python 3.12) make a
+    buffer busy, and the next chunk gets a new one.
+    """
+    size = min(CHUNK, end - start)
+    spare = [bytearray(size), bytearray(size)]
+    unread = end - start
+
+    def read_next() -> tuple[asyncio.Future[int], memoryview] | None:
+        nonlocal unread
+        if unread <= 0:
+            return None
+        buf = spare.pop() if spare else bytearray(size)
+        if not _unshared(buf):
+            buf = bytearray(size)
+        view = memoryview(buf)[: min(size, unread)]
+        unread -= len(view)
+        future = asyncio.ensure_future(anyio.to_thread.run_sync(_fill, reader, view))
+        return future, view
+
+    nxt = None
+    try:
+        nxt = read_next()
+        while nxt is not None:
+            future, view = nxt
+            n = await future
+            if n < len(view):
+                raise ConnectionError(f"the mirror ended {unread + len(view) - n} bytes early")
+            nxt = read_next()  # the store's next bytes come in while these go out
+            service.count(bytes_served=n)
+            yield view
+            with contextlib.suppress(BufferError):  # still held: the buffer stays busy
+                buf = view.obj
+                view.release()
+                spare.append(cast(bytearray, buf))
+    finally:
+        if nxt is not None:  # never close the body under a read in flight
+            with contextlib.suppress(BaseException):
+                await nxt[0]
+        reader.close()
+
+
+async def _from_flight(
+    service: MirrorService, flight: Flight, fd: int, start: int, end: int
+) -> AsyncIterator[bytes | memoryview]:
+    try:
+        pos = start
+        while pos < end:
+            data: bytes = await anyio.to_thread.run_sync(
+                flight.read_at, fd, pos, min(CHUNK, end - pos)
+            )
+            if not data:
+                raise ConnectionError("the origin ended early")
+            pos += len(data)
+            service.count(bytes_served=len(data))
+            yield data
+    finally:
+        os.close(fd)
+
+
+async def status_json(service: MirrorService, request: Request) -> Response:
+    from .page import status_data
+
+    data = await anyio.to_thread.run_sync(status_data, service)
+    return JSONResponse(data)
+
+
+async def status_page(service: MirrorService, request: Request) -> Response:
+    from .page import render_status
+
+    html = await anyio.to_thread.run_sync(render_status, service)
+    return HTMLResponse(html)
+
+
+class _Auth:
+    """Bearer-token check in front of every route (plain ASGI: no buffering of bodies)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.token is None:
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if hmac.compare_digest(sent, f"Bearer {self.token}".encode()):
+            await self.app(scope, receive, send)
+            return
+        head = scope.get("method") == "HEAD"
+        response = _error(401, "Unauthorized", "Invalid credentials in Authorization header", head)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="modelhaul"'
+        await response(scope, receive, send)
+
+
+def create_app(service: MirrorService) -> ASGIApp:
+    """The ASGI application over ``service``."""
+
+    def route(path: str, handler: Handler, methods: list[str] | None = None) -> Route:
+        return Route(path, _guard(service, handler), methods=methods or ["GET"])
+
+    both = ["GET", "HEAD"]
+    routes = [
+        route("/", status_page, both),
+        route("/api/status", status_json),
+        route("/api/models/{org}/{name}", model_info),
+        route("/api/models/{org}/{name}/revision/{rev}", model_info),
+        route("/api/models/{org}/{name}/tree/{rev}", tree),
+        route("/api/models/{org}/{name}/tree/{rev}/{path:path}", tree),
+        route("/{org}/{name}/resolve/{rev}/{path:path}", resolve, both),
+    ]
+    app = Starlette(routes=routes)
+    return _Auth(app, service.settings.token)
+
+
+def run(service: MirrorService, *, log_level: str = "info") -> None:
+    """Serve until interrupted (uvicorn)."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingExtra("uvicorn", "modelhaul serve", "serve") from None
+    settings = service.settings
+    config = uvicorn.Config(
+        create_app(service),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+def spool_dir(base: Path | None) -> Path:
+    """A private folder for files in flight."""
+    return Path(tempfile.mkdtemp(prefix="modelhaul-serve-", dir=base))
+
+
+def remove_spool(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

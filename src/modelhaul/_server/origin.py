@@ -1,0 +1,326 @@
+"""The origin side of ``serve``: fetch a file the mirror lacks from the origin hub once,
+however many clients ask for it at the same moment, and write it through to the mirror.
+
+One fetch per file (a *flight*): the first request starts it, later ones join it. The
+bytes go to a spool file on local disk, not to memory, and every client of the flight
+streams from that file as far as it has been written (waiting at the edge), so memory
+stays at one chunk per client however big the file is. When the last byte has arrived
+and its hash matches what the hub vouches for (LFS SHA-256, else the git blob id), the
+spool is uploaded to the mirror under the revision's commit; once every file of the
+revision is there, its manifest is written (create-only, as a push does) and the ref the
+clients asked for moves to it. A client that arrives after that is served from the mirror.
+
+A file that fails its hash has already been streamed to the clients of its flight: they
+are cut off before the last chunk (the connection is dropped, so no client ends with a
+complete-looking wrong file) and nothing reaches the mirror.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .._core.checksum import crc32c_hex
+from .._core.config import DEFAULT_CONCURRENCY, TransferConfig
+from .._core.errors import ChecksumMismatch, HubError, RevisionConflict
+from .._repo.hub import HubFile, HubRevision
+from .._repo.manifest import FileEntry, Manifest, RepoId
+from .._repo.mirror import Mirror
+from .._repo.push import publish_revision
+from .._transfer.engine import Engine
+from .._transfer.upload import LocalSource, UploadJob
+
+__all__ = ["Flight", "WriteThrough"]
+
+log = logging.getLogger("modelhaul.serve")
+
+_CHUNK = 1024 * 1024
+
+
+class _DropAuthOnOtherHost(urllib.request.HTTPRedirectHandler):
+    """Follow the hub's redirects (to its CDN), but never send the origin token to another
+    host."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_DropAuthOnOtherHost())
+
+
+class Flight:
+    """One file on its way from the origin: a spool file and how much of it is written.
+
+    Attributes:
+        path: the spool file.
+        size: the file's size, as the hub said (None if it did not).
+    """
+
+    def __init__(self, path: Path, size: int | None) -> None:
+        self.path = path
+        self.size = size
+        self.written = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def advance(self, n: int) -> None:
+        with self._cond:
+            self.written += n
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self.done = True
+            self.error = error
+            self._cond.notify_all()
+
+    def read_at(self, fd: int, offset: int, n: int, timeout: float = 120.0) -> bytes:
+        """Up to ``n`` bytes at ``offset`` of the spool, waiting until they are written.
+
+        Returns b"" at the end of the file.
+
+        Raises:
+            HubError: the fetch failed or stalled for ``timeout`` seconds.
+            ChecksumMismatch: the file did not match its hash (raised before its last chunk).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                # The last byte is held back until the hash is checked (``done``).
+                avail = self.written if self.done else max(self.written - 1, 0)
+                if avail > offset:
+                    break
+                if self.done:
+                    return b""
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise HubError(
+                        "the origin stopped sending", hub="origin", hint="try again later"
+                    )
+                self._cond.wait(min(left, 1.0))
+            n = min(n, avail - offset)
+        return os.pread(fd, n, offset) if n > 0 else b""
+
+
+@dataclass
+class _Filling:
+    """A revision being written through: the files already in the mirror."""
+
+    revision: HubRevision
+    entries: dict[str, FileEntry]
+    refs: set[str]
+
+
+class WriteThrough:
+    """Origin fetches in flight (one per file) and the revisions they fill in the mirror.
+
+    Args:
+        mirror: where fetched files are written.
+        endpoint: the origin hub's URL (Hugging Face API).
+        token: the origin's token; sent to the origin only, never to clients.
+        spool_dir: local folder for files in flight (each removed once in the mirror).
+        config: transfer settings of the uploads to the mirror.
+        on_fetch: called once per origin fetch started (for counters).
+    """
+
+    def __init__(
+        self,
+        mirror: Mirror,
+        endpoint: str,
+        token: str | None,
+        spool_dir: Path,
+        config: TransferConfig,
+        on_fetch: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.mirror = mirror
+        self.endpoint = endpoint.rstrip("/")
+        self._token = token
+        self.spool_dir = spool_dir
+        self.config = config
+        self._on_fetch = on_fetch
+        self._lock = threading.Lock()
+        self._flights: dict[str, Flight] = {}
+        self._filling: dict[tuple[str, str], _Filling] = {}
+        self._count = 0
+        self._threads: list[threading.Thread] = []
+
+    def in_mirror(self, repo: RepoId, commit: str, path: str) -> FileEntry | None:
+        """The entry of a file this server already wrote to the mirror, if any."""
+        with self._lock:
+            filling = self._filling.get((str(repo), commit))
+            return None if filling is None else filling.entries.get(path)
+
+    def note_ref(self, revision: HubRevision, ref: str) -> None:
+        """Clients asked for ``revision`` as ``ref`` (``main``): move that ref in the mirror
+        when the revision is published there."""
+        if ref == revision.commit:
+            return
+        with self._lock:
+            self._filling.setdefault(
+                (str(revision.repo), revision.commit), _Filling(revision, {}, set())
+            ).refs.add(ref)
+
+    def join(
+        self, revision: HubRevision, file: HubFile, ref: str | None, *, keep: bool = True
+    ) -> tuple[Flight, int]:
+        """The flight of ``file`` (started now if none is), and a descriptor of its spool
+        that the caller must close. With ``keep`` False (a file a published revision left
+        out on purpose) the file is served but not written to the mirror.
+
+        Returns:
+            The flight and an open read-only descriptor of its spool file.
+        """
+        key = self.mirror.layout(revision.repo).file_key(revision.commit, file.path)
+        with self._lock:
+            filling = self._filling.setdefault(
+                (str(revision.repo), revision.commit), _Filling(revision, {}, set())
+            )
+            if ref is not None and ref != revision.commit:
+                filling.refs.add(ref)
+            flight = self._flights.get(key)
+            if flight is None:
+                self._count += 1
+                path = self.spool_dir / f"{self._count:08d}.part"
+                path.write_bytes(b"")
+                flight = Flight(path, file.size)
+                self._flights[key] = flight
+                thread = threading.Thread(
+                    target=self._fetch,
+                    args=(revision, file, flight, key, keep),
+                    name=f"modelhaul-origin-{self._count}",
+                    daemon=True,
+                )
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+                self._on_fetch()
+                thread.start()
+            # Opened under the lock: the spool is removed under it too, so it exists here.
+            fd = os.open(flight.path, os.O_RDONLY)
+        return flight, fd
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Wait for the fetches and uploads in progress (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- the flight ---------------------------------------------------------------------
+
+    def _url(self, revision: HubRevision, path: str) -> str:
+        return f"{self.endpoint}/{revision.repo}/resolve/{revision.commit}/{quote(path)}"
+
+    def _fetch(
+        self, revision: HubRevision, file: HubFile, flight: Flight, key: str, keep: bool
+    ) -> None:
+        try:
+            sha256 = self._download(revision, file, flight)
+            flight.finish()
+            if keep:
+                self._upload(revision, file, flight, key, sha256)
+        except BaseException as exc:  # every client of the flight must learn of it
+            if not flight.done:
+                flight.finish(exc)
+            log.warning("fetching %s/%s from the origin failed: %s", revision.repo, file.path, exc)
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+                flight.path.unlink(missing_ok=True)
+
+    def _download(self, revision: HubRevision, file: HubFile, flight: Flight) -> str:
+        headers = {"Accept-Encoding": "identity", "User-Agent": "modelhaul-serve"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(self._url(revision, file.path), headers=headers)  # noqa: S310
+        sha = hashlib.sha256()
+        git = None
+        if file.git_sha1 and file.size is not None:
+            git = hashlib.sha1(b"blob %d\x00" % file.size, usedforsecurity=False)
+        try:
+            with _OPENER.open(request, timeout=60) as resp, flight.path.open("wb") as out:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    out.flush()
+                    sha.update(chunk)
+                    if git is not None:
+                        git.update(chunk)
+                    flight.advance(len(chunk))
+        except OSError as exc:
+            raise HubError(
+                f"the origin failed to send {revision.repo}/{file.path}: {exc}",
+                hub=self.endpoint,
+                hint="the client may retry; the origin may be down",
+            ) from exc
+        what = f"{revision.repo}/{file.path} from the origin"
+        if file.size is not None and flight.written != file.size:
+            raise ChecksumMismatch(
+                what, algorithm="size", expected=str(file.size), actual=str(flight.written)
+            )
+        if file.sha256 and sha.hexdigest() != file.sha256:
+            raise ChecksumMismatch(
+                what, algorithm="sha256", expected=file.sha256, actual=sha.hexdigest()
+            )
+        if git is not None and file.git_sha1 and git.hexdigest() != file.git_sha1:
+            raise ChecksumMismatch(
+                what, algorithm="git sha1", expected=file.git_sha1, actual=git.hexdigest()
+            )
+        return sha.hexdigest()
+
+    def _upload(
+        self, revision: HubRevision, file: HubFile, flight: Flight, key: str, sha256: str
+    ) -> None:
+        job = UploadJob(
+            self.mirror.store,
+            self.mirror.bucket,
+            key,
+            LocalSource(flight.path),
+            label=f"{revision.repo}/{file.path} → {self.mirror}",
+        )
+        Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY).run([job])
+        crc = crc32c_hex(job.crc) if job.crc is not None else ""
+        entry = FileEntry(file.path, flight.written, sha256, job.etag, job.part_size, crc)
+        with self._lock:
+            filling = self._filling[(str(revision.repo), revision.commit)]
+            filling.entries[file.path] = entry
+            complete = {f.path for f in revision.files if f.size} <= set(filling.entries)
+            entries = list(filling.entries.values())
+            refs = sorted(filling.refs)
+        if complete:
+            self._publish(revision, entries, refs)
+
+    def _publish(self, revision: HubRevision, entries: list[FileEntry], refs: list[str]) -> None:
+        have = {e.path for e in entries}
+        layout = self.mirror.layout(revision.repo)
+        for f in revision.files:
+            if f.path not in have and f.size == 0:  # clients never GET empty files
+                key = layout.file_key(revision.commit, f.path)
+                etag = self.mirror.store.put(self.mirror.bucket, key, b"")
+                entries.append(
+                    FileEntry(f.path, 0, hashlib.sha256().hexdigest(), etag, 0, crc32c_hex(0))
+                )
+        manifest = Manifest.build(
+            str(revision.repo), revision.commit, entries, {"hub": "hf", "revision": revision.commit}
+        )
+        try:
+            publish_revision(self.mirror, revision.repo, manifest)
+        except RevisionConflict:
+            log.warning("%s@%s was published meanwhile", revision.repo, revision.commit)
+            return
+        for ref in refs:
+            self.mirror.set_ref(revision.repo, ref, revision.commit)
+        log.info("wrote %s@%s through to %s", revision.repo, revision.commit, self.mirror)

@@ -1,0 +1,362 @@
+"""``serve``: what the Hub-compatible HTTP service knows — its settings, how it finds a
+revision (mirror first, then the origin hub), and its counters. The HTTP layer is in
+:mod:`modelhaul._serve_app`; fetching from the origin in :mod:`modelhaul._serve_origin`.
+
+Settings (explicit argument > environment > default)::
+
+    --mirror s3://BUCKET/PREFIX     MODELHAUL_SERVE_MIRROR   (required)
+    --origin hf|URL|none            MODELHAUL_SERVE_ORIGIN   hf: HF_ENDPOINT or huggingface.co
+    --host / --port                 MODELHAUL_SERVE_HOST / _PORT   127.0.0.1 / 8090
+    --token                         MODELHAUL_SERVE_TOKEN    clients must send it as a bearer
+    (origin token)                  HF_TOKEN                 sent to the origin only
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._core.config import TransferConfig
+from .._core.errors import ConfigError, NoSuchKey, NoSuchModel, NoSuchRevision
+from .._core.uri import parse_s3
+from .._repo.hub import HF_DEFAULT_ENDPOINT, HubFile, HubRevision, HuggingFaceHub
+from .._repo.manifest import Manifest, RepoId
+from .._repo.mirror import SYNC_STATUS_NAME, Mirror, RepoSummary
+from .._store.base import ObjectStore
+from .origin import WriteThrough
+
+__all__ = [
+    "MirrorService",
+    "ServeSettings",
+    "ServedFile",
+    "ServedRevision",
+    "load_serve_settings",
+    "serve_mirror",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8090
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How ``serve`` runs.
+
+    Attributes:
+        mirror: ``s3://BUCKET/PREFIX`` served (``MODELHAUL_SERVE_MIRROR``).
+        origin: the origin hub's URL, or None for a mirror-only service
+            (``MODELHAUL_SERVE_ORIGIN``: ``hf`` means ``HF_ENDPOINT`` or huggingface.co).
+        origin_token: sent to the origin, never to clients (``HF_TOKEN``).
+        host: address to listen on (``MODELHAUL_SERVE_HOST``).
+        port: port to listen on (``MODELHAUL_SERVE_PORT``).
+        token: when set, every request must carry ``Authorization: Bearer <token>``
+            (``MODELHAUL_SERVE_TOKEN``).
+        ref_ttl: seconds a ref (``main``) is trusted before it is read again; commits are
+            immutable and kept.
+        spool_dir: local folder for files in flight from the origin (default: a
+            temporary folder). Needs room for the files being fetched at one time.
+    """
+
+    mirror: str
+    origin: str | None = None
+    origin_token: str | None = field(default=None, repr=False)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    token: str | None = field(default=None, repr=False)
+    ref_ttl: float = 10.0
+    spool_dir: Path | None = None
+
+
+def load_serve_settings(
+    *,
+    mirror: str | None = None,
+    origin: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    token: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServeSettings:
+    """Resolve :class:`ServeSettings`; arguments left None come from the environment.
+
+    Raises:
+        ConfigError: no mirror, or an origin that is not ``hf``, ``none`` or a URL.
+        InvalidURI: the mirror is not ``s3://BUCKET[/PREFIX]``.
+    """
+    env = os.environ if env is None else env
+    uri = mirror or env.get("MODELHAUL_SERVE_MIRROR")
+    if not uri:
+        raise ConfigError(
+            "serve needs a mirror", hint="pass --mirror s3://BUCKET/PREFIX (the synced mirror)"
+        )
+    parse_s3(uri)
+    choice = origin or env.get("MODELHAUL_SERVE_ORIGIN") or "hf"
+    if choice == "none":
+        origin_url = None
+    elif choice in ("hf", "huggingface"):
+        origin_url = (env.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).rstrip("/")
+    elif choice.startswith(("http://", "https://")):
+        origin_url = choice.rstrip("/")
+    else:
+        raise ConfigError(
+            f"unknown origin {choice!r}",
+            hint="use --origin hf, --origin none, or the URL of a Hugging Face-compatible hub",
+        )
+    port_text = env.get("MODELHAUL_SERVE_PORT")
+    return ServeSettings(
+        mirror=uri,
+        origin=origin_url,
+        origin_token=env.get("HF_TOKEN") or None,
+        host=host or env.get("MODELHAUL_SERVE_HOST") or DEFAULT_HOST,
+        port=port if port is not None else int(port_text) if port_text else DEFAULT_PORT,
+        token=token or env.get("MODELHAUL_SERVE_TOKEN") or None,
+    )
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    """One file as the service describes it to clients.
+
+    Attributes:
+        path: the file's path in the repository.
+        size: bytes.
+        etag: what clients get as ETag (the SHA-256 where known, else the git blob id).
+        sha256: the SHA-256, where known.
+        in_mirror: whether the mirror holds it (else it comes from the origin).
+    """
+
+    path: str
+    size: int
+    etag: str
+    sha256: str | None
+    in_mirror: bool
+
+
+@dataclass(frozen=True)
+class ServedRevision:
+    """A revision resolved for clients: its commit and files, and where they come from."""
+
+    repo: RepoId
+    commit: str
+    files: dict[str, ServedFile]
+    hub: HubRevision | None = None
+    created: float = 0.0
+
+    @classmethod
+    def from_manifest(cls, repo: RepoId, manifest: Manifest) -> ServedRevision:
+        files = {
+            f.path: ServedFile(f.path, f.size, f.sha256, f.sha256, True) for f in manifest.files
+        }
+        return cls(repo, manifest.revision, files, None, manifest.created)
+
+    @classmethod
+    def from_hub(cls, hub: HubRevision) -> ServedRevision:
+        files = {
+            f.path: ServedFile(f.path, f.size or 0, f.sha256 or f.git_sha1 or "", f.sha256, False)
+            for f in hub.files
+        }
+        return cls(hub.repo, hub.commit, files, hub, time.time())
+
+
+@dataclass
+class Counters:
+    """What the status page shows about traffic since the service started."""
+
+    started: float = field(default_factory=time.time)
+    hits: int = 0
+    misses: int = 0
+    origin_fetches: int = 0
+    bytes_served: int = 0
+    requests: int = 0
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "started": self.started, "hits": self.hits, "misses": self.misses,
+            "origin_fetches": self.origin_fetches, "bytes_served": self.bytes_served,
+            "requests": self.requests,
+        }  # fmt: skip
+
+
+class MirrorService:
+    """Finds revisions for the HTTP layer: in the mirror, else at the origin.
+
+    Args:
+        settings: the service's settings.
+        store: the mirror's store.
+        config: transfer settings for uploads to the mirror.
+    """
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        store: ObjectStore,
+        spool_dir: Path,
+        config: TransferConfig | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mirror = Mirror.from_uri(store, settings.mirror)
+        self.counters = Counters()
+        self._lock = threading.Lock()
+        self._revisions: dict[tuple[str, str], tuple[float, ServedRevision]] = {}
+        self._listing: tuple[float, list[RepoSummary], dict[str, object]] | None = None
+        self.origin: HuggingFaceHub | None = None
+        self.write_through: WriteThrough | None = None
+        if settings.origin is not None:
+            self.origin = HuggingFaceHub(settings.origin, settings.origin_token)
+            self.write_through = WriteThrough(
+                self.mirror,
+                settings.origin,
+                settings.origin_token,
+                spool_dir,
+                config or TransferConfig(),
+                on_fetch=self._count_fetch,
+            )
+
+    def _count_fetch(self) -> None:
+        with self._lock:
+            self.counters.origin_fetches += 1
+
+    def count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, n in deltas.items():
+                setattr(self.counters, name, getattr(self.counters, name) + n)
+
+    def revision(self, repo: RepoId, name: str) -> ServedRevision:
+        """``name`` (a ref or a revision id) of ``repo``, from the mirror or the origin.
+
+        Raises:
+            NoSuchModel: neither the mirror nor the origin has the repository.
+            NoSuchRevision: the repository has no such revision or ref.
+            HubError: the origin failed.
+            StoreError: the mirror failed.
+        """
+        now = time.monotonic()
+        with self._lock:
+            cached = self._revisions.get((str(repo), name))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = self._find(repo, name)
+        immutable = found.commit == name and found.hub is None
+        expiry = now + (1e9 if immutable else self.settings.ref_ttl)
+        with self._lock:
+            if len(self._revisions) > 4096:
+                self._revisions.clear()
+            self._revisions[(str(repo), name)] = (expiry, found)
+        return found
+
+    def _find(self, repo: RepoId, name: str) -> ServedRevision:
+        manifest, _ = self.mirror.resolve(repo, name)
+        if manifest is not None:
+            return ServedRevision.from_manifest(repo, manifest)
+        if self.origin is None:
+            if self.mirror.has_repo(repo):
+                raise NoSuchRevision(str(repo), name, ["the mirror has no such revision"])
+            raise NoSuchModel(str(repo), ["the mirror does not have it"])
+        try:
+            hub = self.origin.resolve(repo, name)
+        except NoSuchModel:
+            if self.mirror.has_repo(repo):
+                raise NoSuchRevision(
+                    str(repo), name, ["neither the mirror nor the origin"]
+                ) from None
+            raise
+        manifest = self.mirror.manifest(repo, hub.commit)
+        if manifest is not None:  # mirrored under its commit, though not under this ref
+            return ServedRevision.from_manifest(repo, manifest)
+        if self.write_through is not None:
+            self.write_through.note_ref(hub, name)
+        return ServedRevision.from_hub(hub)
+
+    def left_out(self, revision: ServedRevision, path: str) -> ServedRevision | None:
+        """The origin's view of a mirrored revision that lacks ``path`` (a sync's
+        include/exclude left it out), if the origin has that file at the same commit.
+
+        Raises:
+            HubError: the origin failed.
+        """
+        if self.origin is None or revision.hub is not None:
+            return None
+        key = (f"origin:{revision.repo}", revision.commit)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._revisions.get(key)
+        if cached is None or cached[0] <= now:
+            try:
+                hub = self.origin.resolve(revision.repo, revision.commit)
+            except (NoSuchModel, NoSuchRevision):
+                return None  # a revision pushed by hand, which the origin never had
+            cached = (now + 1e9, ServedRevision.from_hub(hub))
+            with self._lock:
+                self._revisions[key] = cached
+        found = cached[1]
+        return found if path in found.files else None
+
+    def hub_file(self, revision: ServedRevision, path: str) -> HubFile | None:
+        if revision.hub is None:
+            return None
+        return next((f for f in revision.hub.files if f.path == path), None)
+
+    def mirror_key(self, revision: ServedRevision, path: str) -> str | None:
+        """The key of the file in the mirror, if the mirror holds it."""
+        if revision.files[path].in_mirror:
+            return self.mirror.layout(revision.repo).file_key(revision.commit, path)
+        if self.write_through is not None and self.write_through.in_mirror(
+            revision.repo, revision.commit, path
+        ):
+            return self.mirror.layout(revision.repo).file_key(revision.commit, path)
+        return None
+
+    def listing(self, ttl: float = 15.0) -> tuple[list[RepoSummary], dict[str, object]]:
+        """Every repository in the mirror and the last sync's record (for the status page)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._listing is not None and self._listing[0] > now:
+                return self._listing[1], self._listing[2]
+        repos = self.mirror.repos()
+        status: dict[str, object] = {}
+        key = f"{self.mirror.prefix}/{SYNC_STATUS_NAME}".lstrip("/")
+        try:
+            raw = self.mirror.store.get_bytes(self.mirror.bucket, key)
+            loaded = json.loads(raw)
+            if isinstance(loaded, dict):
+                status = loaded
+        except (NoSuchKey, ValueError):
+            pass
+        with self._lock:
+            self._listing = (now + ttl, repos, status)
+        return repos, status
+
+
+def serve_mirror(
+    settings: ServeSettings,
+    *,
+    profile: str | None = None,
+    store: ObjectStore | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the Hub-compatible service over ``settings.mirror`` until interrupted.
+
+    Args:
+        settings: from :func:`load_serve_settings`.
+        profile: the store's profile (name or default), unless ``store`` is given.
+        store: an already-open store for the mirror.
+        log_level: uvicorn's log level.
+
+    Raises:
+        MissingExtra: starlette or uvicorn is not installed (``pip install
+            'modelhaul[serve]'``).
+        InvalidURI: the mirror is not ``s3://BUCKET[/PREFIX]``.
+    """
+    from .._store.factory import open_store
+    from .app import remove_spool, run, spool_dir
+
+    store = store or open_store(profile)
+    spool = spool_dir(settings.spool_dir)
+    try:
+        run(MirrorService(settings, store, spool), log_level=log_level)
+    finally:
+        remove_spool(spool)

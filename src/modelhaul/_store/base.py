@@ -1,0 +1,291 @@
+"""The object-store interface: small on purpose, so every backend can pass one conformance suite.
+
+Byte ranges are half-open, ``[start, end)``. Checksums are CRC32C values as ints;
+backends convert them to whatever their wire format needs. Every method raises
+modelhaul errors only (see :mod:`modelhaul._errors`); foreign errors are translated at
+this boundary.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._core.errors import PreconditionFailed, ServerError
+
+__all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo", "ViewBody"]
+
+
+# What one socket send carries at most. Python's ``sendall`` deadline covers the whole
+# call (3.5+), and while a request is sent urllib3 leaves the socket at the *connect*
+# timeout: a 16 MiB part handed over in one ``sendall`` failed whenever its stream got
+# less than ~13 Mbit/s (8 streams on a 100 Mbit/s link), every attempt, cut at 10 s.
+# Blocks make the timeout a stall timeout again: it bounds 64 KiB, not the part (1 MiB
+# blocks still failed: a stream on a lossy, queued link can fall to ~0.3 Mbit/s).
+SEND_BLOCK = 64 * 1024
+
+
+class ViewBody(io.RawIOBase):
+    """A request body over part of a reused buffer, without copying it.
+
+    Every part goes to the HTTP layer through this reader, which hands out zero-copy
+    slices of at most :data:`SEND_BLOCK` (see there why never the whole part at once);
+    upload memory stays at one buffer per worker.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> memoryview:
+        """The next block, as a slice of the buffer (http.client only sends it on). It is
+        :data:`SEND_BLOCK` long whatever ``size`` asks (http.client asks for 8 KiB)."""
+        n = min(max(size, SEND_BLOCK), len(self._view) - self._pos)
+        block = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return block
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self._view) - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def getbuffer(self) -> memoryview:
+        """The whole body (for stores that write it out in one go)."""
+        return self._view
+
+
+Body = bytes | bytearray | ViewBody
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD or a listing says about one object.
+
+    Attributes:
+        key: the object key.
+        size: bytes.
+        etag: the store's ETag, quotes included. For multipart objects this is *not* an
+            MD5 of the content; modelhaul only ever compares ETags for equality.
+        last_modified: seconds since the epoch.
+        crc32c: the full-object CRC32C, when the store has one for this object.
+        metadata: user metadata (``x-amz-meta-*``), keys lowercase.
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float = 0.0
+    crc32c: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded part of a multipart upload, as the store lists it."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """One multipart upload that was started and not completed or aborted."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
+class RangeReader(abc.ABC):
+    """The body of a ranged GET, read into caller-owned buffers."""
+
+    @abc.abstractmethod
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill up to ``len(buffer)`` bytes; return how many, 0 at the end of the range."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection (or drop it, if the body was not read to the end)."""
+
+    def __enter__(self) -> RangeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ObjectStore(abc.ABC):
+    """An S3-like object store. Implementations: :class:`~modelhaul._s3.S3Store`,
+    :class:`~modelhaul._localstore.LocalStore`."""
+
+    #: whether put/complete honour ``if_none_match`` atomically.
+    conditional_writes: bool = True
+    #: whether objects carry a full-object CRC32C that downloads can verify.
+    checksums: bool = True
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this store is, for messages (no secrets)."""
+
+    @abc.abstractmethod
+    def head_bucket(self, bucket: str) -> None:
+        """Check the bucket exists and is reachable with these credentials."""
+
+    @abc.abstractmethod
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        """Describe one object."""
+
+    @abc.abstractmethod
+    def open_range(
+        self,
+        bucket: str,
+        key: str,
+        start: int,
+        end: int,
+        *,
+        if_match: str | None = None,
+        object_size: int | None = None,
+    ) -> RangeReader:
+        """Start reading bytes ``[start, end)``.
+
+        ``if_match`` pins the object's ETag; ``object_size`` is the size the caller
+        believes the object has: if the store says otherwise, :class:`ObjectChanged`.
+        """
+
+    def get_bytes(
+        self,
+        bucket: str,
+        key: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+    ) -> bytes:
+        """Read a whole small object, or one range of it, into memory.
+
+        Raises:
+            ServerError: the answer ended before the bytes asked for (retryable).
+            ObjectChanged: the object was replaced between its HEAD and its GET.
+        """
+        if start is None or end is None:
+            # Pinned to what the HEAD saw: a ref rewritten in between ("v1" -> "v10")
+            # must not be read as the first bytes of the new one; then read the new one.
+            for attempt in range(3):
+                info = self.head(bucket, key)
+                try:
+                    return self.get_bytes(
+                        bucket, key, 0, info.size, if_match=if_match or info.etag or None
+                    )
+                except PreconditionFailed:
+                    if if_match or attempt == 2:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        out = bytearray(end - start)
+        view = memoryview(out)
+        got = 0
+        if end > start:
+            with self.open_range(bucket, key, start, end, if_match=if_match) as reader:
+                while got < len(out):
+                    n = reader.readinto(view[got:])
+                    if n == 0:
+                        break
+                    got += n
+        if got < len(out):
+            # A body cut short (a dropped connection after a clean FIN) is not the
+            # object: a truncated ref or manifest must never be taken for a real one.
+            raise ServerError(
+                f"s3://{bucket}/{key}: the answer ended after {got} of {len(out)} bytes",
+                hint="the connection was cut; run the same command again",
+                bucket=bucket,
+                key=key,
+            )
+        return bytes(out)
+
+    @abc.abstractmethod
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        body: Body,
+        *,
+        crc32c: int | None = None,
+        if_none_match: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Write a whole object in one request; return its ETag."""
+
+    @abc.abstractmethod
+    def create_multipart(
+        self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None
+    ) -> str:
+        """Start a multipart upload; return its upload id."""
+
+    @abc.abstractmethod
+    def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: Body,
+        *,
+        crc32c: int | None = None,
+    ) -> str:
+        """Upload part ``number`` (from 1); return its ETag."""
+
+    @abc.abstractmethod
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts the store holds for an upload, by number."""
+
+    @abc.abstractmethod
+    def complete_multipart(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str, int | None]],
+        *,
+        crc32c: int | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Assemble ``(number, etag, crc32c)`` parts into the object; return its ETag."""
+
+    @abc.abstractmethod
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        """Drop an upload and its parts."""
+
+    @abc.abstractmethod
+    def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
+        """Multipart uploads started under ``prefix`` and not yet completed or aborted."""
+
+    @abc.abstractmethod
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove an object; removing an absent object is not an error."""

@@ -1,0 +1,781 @@
+"""The S3 implementation of :class:`~modelhaul._store.ObjectStore`, on botocore.
+
+botocore builds and signs requests; the bodies of ranged GETs are read straight from
+the HTTP response into the caller's buffer (``readinto``), which saves a copy per byte
+compared with ``StreamingBody.read``. botocore's own retries are off: the transfer engine
+retries whole requests and resumes broken bodies itself, and counts every retry.
+
+Clients are made lazily, one per process: after a ``fork`` (a DataLoader worker, a
+multiprocessing pool) the child makes its own instead of sharing the parent's sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import botocore.auth
+import botocore.config
+import botocore.exceptions
+import botocore.session
+import urllib3.exceptions
+
+from .._core.config import Profile
+from .._core.errors import (
+    AccessDenied,
+    CredentialsExpired,
+    EndpointUnreachable,
+    ModelhaulError,
+    NoCredentials,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    ObjectChanged,
+    PreconditionFailed,
+    ServerError,
+    StoreError,
+    Throttled,
+    WrongRegion,
+    redact,
+)
+from .base import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["S3Store"]
+
+log = logging.getLogger("modelhaul.store")
+
+T = TypeVar("T")
+
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "RequestThrottled",
+    "ServiceUnavailable",
+}
+BAD_KEY_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "AuthFailure",
+    "InvalidSecurity",
+}
+_EXPIRED_CODES = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired", "ExpiredTokenException"}
+_REGION_CODES = {
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+}
+_NETWORK_ERRORS = (
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    ConnectionError,
+    socket.timeout,
+    TimeoutError,
+)
+
+
+_PLAIN_S3V4 = "modelhaul-s3v4"
+
+
+def _choose_plain_signer(signature_version: Any = None, **_: Any) -> Any:
+    # botocore's choose-signer event: a returned name replaces the signature version.
+    return _PLAIN_S3V4 if signature_version == "s3v4" else None
+
+
+def _b64(crc: int) -> str:
+    return base64.b64encode(crc.to_bytes(4, "big")).decode()
+
+
+def _unb64(text: str | None) -> int | None:
+    if not text or "-" in text:  # a COMPOSITE checksum ("...-N") is not a full-object CRC
+        return None
+    try:
+        raw = base64.b64decode(text)
+    except ValueError:
+        return None
+    return int.from_bytes(raw, "big") if len(raw) == 4 else None
+
+
+class S3Store(ObjectStore):
+    """An S3-compatible store reached through one :class:`~modelhaul.Profile`.
+
+    Args:
+        profile: where the store is and how to sign for it.
+        max_connections: connections kept per process (at least the transfer concurrency).
+        connect_timeout: seconds to open a connection.
+        read_timeout: seconds without a byte before a response is abandoned (the stall
+            timeout).
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        max_connections: int = 32,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        self.profile = profile
+        self.checksums = profile.checksums
+        self.conditional_writes = profile.conditional_writes
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._clients: dict[str, S3Client] = {}
+        self._bucket_region: dict[str, str] = {}
+        self._session: botocore.session.Session | None = None
+
+    # -- clients -------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return self.profile.describe()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Clients and locks do not cross process boundaries; the child makes its own.
+        state = self.__dict__.copy()
+        state.update(_lock=None, _pid=-1, _clients={}, _session=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _region_for(self, bucket: str | None) -> str:
+        if bucket is not None and bucket in self._bucket_region:
+            return self._bucket_region[bucket]
+        return self.profile.region
+
+    def client(self, bucket: str | None = None) -> S3Client:
+        """This process's botocore client for ``bucket``'s region, made on first use."""
+        region = self._region_for(bucket)
+        pid = os.getpid()
+        if self._pid != pid:
+            # Forked: never touch the parent's sockets or lock.
+            self._lock = threading.Lock()
+            self._clients = {}
+            self._session = None
+            self._pid = pid
+        client = self._clients.get(region)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(region)
+            if client is None:
+                client = self._make_client(region)
+                self._clients[region] = client
+        return client
+
+    def _make_client(self, region: str) -> S3Client:
+        p = self.profile
+        session = self._session
+        if session is None:
+            session = (
+                botocore.session.Session(profile=p.aws_profile)
+                if p.aws_profile
+                else (botocore.session.Session())
+            )
+            if p.access_key_id and p.secret_access_key:
+                session.set_credentials(p.access_key_id, p.secret_access_key, p.session_token)
+            self._session = session
+        config = botocore.config.Config(
+            region_name=region,
+            signature_version="s3v4",
+            # With our CRC32C on every upload, a SHA-256 of each payload (what botocore
+            # does by default over plain http) only burns CPU.
+            s3={"addressing_style": p.addressing_style, "payload_signing_enabled": not p.checksums},
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=self._max_connections,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            tcp_keepalive=True,
+            # We send our own CRC32C where the store accepts it, and nothing otherwise:
+            # boto3 >= 1.36's default CRC headers are rejected by several S3-compatible
+            # stores (older MinIO, Huawei OBS).
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="modelhaul/0.1",
+        )
+        client: S3Client = session.create_client(  # type: ignore[assignment]
+            "s3", region_name=region, endpoint_url=p.endpoint_url, config=config
+        )
+        # botocore signs with awscrt when it is installed, and the CRT signer copies every
+        # request body into a BytesIO first (botocore/crt/auth.py) even when the payload
+        # is not signed: 16 MiB per part, which left upload RSS at ~2x the part budget.
+        # The pure-Python SigV4 signer reads the body only when it must hash it.
+        botocore.auth.AUTH_TYPE_MAPS.setdefault(_PLAIN_S3V4, botocore.auth.S3SigV4Auth)
+        client.meta.events.register("choose-signer.s3", _choose_plain_signer)
+        return client
+
+    # -- error translation -----------------------------------------------------------
+
+    def _call(
+        self,
+        operation: str,
+        fn: Callable[[S3Client], T],
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+    ) -> T:
+        """Run one request, translating every foreign error; follow a region redirect once."""
+        for _ in range(2):
+            try:
+                return fn(self.client(bucket))
+            except ModelhaulError:
+                raise
+            except Exception as exc:
+                err = self.translate(exc, operation, bucket=bucket, key=key)
+                if isinstance(err, WrongRegion) and bucket and getattr(err, "region", None):
+                    region = err.region  # type: ignore[attr-defined]
+                    if region != self._region_for(bucket):
+                        log.warning(
+                            "bucket %s is in region %s, not %s: switching",
+                            bucket,
+                            region,
+                            self._region_for(bucket),
+                        )
+                        self._bucket_region[bucket] = region
+                        continue
+                raise err from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def translate(
+        self,
+        exc: BaseException,
+        operation: str,
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+    ) -> ModelhaulError:
+        """Map a botocore/urllib3/socket error to the most specific modelhaul error."""
+        endpoint = self.profile.endpoint_url or f"AWS S3 ({self._region_for(bucket)})"
+        where = (
+            f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}" if bucket else endpoint
+        )
+        common: dict[str, Any] = {
+            "endpoint": endpoint,
+            "bucket": bucket,
+            "key": key,
+            "operation": operation,
+        }
+        if isinstance(exc, botocore.exceptions.ClientError):
+            return self._translate_client_error(exc, where, common)
+        if isinstance(
+            exc,
+            botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError,
+        ):
+            return NoCredentials(
+                f"no credentials found for {self.profile.describe()}",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, or add "
+                "credentials to the modelhaul config file",
+            )
+        if isinstance(exc, RecursionError):
+            # botocore's region redirector answers a 301 that names no region with a
+            # HeadBucket to find it, which is redirected too, and so on: a proxy or
+            # server redirecting everything (http:// to https://) ends here.
+            return WrongRegion(
+                f"the store at {endpoint} answers with redirects (HTTP 301) that name no region",
+                hint="check the endpoint URL (https:// rather than http://?) and the bucket's "
+                "region (AWS_REGION)",
+                **common,
+            )
+        if isinstance(
+            exc,
+            botocore.exceptions.CredentialRetrievalError
+            | botocore.exceptions.RefreshWithMFAUnsupportedError,
+        ):
+            return CredentialsExpired(
+                f"credentials for {self.profile.describe()} could not be refreshed: "
+                f"{redact(str(exc), self.profile.secrets)}",
+                hint="log in again (e.g. `aws sso login`) or renew the session token",
+                **common,
+            )
+        if isinstance(
+            exc,
+            botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError,
+        ):
+            return EndpointUnreachable(
+                f"cannot connect to {endpoint} for {where}",
+                hint="check the endpoint URL and that the store is running and reachable "
+                "(`modelhaul doctor` tests it step by step)",
+                **common,
+            )
+        if isinstance(exc, _NETWORK_ERRORS):
+            return ServerError(
+                f"connection to {endpoint} broke during {operation} of {where}: "
+                f"{type(exc).__name__}: {redact(str(exc), self.profile.secrets)}",
+                hint="the network or the store dropped the request; it is retried automatically",
+                retryable=True,
+                **common,
+            )
+        return StoreError(
+            f"{operation} of {where} failed: {type(exc).__name__}: "
+            f"{redact(str(exc), self.profile.secrets)}",
+            **common,
+        )
+
+    def _translate_client_error(
+        self, exc: botocore.exceptions.ClientError, where: str, common: dict[str, Any]
+    ) -> ModelhaulError:
+        response: Mapping[str, Any] = exc.response
+        error = response.get("Error", {})
+        meta = response.get("ResponseMetadata", {})
+        status = meta.get("HTTPStatusCode")
+        code = str(error.get("Code") or status or "")
+        headers = meta.get("HTTPHeaders", {}) or {}
+        fields = dict(common, status=status, code=code, request_id=meta.get("RequestId"))
+        bucket, operation = common["bucket"], common["operation"]
+        text = redact(str(error.get("Message") or ""), self.profile.secrets)
+
+        if code == "NoSuchBucket" or (status == 404 and operation == "HeadBucket"):
+            return NoSuchBucket(
+                f"bucket {bucket!r} does not exist at {fields['endpoint']}",
+                hint=f"create it, or check the bucket name and the endpoint/profile "
+                f"({self.profile.name})",
+                **fields,
+            )
+        if code == "NoSuchUpload":
+            return NoSuchUpload(
+                f"the store has no multipart upload {common.get('upload_id', '')}for {where}",
+                hint="it was completed, aborted or expired; the transfer starts that file over",
+                **fields,
+            )
+        if code in ("NoSuchKey", "NotFound") or status == 404:
+            if operation == "HeadObject" and bucket and not self._bucket_exists(bucket):
+                return NoSuchBucket(
+                    f"bucket {bucket!r} does not exist at {fields['endpoint']}",
+                    hint="create it, or check the bucket name and the endpoint/profile",
+                    **fields,
+                )
+            return NoSuchKey(
+                f"{where} does not exist",
+                hint="check the key (`modelhaul ls` lists what is there)",
+                **fields,
+            )
+        if status == 403 and code in ("403", "Forbidden") and bucket:
+            # A HEAD answer has no body, so no code: ask again with a GET, whose error
+            # body says whether the keys are wrong or only a permission is missing.
+            code = self._probe_403_code(bucket, common["key"]) or code
+            fields["code"] = code
+        if code in _EXPIRED_CODES:
+            return CredentialsExpired(
+                f"the session token for {self.profile.describe()} has expired",
+                hint="get fresh temporary credentials (AWS_SESSION_TOKEN), or use a profile "
+                "whose credentials refresh themselves (role, SSO, credential_process)",
+                **fields,
+            )
+        if code in BAD_KEY_CODES:
+            what = (
+                "access key id is unknown"
+                if code == "InvalidAccessKeyId"
+                else "secret key is wrong"
+            )
+            return AccessDenied(
+                f"the store rejected the credentials of {self.profile.describe()}: the {what}",
+                hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile's keys",
+                **fields,
+            )
+        if code in _REGION_CODES or status == 301:
+            region = headers.get("x-amz-bucket-region") or error.get("Region")
+            err = WrongRegion(
+                f"bucket {bucket!r} is not in region {self._region_for(bucket)}"
+                + (f" but in {region}" if region else ""),
+                hint=f"set AWS_REGION={region}"
+                if region
+                else "set the bucket's region with AWS_REGION or the profile's region",
+                **fields,
+            )
+            err.region = region  # type: ignore[attr-defined]
+            return err
+        if code in ("AccessDenied", "AllAccessDisabled", "Forbidden") or status == 403:
+            return AccessDenied(
+                f"access to {where} was denied: {text or code}",
+                hint="the credentials are valid but lack permission for this request; ask for "
+                "the s3 permission it needs, or use another profile",
+                **fields,
+            )
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+            return PreconditionFailed(
+                f"{where} changed: a conditional {operation} did not hold",
+                hint="someone else wrote it at the same time; run the command again",
+                **fields,
+            )
+        if code in _THROTTLE_CODES or status in (429, 503):
+            return Throttled(
+                f"the store asked to slow down ({code}) on {where}",
+                hint="retried automatically with backoff; lower --concurrency if it persists",
+                **fields,
+            )
+        if code in ("RequestTimeout", "InternalError") or (status or 0) >= 500:
+            return ServerError(
+                f"the store failed {operation} of {where}: {code} {text}".rstrip(),
+                hint="retried automatically; if it persists, check the store's health",
+                retryable=True,
+                **fields,
+            )
+        return StoreError(f"{operation} of {where} failed: {code} {text}".rstrip(), **fields)
+
+    def _probe_403_code(self, bucket: str, key: str | None) -> str | None:
+        try:
+            if key:
+                self.client(bucket).get_object(Bucket=bucket, Key=key, Range="bytes=0-0")
+            else:
+                self.client(bucket).list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except botocore.exceptions.ClientError as exc:
+            return str(exc.response.get("Error", {}).get("Code") or "") or None
+        except Exception:
+            return None
+        return None
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        try:
+            self.client(bucket).head_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return status != 404
+        except Exception:
+            return True
+        return True
+
+    # -- the interface -----------------------------------------------------------------
+
+    def head_bucket(self, bucket: str) -> None:
+        self._call("HeadBucket", lambda c: c.head_bucket(Bucket=bucket), bucket=bucket)
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        extra: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self.checksums else {}
+        try:
+            r = self._call(
+                "HeadObject",
+                lambda c: c.head_object(Bucket=bucket, Key=key, **extra),
+                bucket=bucket,
+                key=key,
+            )
+        except StoreError as exc:
+            if exc.status not in (400, 403) or not (exc.code is None or exc.code.isdigit()):
+                raise
+            # An answer to HEAD has no body, so a bare 400/403 says nothing of why (an
+            # expired token, a wrong region, a bad signature): a 1-byte GET learns the code.
+            try:
+                self._call(
+                    "GetObject",
+                    lambda c: c.get_object(Bucket=bucket, Key=key, Range="bytes=0-0"),
+                    bucket=bucket,
+                    key=key,
+                )
+            except StoreError as precise:
+                if precise.code and not precise.code.isdigit():
+                    raise precise from exc
+            raise
+        if not r.get("ETag"):
+            # Every S3 store sends an ETag: a HEAD answer without one was cut in its
+            # headers, and its Content-Length cannot be trusted either.
+            raise ServerError(
+                f"the store's answer to HEAD s3://{bucket}/{key} was incomplete (no ETag)",
+                hint="retried automatically",
+                endpoint=self.profile.endpoint_url,
+                bucket=bucket,
+                key=key,
+                operation="HeadObject",
+                retryable=True,
+            )
+        return ObjectInfo(
+            key=key,
+            size=int(r["ContentLength"]),
+            etag=r.get("ETag", ""),
+            last_modified=r["LastModified"].timestamp() if r.get("LastModified") else 0.0,
+            crc32c=_unb64(r.get("ChecksumCRC32C")) if self.checksums else None,
+            metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+        )
+
+    def open_range(
+        self,
+        bucket: str,
+        key: str,
+        start: int,
+        end: int,
+        *,
+        if_match: str | None = None,
+        object_size: int | None = None,
+    ) -> RangeReader:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+        if if_match:
+            kwargs["IfMatch"] = if_match
+        try:
+            r = self._call("GetObject", lambda c: c.get_object(**kwargs), bucket=bucket, key=key)
+        except PreconditionFailed as exc:
+            raise ObjectChanged(
+                f"s3://{bucket}/{key} was replaced while it was being read",
+                hint="the download restarts from the new version",
+                endpoint=exc.endpoint,
+                bucket=bucket,
+                key=key,
+                status=exc.status,
+                code=exc.code,
+                request_id=exc.request_id,
+                operation="GetObject",
+            ) from exc
+        length = int(r.get("ContentLength", -1))
+        if length != end - start:
+            r["Body"].close()
+            raise ServerError(
+                f"s3://{bucket}/{key}: asked for {end - start} bytes at {start}, the store "
+                f"answered {length}",
+                hint="the object may have shrunk; run the command again",
+                bucket=bucket,
+                key=key,
+                operation="GetObject",
+                retryable=True,
+            )
+        total = str(r.get("ContentRange", "")).rpartition("/")[2]
+        if object_size is not None and total.isdigit() and int(total) != object_size:
+            # What we were told about the object (a HEAD, a listing) was wrong or stale:
+            # start the object over from a fresh look rather than trust either.
+            r["Body"].close()
+            raise ObjectChanged(
+                f"s3://{bucket}/{key} is {total} bytes, not the {object_size} expected",
+                hint="the download restarts from a fresh look at the object",
+                bucket=bucket,
+                key=key,
+                operation="GetObject",
+            )
+        return _S3RangeReader(self, r["Body"], bucket, key)
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        body: Body,
+        *,
+        crc32c: int | None = None,
+        if_none_match: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body}
+        if crc32c is not None and self.checksums:
+            kwargs["ChecksumCRC32C"] = _b64(crc32c)
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if metadata:
+            kwargs["Metadata"] = dict(metadata)
+        r = self._call("PutObject", lambda c: c.put_object(**kwargs), bucket=bucket, key=key)
+        return r.get("ETag", "")
+
+    def create_multipart(
+        self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None
+    ) -> str:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if self.checksums:
+            kwargs.update(ChecksumAlgorithm="CRC32C", ChecksumType="FULL_OBJECT")
+        if metadata:
+            kwargs["Metadata"] = dict(metadata)
+        r = self._call(
+            "CreateMultipartUpload",
+            lambda c: c.create_multipart_upload(**kwargs),
+            bucket=bucket,
+            key=key,
+        )
+        return r["UploadId"]
+
+    def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: Body,
+        *,
+        crc32c: int | None = None,
+    ) -> str:
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "Body": body,
+        }
+        if crc32c is not None and self.checksums:
+            kwargs["ChecksumCRC32C"] = _b64(crc32c)
+        r = self._call("UploadPart", lambda c: c.upload_part(**kwargs), bucket=bucket, key=key)
+        return r["ETag"]
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        parts: list[PartInfo] = []
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            r = self._call(
+                "ListParts",
+                lambda c: c.list_parts(**kwargs),
+                bucket=bucket,
+                key=key,
+            )
+            parts.extend(
+                PartInfo(p["PartNumber"], p["Size"], p["ETag"]) for p in r.get("Parts", [])
+            )
+            if not r.get("IsTruncated"):
+                return parts
+            kwargs["PartNumberMarker"] = int(r["NextPartNumberMarker"])
+
+    def complete_multipart(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str, int | None]],
+        *,
+        crc32c: int | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        listed: list[dict[str, Any]] = []
+        for number, etag, part_crc in parts:
+            entry: dict[str, Any] = {"PartNumber": number, "ETag": etag}
+            if part_crc is not None and self.checksums:
+                entry["ChecksumCRC32C"] = _b64(part_crc)
+            listed.append(entry)
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "MultipartUpload": {"Parts": listed},
+        }
+        if crc32c is not None and self.checksums:
+            kwargs.update(ChecksumCRC32C=_b64(crc32c), ChecksumType="FULL_OBJECT")
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        r = self._call(
+            "CompleteMultipartUpload",
+            lambda c: c.complete_multipart_upload(**kwargs),
+            bucket=bucket,
+            key=key,
+        )
+        return r.get("ETag", "")
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        with contextlib.suppress(NoSuchUpload):
+            self._call(
+                "AbortMultipartUpload",
+                lambda c: c.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id),
+                bucket=bucket,
+                key=key,
+            )
+
+    def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
+        out: list[UploadInfo] = []
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            r = self._call(
+                "ListMultipartUploads", lambda c: c.list_multipart_uploads(**kwargs), bucket=bucket
+            )
+            out.extend(
+                UploadInfo(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                for u in r.get("Uploads", [])
+            )
+            if not r.get("IsTruncated"):
+                return out
+            kwargs.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            r = self._call("ListObjectsV2", lambda c: c.list_objects_v2(**kwargs), bucket=bucket)
+            for item in r.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    etag=item.get("ETag", ""),
+                    last_modified=item["LastModified"].timestamp(),
+                )
+            if not r.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = r["NextContinuationToken"]
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._call(
+            "DeleteObject",
+            lambda c: c.delete_object(Bucket=bucket, Key=key),
+            bucket=bucket,
+            key=key,
+        )
+
+
+class _S3RangeReader(RangeReader):
+    """Reads a GetObject body straight into caller buffers.
+
+    botocore's StreamingBody wraps urllib3's response, which wraps http.client's; the
+    innermost one reads from the socket into the buffer we pass (``recv_into``), with no
+    intermediate bytes objects. Where that layer is not there (another HTTP stack), the
+    StreamingBody's own ``read`` is used.
+    """
+
+    def __init__(self, store: S3Store, body: Any, bucket: str, key: str) -> None:
+        self._store = store
+        self._body = body
+        self._bucket = bucket
+        self._key = key
+        raw = getattr(body, "_raw_stream", None)
+        fp = getattr(raw, "_fp", None)
+        self._raw = raw
+        self._fp = fp if isinstance(fp, http.client.HTTPResponse) else None
+        self._done = False
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Read what one ``recv`` gives (at most ``len(buffer)`` bytes).
+
+        One system call per read, on purpose: a buffered ``readinto`` loops until the
+        buffer is full, and when the connection breaks midway it raises and loses every
+        byte it had already copied — so a range cut every few hundred KiB would never
+        advance. Here each byte received is returned before the next read can fail.
+        """
+        try:
+            fp = self._fp
+            if fp is not None and not fp.chunked and fp.length is not None and fp.fp:
+                if fp.length == 0:
+                    n = 0
+                else:
+                    view = buffer[: min(len(buffer), fp.length)]
+                    n = fp.fp.readinto1(view)
+                    # Keep http.client's own bookkeeping, as its readinto would.
+                    fp.length -= n
+                    if n == 0 or fp.length == 0:
+                        fp._close_conn()  # type: ignore[attr-defined]
+            else:
+                data = fp.read1(len(buffer)) if fp is not None else self._body.read(len(buffer))
+                n = len(data)
+                buffer[:n] = data
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        if n == 0:
+            self._done = True
+        return n
+
+    def _fail(self, exc: BaseException) -> ModelhaulError:
+        return self._store.translate(exc, "GetObject", bucket=self._bucket, key=self._key)
+
+    def close(self) -> None:
+        try:
+            finished = self._done or (self._fp is not None and self._fp.isclosed())
+            if finished and self._raw is not None and hasattr(self._raw, "release_conn"):
+                self._raw.release_conn()
+            else:
+                # An unfinished body: drop the connection rather than drain it.
+                self._body.close()
+        except Exception:  # noqa: S110 - closing a broken connection may fail; nothing to do
+            pass

@@ -1,0 +1,309 @@
+"""``copy``: local <-> S3 and S3 -> S3, one object or a whole prefix, on one engine.
+
+This module turns locations into jobs; the engine (:mod:`modelhaul._engine`) runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig
+from .._core.errors import (
+    ConfigError,
+    InvalidURI,
+    LocalFileNotFound,
+    NoSuchKey,
+    ObjectChanged,
+    TransferFailed,
+)
+from .._core.uri import (
+    S3URI,
+    matches_filters,
+    parse_location,
+    parse_s3,
+    safe_join,
+    safe_relpath,
+)
+from .._store.base import ObjectStore, UploadInfo
+from .._store.factory import open_store
+from .download import DownloadJob
+from .engine import Engine, Job, ProgressSubscriber, TransferStats
+from .upload import LocalSource, ObjectSource, UploadJob
+
+__all__ = ["abort_uploads", "copy", "list_uploads"]
+
+log = logging.getLogger("modelhaul")
+
+# How often a file whose object was replaced mid-download is started again.
+MAX_RESTARTS = 3
+
+
+@dataclass
+class _Plan:
+    jobs: list[Job]
+    restart: list[Job]
+
+
+def _local_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """``(relative posix path, path)`` of every file under ``root``, sorted; symlinked
+    folders are not followed (they can loop)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(filenames):
+            path = base / name
+            if path.is_file():
+                yield path.relative_to(root).as_posix(), path
+
+
+def _dir_target(uri: S3URI) -> S3URI:
+    return uri if uri.is_prefix else S3URI(uri.bucket, uri.key + "/")
+
+
+def copy(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    recursive: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    profile: Profile | str | None = None,
+    src_profile: Profile | str | None = None,
+    dst_profile: Profile | str | None = None,
+    config: TransferConfig | None = None,
+    progress: Iterable[ProgressSubscriber] = (),
+    src_store: ObjectStore | None = None,
+    dst_store: ObjectStore | None = None,
+) -> TransferStats:
+    """Copy a file or object, or with ``recursive`` a folder or prefix.
+
+    ``src`` and ``dst`` are local paths or ``s3://bucket/key`` URIs. A destination that
+    ends in ``/`` (or is an existing folder) receives the source under its own name.
+
+    Args:
+        src: what to copy.
+        dst: where to.
+        recursive: copy every file under a folder, or every object under a prefix.
+        include: glob patterns (on the relative path or the file name) to keep.
+        exclude: glob patterns to skip.
+        profile: the profile for both sides (name, :class:`Profile`, or default).
+        src_profile: a different profile for an s3:// source.
+        dst_profile: a different profile for an s3:// destination.
+        config: transfer settings.
+        progress: subscribers that receive progress events.
+        src_store: an already-open store for the source (overrides profiles).
+        dst_store: an already-open store for the destination.
+
+    Returns:
+        What was moved: bytes, seconds, retries, bytes resumed.
+
+    Raises:
+        InvalidURI: a malformed location, or local to local.
+        LocalFileNotFound: the local source does not exist.
+        NoSuchKey: the source object (or every object under the prefix) is missing.
+        NoSuchBucket, AccessDenied, EndpointUnreachable, WrongRegion: from the store.
+        ChecksumMismatch: what arrived differs from what the source promised.
+        DiskFull: no room at the destination.
+        TransferFailed: parts of one or more files failed after all retries.
+    """
+    config = config or TransferConfig()
+    source = parse_location(str(src)) if not isinstance(src, Path) else src
+    target = parse_location(str(dst)) if not isinstance(dst, Path) else dst
+    dst_text = str(dst)
+    if isinstance(source, Path) and isinstance(target, Path):
+        raise InvalidURI(
+            f"both {src} and {dst} are local paths",
+            hint="one side must be s3://BUCKET/KEY; for local copies use cp",
+        )
+    store_in: ObjectStore | None = src_store
+    store_out: ObjectStore | None = dst_store
+    if isinstance(source, S3URI) and store_in is None:
+        store_in = open_store(src_profile or profile, config)
+    if isinstance(target, S3URI) and store_out is None:
+        store_out = (
+            store_in
+            if store_in is not None and dst_profile is None and src_store is None
+            else open_store(dst_profile or profile, config)
+        )
+
+    jobs = _plan(source, target, dst_text, recursive, include, exclude, store_in, store_out)
+    concurrency = config.concurrency or DEFAULT_CONCURRENCY
+    stats = TransferStats()
+    started = time.monotonic()
+    pending: list[Job] = jobs
+    for attempt in range(MAX_RESTARTS + 1):
+        engine = Engine(config, concurrency, progress)
+        try:
+            run = engine.run(pending)
+        except (ObjectChanged, TransferFailed):
+            # The engine records every failure, whether it raised one alone or a summary.
+            failures = engine.stats.failures
+            changed = {f.what for f in failures if isinstance(f.cause, ObjectChanged)}
+            _merge(stats, engine.stats)
+            if not changed or attempt == MAX_RESTARTS:
+                raise
+            for label in sorted(changed):
+                log.warning("%s was replaced during the transfer: starting it again", label)
+            stats.failures.extend(f for f in failures if f.what not in changed)
+            pending = [_again(j) for j in pending if j.label in changed]
+            continue
+        _merge(stats, run)
+        break
+    stats.seconds = time.monotonic() - started
+    if stats.failures:
+        raise TransferFailed(stats.failures)
+    return stats
+
+
+def _merge(total: TransferStats, part: TransferStats) -> None:
+    total.files += part.files
+    total.files_skipped += part.files_skipped
+    total.bytes += part.bytes
+    total.bytes_resumed += part.bytes_resumed
+    total.total_bytes = max(total.total_bytes, part.total_bytes)
+    total.retries += part.retries
+    total.peak_buffer_bytes = max(total.peak_buffer_bytes, part.peak_buffer_bytes)
+
+
+def _again(job: Job) -> Job:
+    """A fresh job for the same file, after its object was replaced."""
+    if isinstance(job, DownloadJob):
+        return DownloadJob(job.store, job.bucket, job.key, job.dest, label=job.label)
+    if isinstance(job, UploadJob) and isinstance(job.source, ObjectSource):
+        src = job.source
+        return UploadJob(
+            job.store,
+            job.bucket,
+            job.key,
+            ObjectSource(src.store, src.bucket, src.key),
+            label=job.label,
+        )
+    return job
+
+
+def _plan(
+    source: S3URI | Path,
+    target: S3URI | Path,
+    dst_text: str,
+    recursive: bool,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    store_in: ObjectStore | None,
+    store_out: ObjectStore | None,
+) -> list[Job]:
+    into_dir = dst_text.endswith("/") or (isinstance(target, Path) and target.is_dir())
+    jobs: list[Job] = []
+    if isinstance(source, Path):
+        assert isinstance(target, S3URI)
+        assert store_out is not None
+        if not source.exists():
+            raise LocalFileNotFound(f"{source} does not exist", hint="check the source path")
+        if recursive:
+            if not source.is_dir():
+                raise ConfigError(f"{source} is not a folder", hint="drop --recursive")
+            base = _dir_target(target)
+            for rel, path in _local_files(source):
+                if matches_filters(rel, include, exclude):
+                    dest = base.child(rel)
+                    jobs.append(UploadJob(store_out, dest.bucket, dest.key, LocalSource(path)))
+            return jobs
+        if source.is_dir():
+            raise ConfigError(f"{source} is a folder", hint="add --recursive to copy a folder")
+        dest = target.child(source.name) if target.is_prefix else target
+        return [UploadJob(store_out, dest.bucket, dest.key, LocalSource(source))]
+
+    assert store_in is not None
+    if recursive:
+        prefix = source.key if source.is_prefix else source.key + "/"
+        objects = [o for o in store_in.list(source.bucket, prefix) if not o.key.endswith("/")]
+        if not objects:
+            raise NoSuchKey(
+                f"no objects under s3://{source.bucket}/{prefix}",
+                hint="check the prefix (`modelhaul ls`)",
+                bucket=source.bucket,
+                key=prefix,
+            )
+        for info in objects:
+            rel = safe_relpath(info.key[len(prefix) :])
+            if not matches_filters(rel, include, exclude):
+                continue
+            if isinstance(target, Path):
+                jobs.append(
+                    DownloadJob(
+                        store_in, source.bucket, info.key, safe_join(target, rel), info=info
+                    )
+                )
+            else:
+                assert store_out is not None
+                dest = _dir_target(target).child(rel)
+                jobs.append(
+                    UploadJob(
+                        store_out,
+                        dest.bucket,
+                        dest.key,
+                        ObjectSource(store_in, source.bucket, info.key, info),
+                    )
+                )
+        return jobs
+    if source.is_prefix:
+        raise InvalidURI(
+            f"{source} names a prefix, not an object",
+            hint="add --recursive to copy everything under it",
+        )
+    name = source.key.rsplit("/", 1)[-1]
+    if isinstance(target, Path):
+        dest_path = target / name if into_dir else target
+        return [DownloadJob(store_in, source.bucket, source.key, dest_path)]
+    assert store_out is not None
+    dest = target.child(name) if target.is_prefix else target
+    return [
+        UploadJob(
+            store_out, dest.bucket, dest.key, ObjectSource(store_in, source.bucket, source.key)
+        )
+    ]
+
+
+def list_uploads(
+    uri: str,
+    *,
+    older_than: float = 0.0,
+    profile: Profile | str | None = None,
+    store: ObjectStore | None = None,
+) -> list[UploadInfo]:
+    """Incomplete multipart uploads under ``s3://bucket/prefix`` started over
+    ``older_than`` seconds ago.
+
+    Raises:
+        InvalidURI: not an s3:// URI.
+        NoSuchBucket, AccessDenied, EndpointUnreachable: from the store.
+    """
+    where = parse_s3(uri)
+    store = store or open_store(profile)
+    cutoff = time.time() - older_than
+    return [u for u in store.list_uploads(where.bucket, where.key) if u.initiated <= cutoff]
+
+
+def abort_uploads(
+    uri: str,
+    *,
+    older_than: float = 0.0,
+    profile: Profile | str | None = None,
+    store: ObjectStore | None = None,
+) -> list[UploadInfo]:
+    """Abort the uploads :func:`list_uploads` finds; return them.
+
+    Raises:
+        InvalidURI: not an s3:// URI.
+        NoSuchBucket, AccessDenied, EndpointUnreachable: from the store.
+    """
+    where = parse_s3(uri)
+    store = store or open_store(profile)
+    found = list_uploads(uri, older_than=older_than, store=store)
+    for u in found:
+        store.abort_multipart(where.bucket, u.key, u.upload_id)
+    return found
