@@ -6,24 +6,102 @@ from __future__ import annotations
 
 import modelhaul
 
-PUBLIC = """
-PRESETS AccessDenied BadContent CacheError Cancelled ChecksumMismatch ClockSkew ConfigError
-CredentialsExpired DiskFull EmbeddedServer EndpointUnreachable HubError IntegrityError
-InvalidRepoId InvalidSafetensors InvalidURI LocalFileNotFound LockTimeout ManifestError
-MissingExtra ModelhaulError NoCredentials NoSuchBucket NoSuchKey NoSuchModel NoSuchRevision
-NoSuchUpload NotCached NotFound ObjectChanged ObjectInfo ObjectStore PartFailure PartInfo
-PreconditionFailed Preset Profile ProgressSubscriber PushResult RangeReader RevisionConflict
-RevisionTampered S3Store ServeSettings ServerError ServerStartError SourceChanged SourcesFailed
-StoreError SyncAction SyncConfig SyncRepo SyncReport Throttled TransferBusy TransferConfig
-TransferFailed TransferStats TruncatedObject UnsafePath UnsafeSymlink UploadInfo WrongRegion
-__version__ abort_uploads copy list_uploads load_profile load_serve_settings load_sync_config
-open_store pull push serve_mirror server_status start_server stop_server sync_mirror
-""".split()
+PUBLIC = [
+    "PRESETS",
+    "AccessDenied",
+    "BadContent",
+    "CacheError",
+    "Cancelled",
+    "ChecksumMismatch",
+    "ClockSkew",
+    "ConfigError",
+    "CredentialsExpired",
+    "DiskFull",
+    "EmbeddedServer",
+    "EndpointUnreachable",
+    "HubError",
+    "IntegrityError",
+    "InvalidRepoId",
+    "InvalidSafetensors",
+    "InvalidURI",
+    "LocalFileNotFound",
+    "LockTimeout",
+    "ManifestError",
+    "MissingExtra",
+    "ModelhaulError",
+    "NoCredentials",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NoSuchModel",
+    "NoSuchRevision",
+    "NoSuchUpload",
+    "NotCached",
+    "NotFound",
+    "ObjectChanged",
+    "ObjectInfo",
+    "ObjectStore",
+    "PartFailure",
+    "PartInfo",
+    "PreconditionFailed",
+    "Preset",
+    "Profile",
+    "ProgressSubscriber",
+    "PushResult",
+    "RangeReader",
+    "RevisionConflict",
+    "RevisionTampered",
+    "S3Store",
+    "ServeSettings",
+    "ServerError",
+    "ServerStartError",
+    "SourceChanged",
+    "SourcesFailed",
+    "StoreError",
+    "SyncAction",
+    "SyncConfig",
+    "SyncRepo",
+    "SyncReport",
+    "Throttled",
+    "TransferBusy",
+    "TransferConfig",
+    "TransferFailed",
+    "TransferStats",
+    "TruncatedObject",
+    "UnsafePath",
+    "UnsafeSymlink",
+    "UploadInfo",
+    "WrongRegion",
+    "__version__",
+    "abort_uploads",
+    "copy",
+    "list_uploads",
+    "load_profile",
+    "load_serve_settings",
+    "load_sync_config",
+    "open_store",
+    "pull",
+    "push",
+    "serve_mirror",
+    "server_status",
+    "start_server",
+    "stop_server",
+    "sync_mirror",
+]
 
-TORCH_PUBLIC = """
-Checkpoint CheckpointManager ModelhaulCheckpointIO ObjectReader ObjectWriter S3IterableDataset
-S3MapDataset S3StorageReader S3StorageWriter load load_safetensors open
-""".split()
+TORCH_PUBLIC = [
+    "Checkpoint",
+    "CheckpointManager",
+    "ModelhaulCheckpointIO",
+    "ObjectReader",
+    "ObjectWriter",
+    "S3IterableDataset",
+    "S3MapDataset",
+    "S3StorageReader",
+    "S3StorageWriter",
+    "load",
+    "load_safetensors",
+    "open",
+]
 
 
 def test_modelhaul_all_is_the_pinned_list() -> None:
