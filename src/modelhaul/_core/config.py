@@ -1,13 +1,14 @@
 """Profiles, provider presets and transfer settings: every default lives here, once.
 
 A :class:`Profile` says which store to talk to and how. It is resolved once, when it is
-built, with the precedence *explicit argument > environment > modelhaul config file >
-``~/.aws`` profile > provider preset*. Nothing is read into module globals at import time.
+built, by the one settings resolver (:mod:`modelhaul._core.settings`), with the precedence
+*explicit argument > environment > modelhaul config file > ``~/.aws`` profile > provider
+preset*. Nothing is read into module globals at import time.
 
 The modelhaul config file is TOML, at ``$MODELHAUL_CONFIG`` or
 ``~/.config/modelhaul/config.toml``::
 
-    default_profile = "lab"
+    default_profile = "lab"               # MODELHAUL_PROFILE and AWS_PROFILE win over it
 
     [profiles.lab]
     provider = "minio"                    # aws, minio, seaweedfs, oss, obs, cos, kodo
@@ -22,21 +23,35 @@ that runs for hours outlives one-hour STS tokens.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, remember_secrets
+from .settings import (
+    ConfigFile,
+    Resolved,
+    Resolver,
+    Setting,
+    Source,
+    as_bool,
+    as_text,
+    as_url,
+    one_of,
+)
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
-
-__all__ = ["PRESETS", "Preset", "Profile", "TransferConfig", "as_bool", "load_profile"]
+__all__ = [
+    "PRESETS",
+    "PROFILE_SETTINGS",
+    "AwsProfiles",
+    "Preset",
+    "Profile",
+    "TransferConfig",
+    "load_profile",
+]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -129,8 +144,11 @@ class Profile:
         addressing_style: path or virtual-hosted requests.
         checksums: send CRC32C checksums and verify downloads against them.
         conditional_writes: the store honours ``If-None-Match: *``.
-        region_given: whether the region came from the user rather than a default,
-            so a wrong guess may be corrected from the bucket's own answer.
+        region_given: whether the region came from the user (argument, environment,
+            config file, ``~/.aws``) rather than the preset, so only a guess is
+            corrected from the bucket's own answer.
+        sources: where each field's value came from (``environment variable
+            AWS_REGION``, ``preset aws``...), for ``doctor`` and messages.
     """
 
     name: str = "default"
@@ -145,6 +163,7 @@ class Profile:
     checksums: bool = True
     conditional_writes: bool = True
     region_given: bool = False
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The CLI's log filter and error printer scrub these even when the profile was
@@ -158,7 +177,9 @@ class Profile:
 
     def with_region(self, region: str) -> Profile:
         """Return the same profile signing for ``region``."""
-        return replace(self, region=region, region_given=True)
+        return replace(
+            self, region=region, region_given=True, sources={**self.sources, "region": "argument"}
+        )
 
     def describe(self) -> str:
         """One line naming the profile without any secret."""
@@ -166,45 +187,62 @@ class Profile:
         return f"profile {self.name!r} ({self.provider}) at {where}"
 
 
-def config_path(env: Mapping[str, str] | None = None) -> Path:
-    """The modelhaul config file's location (it may not exist)."""
-    env = os.environ if env is None else env
-    if env.get("MODELHAUL_CONFIG"):
-        return Path(env["MODELHAUL_CONFIG"]).expanduser()
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "modelhaul" / "config.toml"
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse the config file; an absent file is an empty config.
-
-    Raises:
-        ConfigError: the file is not valid TOML.
-    """
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        return {}
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not valid TOML: {exc}",
-            hint="fix the file, or point MODELHAUL_CONFIG at another one",
-        ) from exc
-
-
-_PROFILE_KEYS = {
-    "provider",
-    "endpoint_url",
-    "region",
-    "access_key_id",
-    "secret_access_key",
-    "session_token",
-    "aws_profile",
-    "addressing_style",
-    "checksums",
-    "conditional_writes",
-}
+# Every setting of a profile: the environment variables and the key in [profiles.NAME].
+# A None default means "the provider preset's", filled in by load_profile.
+_NAME = Setting(
+    name="name",
+    parse=as_text,
+    default="default",
+    env=("MODELHAUL_PROFILE", "AWS_PROFILE"),
+    key="default_profile",
+)
+_PROVIDER: Setting[str | None] = Setting(
+    name="provider",
+    parse=one_of(*PRESETS, what="provider"),
+    default=None,
+    env=("MODELHAUL_PROVIDER",),
+)
+_ENDPOINT: Setting[str | None] = Setting(
+    name="endpoint_url",
+    parse=as_url,
+    default=None,
+    env=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+)
+_REGION: Setting[str | None] = Setting(
+    name="region", parse=as_text, default=None, env=("AWS_REGION", "AWS_DEFAULT_REGION")
+)
+_KEY_ID: Setting[str | None] = Setting(
+    name="access_key_id", parse=as_text, default=None, env=("AWS_ACCESS_KEY_ID",)
+)
+_SECRET: Setting[str | None] = Setting(
+    name="secret_access_key", parse=as_text, default=None, env=("AWS_SECRET_ACCESS_KEY",)
+)
+_TOKEN: Setting[str | None] = Setting(
+    name="session_token", parse=as_text, default=None, env=("AWS_SESSION_TOKEN",)
+)
+_AWS_PROFILE: Setting[str | None] = Setting(name="aws_profile", parse=as_text, default=None)
+_STYLE: Setting[str | None] = Setting(
+    name="addressing_style",
+    parse=one_of("path", "virtual", what="addressing_style"),
+    default=None,
+    env=("MODELHAUL_ADDRESSING_STYLE",),
+)
+_CHECKSUMS: Setting[bool | None] = Setting(
+    name="checksums", parse=as_bool, default=None, env=("MODELHAUL_CHECKSUMS",)
+)
+_CONDITIONAL: Setting[bool | None] = Setting(name="conditional_writes", parse=as_bool, default=None)
+PROFILE_SETTINGS: tuple[Setting[Any], ...] = (
+    _PROVIDER,
+    _ENDPOINT,
+    _REGION,
+    _KEY_ID,
+    _SECRET,
+    _TOKEN,
+    _AWS_PROFILE,
+    _STYLE,
+    _CHECKSUMS,
+    _CONDITIONAL,
+)
 
 
 def load_profile(
@@ -224,11 +262,12 @@ def load_profile(
     """Resolve a :class:`Profile` from arguments, environment, config file and presets.
 
     Precedence for every field: explicit argument > environment variable > the named
-    profile in the modelhaul config file > the provider preset's default.
+    profile in the modelhaul config file > the chosen ``~/.aws`` profile (its region) >
+    the provider preset's default. :attr:`Profile.sources` says where each value came from.
 
     Args:
-        name: profile name; else ``MODELHAUL_PROFILE``, the config's ``default_profile``,
-            ``AWS_PROFILE``, or ``default``.
+        name: profile name; else ``MODELHAUL_PROFILE``, ``AWS_PROFILE``, the config file's
+            ``default_profile``, or ``default``.
         provider: one of :data:`PRESETS`; else inferred from the endpoint, else ``aws``.
         endpoint_url: the store's URL.
         region: signing region.
@@ -241,99 +280,80 @@ def load_profile(
         config_file: config file to read instead of the default location.
 
     Raises:
-        ConfigError: an unknown provider or profile, or a malformed config file.
+        ConfigError: an unknown provider or profile, a malformed config file, or a value
+            that cannot be parsed (the message says where it came from).
     """
     env = os.environ if env is None else env
-    path = config_file or config_path(env)
-    data = read_config_file(path)
-    profiles = data.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise ConfigError(f"'profiles' in {path} must be a table", hint="see `modelhaul doctor`")
-
-    explicit_name = name or env.get("MODELHAUL_PROFILE")
-    chosen = explicit_name or data.get("default_profile") or env.get("AWS_PROFILE") or "default"
-    section = profiles.get(chosen, {})
-    if explicit_name and not section and explicit_name not in _aws_profiles(env):
+    file = ConfigFile.modelhaul(env, config_file)
+    top = Resolver(
+        [_NAME], env=env, table=file.data, where=file.where(), others=("profiles", "repo")
+    )
+    chosen = top.get(_NAME, name)
+    profiles = file.table("profiles")
+    aws = AwsProfiles.read(env)
+    if chosen.source.given and chosen.value not in profiles and chosen.value not in aws.names:
         known = ", ".join(sorted(profiles)) or "none"
         raise ConfigError(
-            f"no profile named {explicit_name!r} in {path} or ~/.aws (known: {known})",
-            hint=f"add [profiles.{explicit_name}] to {path}, or drop --profile",
+            f"no profile named {chosen.value!r} (from {chosen.source}) in {file.path} or "
+            f"~/.aws (known: {known})",
+            hint=f"add [profiles.{chosen.value}] to {file.path}, or name a known profile",
         )
-    unknown = set(section) - _PROFILE_KEYS
-    if unknown:
-        raise ConfigError(
-            f"profile {chosen!r} in {path} has unknown keys: {', '.join(sorted(unknown))}",
-            hint=f"valid keys are {', '.join(sorted(_PROFILE_KEYS))}",
-        )
+    section = file.table("profiles", chosen.value)
+    r = Resolver(
+        PROFILE_SETTINGS, env=env, table=section, where=file.where("profiles", chosen.value)
+    )
 
-    def pick(arg: Any, *env_names: str, key: str) -> Any:
-        if arg is not None:
-            return arg
-        for env_name in env_names:
-            if env.get(env_name):
-                return env[env_name]
-        return section.get(key)
+    endpoint = r.get(_ENDPOINT, endpoint_url)
+    guessed = Source("default", "guessed from the endpoint")
+    prov = r.get(_PROVIDER, provider, below=[Resolved(_guess_provider(endpoint.value), guessed)])
+    assert prov.value is not None  # the guess is never None
+    preset = PRESETS[prov.value]
+    from_preset = Source("preset", preset.name)
 
-    endpoint = pick(endpoint_url, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", key="endpoint_url")
-    prov = pick(provider, "MODELHAUL_PROVIDER", key="provider") or _guess_provider(endpoint)
-    if prov not in PRESETS:
-        raise ConfigError(
-            f"unknown provider {prov!r}",
-            hint=f"use one of: {', '.join(PRESETS)}",
-        )
-    preset = PRESETS[prov]
-    reg = pick(region, "AWS_REGION", "AWS_DEFAULT_REGION", key="region")
-    region_given = reg is not None
-    reg = reg or preset.default_region
-    if endpoint is None and preset.endpoint_template is not None:
-        endpoint = preset.endpoint_template.format(region=reg)
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"endpoint {endpoint!r} is not an http:// or https:// URL",
-            hint="write the endpoint with its scheme, e.g. http://127.0.0.1:8333",
-        )
-    style = pick(addressing_style, "MODELHAUL_ADDRESSING_STYLE", key="addressing_style")
-    style = style or preset.addressing_style
-    if style not in ("path", "virtual"):
-        raise ConfigError(f"addressing_style must be path or virtual, not {style!r}")
-    # A plain-IP or localhost endpoint cannot do virtual-hosted buckets.
-    if endpoint is not None and _is_local_host(endpoint):
-        style = "path"
-    sums = pick(checksums, "MODELHAUL_CHECKSUMS", key="checksums")
-    sums = preset.checksums if sums is None else as_bool(sums)
+    # The ~/.aws profile in effect: the one named by aws_profile, or one of the same name.
+    named = r.get(_AWS_PROFILE).value
+    aws_name = named or (chosen.value if chosen.value in aws.names else None)
+    aws_region = Resolved(aws.regions.get(aws_name or ""), aws.source(aws_name))
+    reg = r.get(_REGION, region, below=[aws_region, Resolved(preset.default_region, from_preset)])
+    assert reg.value is not None
+    if endpoint.value is None and preset.endpoint_template is not None:
+        endpoint = Resolved(preset.endpoint_template.format(region=reg.value), from_preset)
+        r.sources["endpoint_url"] = endpoint.source
+    style = r.get(_STYLE, addressing_style, below=[Resolved(preset.addressing_style, from_preset)])
+    if endpoint.value is not None and _is_local_host(endpoint.value) and style.value != "path":
+        # A plain-IP or localhost endpoint cannot do virtual-hosted buckets.
+        style = Resolved("path", Source("default", "an IP or localhost endpoint takes path style"))
+        r.sources["addressing_style"] = style.source
+    sums = r.get(_CHECKSUMS, checksums, below=[Resolved(preset.checksums, from_preset)])
+    cond = r.get(_CONDITIONAL, below=[Resolved(preset.conditional_writes, from_preset)])
 
-    key_id = pick(access_key_id, "AWS_ACCESS_KEY_ID", key="access_key_id")
-    secret = pick(secret_access_key, "AWS_SECRET_ACCESS_KEY", key="secret_access_key")
-    token = pick(session_token, "AWS_SESSION_TOKEN", key="session_token")
+    key_id = r.get(_KEY_ID, access_key_id).value
+    secret = r.get(_SECRET, secret_access_key).value
+    token = r.get(_TOKEN, session_token).value
     if bool(key_id) != bool(secret):
         raise ConfigError(
             "an access key id was given without its secret key, or the other way round",
             hint="set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither",
         )
-    aws_profile = section.get("aws_profile")
-    if aws_profile is None and not key_id and chosen in _aws_profiles(env):
-        aws_profile = chosen
+    # Credentials come from the ~/.aws profile only where no static key is given.
+    aws_profile = named or (aws_name if not key_id else None)
 
+    sources = {"name": str(chosen.source), **{k: str(v) for k, v in r.sources.items()}}
     return Profile(
-        name=chosen,
-        provider=prov,
-        endpoint_url=endpoint,
-        region=reg,
+        name=chosen.value,
+        provider=prov.value,
+        endpoint_url=endpoint.value,
+        region=reg.value,
         access_key_id=key_id,
         secret_access_key=secret,
         session_token=token,
         aws_profile=aws_profile,
-        addressing_style=style,
-        checksums=sums,
-        conditional_writes=as_bool(section.get("conditional_writes", preset.conditional_writes)),
-        region_given=region_given,
+        addressing_style="path" if style.value == "path" else "virtual",
+        checksums=bool(sums.value),
+        conditional_writes=bool(cond.value),
+        region_given=reg.source.given,
+        sources=sources,
     )
-
-
-def as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _guess_provider(endpoint: str | None) -> str:
@@ -360,24 +380,53 @@ def _is_local_host(endpoint: str) -> bool:
     return host == "localhost" or host.replace(".", "").isdigit() or ":" in host
 
 
-def _aws_profiles(env: Mapping[str, str]) -> set[str]:
-    """Names of profiles in ``~/.aws/config`` and ``~/.aws/credentials``."""
-    import configparser
+@dataclass(frozen=True)
+class AwsProfiles:
+    """What modelhaul reads of ``~/.aws``: the profile names, and each one's region.
 
-    names: set[str] = set()
-    paths = [
-        Path(env.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config"),
-        Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials"),
-    ]
-    for path in paths:
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read(path.expanduser())
-        except configparser.Error:
-            continue
-        for section in parser.sections():
-            names.add(section.removeprefix("profile ").strip())
-    return names
+    Everything else there (credentials, roles, SSO) is botocore's to read.
+
+    Attributes:
+        names: profiles in ``~/.aws/config`` and ``~/.aws/credentials``.
+        regions: each profile's ``region =`` in ``~/.aws/config``.
+        config_file: the config file's path (``AWS_CONFIG_FILE``).
+    """
+
+    names: frozenset[str]
+    regions: Mapping[str, str]
+    config_file: Path
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> AwsProfiles:
+        """Read ``AWS_CONFIG_FILE`` and ``AWS_SHARED_CREDENTIALS_FILE`` (or their defaults).
+
+        An absent or malformed file counts as empty here: botocore reports a malformed
+        one when it reads the credentials.
+        """
+        import botocore.configloader
+        import botocore.exceptions
+
+        home = Path.home() / ".aws"
+        config = Path(env.get("AWS_CONFIG_FILE") or home / "config").expanduser()
+        creds = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or home / "credentials").expanduser()
+        profiles: dict[str, Any] = {}
+        names: set[str] = set()
+        with contextlib.suppress(botocore.exceptions.BotoCoreError):
+            profiles = botocore.configloader.load_config(str(config)).get("profiles", {})
+        with contextlib.suppress(botocore.exceptions.BotoCoreError):
+            names.update(botocore.configloader.raw_config_parse(str(creds)))
+        names.update(profiles)
+        regions = {
+            name: str(values["region"])
+            for name, values in profiles.items()
+            if isinstance(values, dict) and values.get("region")
+        }
+        return cls(frozenset(names), regions, config)
+
+    def source(self, name: str | None) -> Source:
+        """Where the named profile's settings come from."""
+        section = "default" if name == "default" else f"profile {name}"
+        return Source("~/.aws", f"{self.config_file} [{section}] region")
 
 
 @dataclass(frozen=True)

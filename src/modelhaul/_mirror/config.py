@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._core.config import read_config_file
 from .._core.errors import ConfigError
+from .._core.settings import ConfigFile, Resolved, Resolver, Setting, Source, as_count, as_text
 from .._core.uri import parse_s3
 from .._repo.manifest import check_revision, parse_repo_id
 
@@ -54,18 +54,51 @@ class SyncConfig:
     cold_storage_class: str | None = None
 
 
-def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
+def _strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {name!r} must be a list of strings", hint=f'{name} = ["..."]')
+        raise ConfigError(f"{value!r} is not a list of strings", hint='write e.g. ["*.json"]')
     return tuple(value)
 
 
-def _count(value: Any, where: str, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{where}: {name!r} must be a whole number >= 0", hint=f"{name} = 3")
+def _revisions(value: Any) -> tuple[str, ...]:
+    revisions = _strings(value)
+    for rev in revisions:
+        check_revision(rev)
+    return revisions
+
+
+def _repo_tables(value: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+        raise ConfigError("no [[repos]] tables", hint='add [[repos]] with id = "ORG/NAME"')
+    return tuple(value)
+
+
+def _cold_class(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a storage class", hint="e.g. STANDARD_IA")
     return value
+
+
+# The file's top level; ``origin`` and ``keep`` are also the defaults of every [[repos]].
+_MIRROR: Setting[str | None] = Setting(name="mirror", parse=as_text, default=None)
+_ORIGIN = Setting(name="origin", parse=as_text, default="hf")
+_KEEP = Setting(name="keep", parse=as_count, default=0)
+_COLD_AFTER = Setting(name="cold_after", parse=as_count, default=0)
+_COLD_CLASS: Setting[str | None] = Setting(
+    name="cold_storage_class", parse=_cold_class, default=None
+)
+_REPOS: Setting[tuple[dict[str, Any], ...]] = Setting(name="repos", parse=_repo_tables, default=())
+# One [[repos]] table.
+_ID: Setting[str | None] = Setting(name="id", parse=as_text, default=None)
+_REVISIONS: Setting[tuple[str, ...]] = Setting(
+    name="revisions", parse=_revisions, default=("main",)
+)
+_INCLUDE: Setting[tuple[str, ...]] = Setting(name="include", parse=_strings, default=())
+_EXCLUDE: Setting[tuple[str, ...]] = Setting(name="exclude", parse=_strings, default=())
+SYNC_SETTINGS = (_MIRROR, _ORIGIN, _KEEP, _COLD_AFTER, _COLD_CLASS, _REPOS)
+SYNC_REPO_SETTINGS = (_ID, _REVISIONS, _INCLUDE, _EXCLUDE, _ORIGIN, _KEEP)
 
 
 def load_sync_config(path: str | Path, *, mirror: str | None = None) -> SyncConfig:
@@ -78,51 +111,37 @@ def load_sync_config(path: str | Path, *, mirror: str | None = None) -> SyncConf
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"no sync config at {file}", hint="see `modelhaul mirror sync --help`")
-    data = read_config_file(file)
-    where = str(file)
-    top = {"mirror", "origin", "keep", "cold_after", "cold_storage_class", "repos"}
-    if set(data) - top:
-        raise ConfigError(
-            f"{where} has unknown keys: {', '.join(sorted(set(data) - top))}",
-            hint=f"valid keys are {', '.join(sorted(top))}",
-        )
-    uri = mirror or data.get("mirror")
-    if not isinstance(uri, str):
-        raise ConfigError(f"{where} names no mirror", hint='add mirror = "s3://BUCKET/PREFIX"')
+    config = ConfigFile.read(file)
+    # A sync config is a file of its own: no environment variable reaches into it.
+    top = Resolver(SYNC_SETTINGS, env={}, table=config.data, where=config.where())
+    uri = top.get(_MIRROR, mirror).value
+    if uri is None:
+        raise ConfigError(f"{file} names no mirror", hint='add mirror = "s3://BUCKET/PREFIX"')
     parse_s3(uri)
-    origin = str(data.get("origin", "hf"))
-    keep = _count(data.get("keep", 0), where, "keep")
-    items = data.get("repos")
-    if not isinstance(items, list) or not items:
-        raise ConfigError(f"{where} lists no repos", hint='add [[repos]] with id = "ORG/NAME"')
+    origin = top.get(_ORIGIN)
+    keep = top.get(_KEEP)
+    inherited = [Resolved(origin.value, Source("inherited", "from the top level"))]
+    kept = [Resolved(keep.value, Source("inherited", "from the top level"))]
     repos = []
-    known = {"id", "revisions", "include", "exclude", "origin", "keep"}
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+    items = top.get(_REPOS).value
+    if not items:
+        raise ConfigError(f"{file} lists no repos", hint='add [[repos]] with id = "ORG/NAME"')
+    for n, item in enumerate(items, 1):
+        name = item.get("id")
+        where = config.where("repos") + (f" {name}" if isinstance(name, str) else f" #{n}")
+        r = Resolver(SYNC_REPO_SETTINGS, env={}, table=item, where=where)
+        repo_id = r.get(_ID).value
+        if repo_id is None:
             raise ConfigError(f"{where}: every [[repos]] needs an id", hint='id = "ORG/NAME"')
-        if set(item) - known:
-            raise ConfigError(
-                f"{where}: [[repos]] {item['id']} has unknown keys: "
-                f"{', '.join(sorted(set(item) - known))}",
-                hint=f"valid keys are {', '.join(sorted(known))}",
-            )
-        repo, _ = parse_repo_id(item["id"])
-        revisions = _strings(item.get("revisions", ["main"]), where, "revisions")
-        for rev in revisions:
-            check_revision(rev)
+        repo, _ = parse_repo_id(repo_id)
         repos.append(
             SyncRepo(
                 str(repo),
-                revisions,
-                _strings(item.get("include", []), where, "include"),
-                _strings(item.get("exclude", []), where, "exclude"),
-                str(item.get("origin", origin)),
-                _count(item.get("keep", keep), where, "keep"),
+                r.get(_REVISIONS).value,
+                r.get(_INCLUDE).value,
+                r.get(_EXCLUDE).value,
+                r.get(_ORIGIN, below=inherited).value,
+                r.get(_KEEP, below=kept).value,
             )
         )
-    cold = data.get("cold_storage_class")
-    if cold is not None and not isinstance(cold, str):
-        raise ConfigError(f"{where}: cold_storage_class must be a string", hint="e.g. STANDARD_IA")
-    return SyncConfig(
-        uri, tuple(repos), _count(data.get("cold_after", 0), where, "cold_after"), cold
-    )
+    return SyncConfig(uri, tuple(repos), top.get(_COLD_AFTER).value, top.get(_COLD_CLASS).value)

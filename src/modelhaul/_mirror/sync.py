@@ -43,8 +43,9 @@ from typing import Any
 
 from .._core.config import TransferConfig
 from .._core.errors import ModelhaulError, NoSuchKey
+from .._core.settings import Resolver
 from .._core.uri import matches_filters, safe_join
-from .._repo.hub import HubFile, HuggingFaceHub, OriginHub, make_hub
+from .._repo.hub import HF_TOKEN, HUB_SETTINGS, HubFile, HuggingFaceHub, OriginHub, make_hub
 from .._repo.manifest import RepoId, parse_repo_id
 from .._repo.mirror import SYNC_STATUS_NAME, Mirror
 from .._repo.pull import PlannedFile, verify_origin_file
@@ -120,7 +121,7 @@ class SyncReport:
 
 def _hub(origin: str, env: Mapping[str, str]) -> OriginHub:
     if origin.startswith(("http://", "https://")):
-        return HuggingFaceHub(origin, env.get("HF_TOKEN") or None)
+        return HuggingFaceHub(origin, Resolver(HUB_SETTINGS, env=env).get(HF_TOKEN).value)
     return make_hub(origin, env)
 
 

@@ -11,22 +11,59 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._core.errors import HubError, MissingExtra, ModelhaulError, NoSuchModel, NoSuchRevision
+from .._core.errors import (
+    ConfigError,
+    HubError,
+    MissingExtra,
+    ModelhaulError,
+    NoSuchModel,
+    NoSuchRevision,
+)
+from .._core.settings import Resolver, Setting, as_text, as_url
 from .._core.uri import safe_join, safe_relpath
 from .manifest import RepoId
 
-__all__ = ["HubFile", "HubRevision", "HuggingFaceHub", "ModelScopeHub", "OriginHub", "make_hub"]
+__all__ = [
+    "HF_ENDPOINT",
+    "HF_TOKEN",
+    "HUB_SETTINGS",
+    "HubFile",
+    "HubRevision",
+    "HuggingFaceHub",
+    "ModelScopeHub",
+    "OriginHub",
+    "make_hub",
+]
 
 log = logging.getLogger("modelhaul.hub")
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 MS_DEFAULT_ENDPOINT = "https://modelscope.cn"
+
+# The hubs' own environment variables, the ones their client libraries read too; no config
+# file holds them.
+HF_ENDPOINT = Setting(
+    name="hf_endpoint", parse=as_url, default=HF_DEFAULT_ENDPOINT, env=("HF_ENDPOINT",), key=None
+)
+HF_TOKEN: Setting[str | None] = Setting(
+    name="hf_token", parse=as_text, default=None, env=("HF_TOKEN",), key=None
+)
+MS_ENDPOINT = Setting(
+    name="modelscope_endpoint",
+    parse=as_text,
+    default=MS_DEFAULT_ENDPOINT,
+    env=("MODELSCOPE_DOMAIN",),
+    key=None,
+)
+MS_TOKEN: Setting[str | None] = Setting(
+    name="modelscope_token", parse=as_text, default=None, env=("MODELSCOPE_API_TOKEN",), key=None
+)
+HUB_SETTINGS = (HF_ENDPOINT, HF_TOKEN, MS_ENDPOINT, MS_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -265,17 +302,13 @@ def make_hub(name: str, env: Mapping[str, str] | None = None) -> OriginHub:
     """An origin hub by name (``hf``, ``modelscope``), configured from the environment.
 
     Raises:
-        ConfigError: an unknown hub name.
+        ConfigError: an unknown hub name, or a malformed ``HF_ENDPOINT``.
     """
-    from .._core.errors import ConfigError
-
-    env = os.environ if env is None else env
+    r = Resolver(HUB_SETTINGS, env=env)
     if name in ("hf", "huggingface"):
-        return HuggingFaceHub(env.get("HF_ENDPOINT") or None, env.get("HF_TOKEN") or None)
+        return HuggingFaceHub(r.get(HF_ENDPOINT).value, r.get(HF_TOKEN).value)
     if name in ("modelscope", "ms"):
-        return ModelScopeHub(
-            env.get("MODELSCOPE_DOMAIN") or None, env.get("MODELSCOPE_API_TOKEN") or None
-        )
+        return ModelScopeHub(r.get(MS_ENDPOINT).value, r.get(MS_TOKEN).value)
     raise ConfigError(
         f"unknown origin {name!r}", hint="use --origin hf, --origin modelscope or --origin none"
     )

@@ -1,7 +1,8 @@
 """Settings of pulls and pushes: sources, cache, write-back. Built once, typed, every
-default here; precedence explicit argument > environment > config file > default.
+default here; resolved by the one settings resolver (:mod:`modelhaul._core.settings`) with
+the precedence explicit argument > environment > config file > default.
 
-In the modelhaul config file (see :mod:`modelhaul._config`)::
+In the modelhaul config file (see :mod:`modelhaul._core.config`)::
 
     [repo]
     mirrors = ["s3://team-models/mirror", { uri = "s3://other/m", profile = "lab" }]
@@ -9,23 +10,34 @@ In the modelhaul config file (see :mod:`modelhaul._config`)::
     cache_dir = "/data/modelhaul" # else MODELHAUL_CACHE, else ~/.cache/modelhaul
     cache_size = "500GB"          # after each pull, least recently used revisions go
     write_back = false            # push what came from an origin into the first mirror
-    lock_timeout = 1800           # seconds to wait for a live lock holder
+    lock_timeout = 1800           # seconds (or "30m") to wait for a live lock holder
+    verify = "crc32c"             # or sha256
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._core.config import as_bool, config_path, read_config_file
 from .._core.errors import ConfigError
-from .._core.units import parse_size
+from .._core.settings import (
+    DEFAULT,
+    ConfigFile,
+    Resolved,
+    Resolver,
+    Setting,
+    as_bool,
+    as_duration,
+    as_list,
+    as_path,
+    as_size,
+    one_of,
+)
 from .cache import default_cache_dir
 
-__all__ = ["MirrorSpec", "RepoSettings", "load_repo_settings"]
+__all__ = ["REPO_SETTINGS", "MirrorSpec", "RepoSettings", "load_repo_settings"]
 
 DEFAULT_ORIGINS = ("hf",)
 DEFAULT_LOCK_TIMEOUT = 1800.0
@@ -71,21 +83,67 @@ class RepoSettings:
     verify: str = "crc32c"
 
 
-def _mirror_specs(value: Any, where: str) -> tuple[MirrorSpec, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: 'mirrors' must be a list", hint='e.g. mirrors = ["s3://b/p"]')
-    out = []
-    for item in value:
-        if isinstance(item, str):
-            out.append(MirrorSpec(item))
-        elif isinstance(item, dict) and isinstance(item.get("uri"), str):
-            out.append(MirrorSpec(item["uri"], item.get("profile")))
-        else:
-            raise ConfigError(
-                f"{where}: a mirror must be a URI or {{ uri = ..., profile = ... }}",
-                hint='e.g. mirrors = ["s3://team/models"]',
-            )
-    return tuple(out)
+def _mirror_spec(item: Any) -> MirrorSpec:
+    if isinstance(item, str) and item.strip():
+        return MirrorSpec(item.strip())
+    if (
+        isinstance(item, dict)
+        and isinstance(item.get("uri"), str)
+        and set(item) <= {"uri", "profile"}
+    ):
+        profile = item.get("profile")
+        if profile is None or isinstance(profile, str):
+            return MirrorSpec(item["uri"], profile)
+    raise ConfigError(
+        f"{item!r} is not a mirror: write a URI or {{ uri = ..., profile = ... }}",
+        hint='e.g. mirrors = ["s3://team/models"]',
+    )
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    # "none" is how an empty list is written on the command line and in the environment.
+    names = as_list(one_of("hf", "huggingface", "modelscope", "ms", "none", what="origin"))(value)
+    return tuple(n for n in names if n != "none")
+
+
+_MIRRORS: Setting[tuple[MirrorSpec, ...]] = Setting(
+    name="mirrors", parse=as_list(_mirror_spec), default=(), env=("MODELHAUL_MIRRORS",)
+)
+_ORIGINS: Setting[tuple[str, ...]] = Setting(
+    name="origins",
+    parse=_origins,
+    default=DEFAULT_ORIGINS,
+    env=("MODELHAUL_ORIGINS",),
+    empty_env=True,
+)
+# The default depends on XDG_CACHE_HOME: load_repo_settings passes it as the layer below.
+_CACHE_DIR: Setting[Path | None] = Setting(
+    name="cache_dir", parse=as_path, default=None, env=("MODELHAUL_CACHE",)
+)
+_CACHE_SIZE: Setting[int | None] = Setting(name="cache_size", parse=as_size, default=None)
+_WRITE_BACK = Setting(
+    name="write_back", parse=as_bool, default=False, env=("MODELHAUL_WRITE_BACK",)
+)
+_OFFLINE = Setting(
+    name="offline", parse=as_bool, default=False, env=("MODELHAUL_OFFLINE",), key=None
+)
+_LOCK_TIMEOUT = Setting(name="lock_timeout", parse=as_duration, default=DEFAULT_LOCK_TIMEOUT)
+_VERIFY = Setting(
+    name="verify",
+    parse=one_of("crc32c", "sha256", what="verification"),
+    default="crc32c",
+    env=("MODELHAUL_VERIFY",),
+)
+REPO_SETTINGS: tuple[Setting[Any], ...] = (
+    _MIRRORS,
+    _ORIGINS,
+    _CACHE_DIR,
+    _CACHE_SIZE,
+    _WRITE_BACK,
+    _OFFLINE,
+    _LOCK_TIMEOUT,
+    _VERIFY,
+)
 
 
 def load_repo_settings(
@@ -103,80 +161,20 @@ def load_repo_settings(
     """Resolve :class:`RepoSettings`; arguments left None come from elsewhere.
 
     Raises:
-        ConfigError: a malformed ``[repo]`` section or value.
+        ConfigError: a malformed ``[repo]`` section or value (the message says where it
+            came from).
     """
-    env = os.environ if env is None else env
-    path = config_file or config_path(env)
-    section = read_config_file(path).get("repo", {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"'repo' in {path} must be a table", hint="see `modelhaul pull -h`")
-    known = {
-        "mirrors",
-        "origins",
-        "cache_dir",
-        "cache_size",
-        "write_back",
-        "lock_timeout",
-        "verify",
-    }
-    unknown = set(section) - known
-    if unknown:
-        raise ConfigError(
-            f"[repo] in {path} has unknown keys: {', '.join(sorted(unknown))}",
-            hint=f"valid keys are {', '.join(sorted(known))}",
-        )
-
-    if mirrors is not None:
-        mirror_specs = tuple(MirrorSpec(m) for m in mirrors)
-    elif env.get("MODELHAUL_MIRRORS"):
-        mirror_specs = tuple(
-            MirrorSpec(m.strip()) for m in env["MODELHAUL_MIRRORS"].split(",") if m.strip()
-        )
-    else:
-        mirror_specs = _mirror_specs(section.get("mirrors", []), str(path))
-
-    if origins is not None:
-        origin_list = tuple(o for o in origins if o != "none")
-    elif env.get("MODELHAUL_ORIGINS") is not None:
-        origin_list = tuple(
-            o.strip() for o in env["MODELHAUL_ORIGINS"].split(",") if o.strip() not in ("", "none")
-        )
-    else:
-        origin_list = tuple(section.get("origins", DEFAULT_ORIGINS))
-    for o in origin_list:
-        if o not in ("hf", "huggingface", "modelscope", "ms"):
-            raise ConfigError(f"unknown origin {o!r}", hint="use hf, modelscope or none")
-
-    if cache_dir is not None:
-        cache = Path(cache_dir).expanduser()
-    elif env.get("MODELHAUL_CACHE"):
-        cache = default_cache_dir(env)
-    elif section.get("cache_dir"):
-        cache = Path(str(section["cache_dir"])).expanduser()
-    else:
-        cache = default_cache_dir(env)
-
-    size = section.get("cache_size")
-    cache_size = parse_size(str(size)) if size is not None else None
-    wb = write_back
-    if wb is None:
-        wb = as_bool(env.get("MODELHAUL_WRITE_BACK") or section.get("write_back", False))
-    off = offline
-    if off is None:
-        off = as_bool(env.get("MODELHAUL_OFFLINE") or False)
-    timeout = lock_timeout
-    if timeout is None:
-        timeout = float(section.get("lock_timeout", DEFAULT_LOCK_TIMEOUT))
-    check = verify or env.get("MODELHAUL_VERIFY") or str(section.get("verify", "crc32c"))
-    if check not in ("crc32c", "sha256"):
-        raise ConfigError(f"unknown verification {check!r}", hint="use crc32c or sha256")
+    file = ConfigFile.modelhaul(env, config_file)
+    r = Resolver(REPO_SETTINGS, env=env, table=file.table("repo"), where=file.where("repo"))
+    cache = r.get(_CACHE_DIR, cache_dir, below=[Resolved(default_cache_dir(r.env), DEFAULT)])
+    assert cache.value is not None
     return RepoSettings(
-        verify=check,
-        mirrors=mirror_specs,
-        origins=origin_list,
-        cache_dir=cache,
-        cache_size=cache_size,
-        write_back=wb,
-        offline=off,
-        lock_timeout=timeout,
+        mirrors=r.get(_MIRRORS, mirrors).value,
+        origins=r.get(_ORIGINS, origins).value,
+        cache_dir=cache.value,
+        cache_size=r.get(_CACHE_SIZE).value,
+        write_back=r.get(_WRITE_BACK, write_back).value,
+        offline=r.get(_OFFLINE, offline).value,
+        lock_timeout=r.get(_LOCK_TIMEOUT, lock_timeout).value,
+        verify=r.get(_VERIFY, verify).value,
     )

@@ -2,7 +2,8 @@
 revision (mirror first, then the origin hub), and its counters. The HTTP layer is in
 :mod:`modelhaul._serve_app`; fetching from the origin in :mod:`modelhaul._serve_origin`.
 
-Settings (explicit argument > environment > default)::
+Settings, resolved by the one settings resolver (:mod:`modelhaul._core.settings`) with
+the precedence explicit argument > environment > default (no config file)::
 
     --mirror s3://BUCKET/PREFIX     MODELHAUL_SERVE_MIRROR   (required)
     --origin hf|URL|none            MODELHAUL_SERVE_ORIGIN   hf: HF_ENDPOINT or huggingface.co
@@ -14,23 +15,25 @@ Settings (explicit argument > environment > default)::
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .._core.config import TransferConfig
 from .._core.errors import ConfigError, NoSuchKey, NoSuchModel, NoSuchRevision
+from .._core.settings import Resolver, Setting, as_port, as_text, as_url
 from .._core.uri import parse_s3
-from .._repo.hub import HF_DEFAULT_ENDPOINT, HubFile, HubRevision, HuggingFaceHub
+from .._repo.hub import HF_ENDPOINT, HF_TOKEN, HubFile, HubRevision, HuggingFaceHub
 from .._repo.manifest import Manifest, RepoId
 from .._repo.mirror import SYNC_STATUS_NAME, Mirror, RepoSummary
 from .._store.base import ObjectStore
 from .origin import WriteThrough
 
 __all__ = [
+    "SERVE_SETTINGS",
     "MirrorService",
     "ServeSettings",
     "ServedFile",
@@ -72,6 +75,36 @@ class ServeSettings:
     spool_dir: Path | None = None
 
 
+def _origin_choice(value: Any) -> str:
+    choice = as_text(value).strip()
+    if choice in ("none", "hf", "huggingface"):
+        return choice
+    if choice.startswith(("http://", "https://")):
+        return as_url(choice)
+    raise ConfigError(
+        f"unknown origin {choice!r}",
+        hint="use --origin hf, --origin none, or the URL of a Hugging Face-compatible hub",
+    )
+
+
+_MIRROR: Setting[str | None] = Setting(
+    name="mirror", parse=as_text, default=None, env=("MODELHAUL_SERVE_MIRROR",), key=None
+)
+_ORIGIN = Setting(
+    name="origin", parse=_origin_choice, default="hf", env=("MODELHAUL_SERVE_ORIGIN",), key=None
+)
+_HOST = Setting(
+    name="host", parse=as_text, default=DEFAULT_HOST, env=("MODELHAUL_SERVE_HOST",), key=None
+)
+_PORT = Setting(
+    name="port", parse=as_port, default=DEFAULT_PORT, env=("MODELHAUL_SERVE_PORT",), key=None
+)
+_TOKEN: Setting[str | None] = Setting(
+    name="token", parse=as_text, default=None, env=("MODELHAUL_SERVE_TOKEN",), key=None
+)
+SERVE_SETTINGS = (_MIRROR, _ORIGIN, _HOST, _PORT, _TOKEN, HF_ENDPOINT, HF_TOKEN)
+
+
 def load_serve_settings(
     *,
     mirror: str | None = None,
@@ -84,36 +117,31 @@ def load_serve_settings(
     """Resolve :class:`ServeSettings`; arguments left None come from the environment.
 
     Raises:
-        ConfigError: no mirror, or an origin that is not ``hf``, ``none`` or a URL.
+        ConfigError: no mirror, an origin that is not ``hf``, ``none`` or a URL, or a
+            port that is not one.
         InvalidURI: the mirror is not ``s3://BUCKET[/PREFIX]``.
     """
-    env = os.environ if env is None else env
-    uri = mirror or env.get("MODELHAUL_SERVE_MIRROR")
+    r = Resolver(SERVE_SETTINGS, env=env)
+    uri = r.get(_MIRROR, mirror).value
     if not uri:
         raise ConfigError(
             "serve needs a mirror", hint="pass --mirror s3://BUCKET/PREFIX (the synced mirror)"
         )
     parse_s3(uri)
-    choice = origin or env.get("MODELHAUL_SERVE_ORIGIN") or "hf"
+    choice = r.get(_ORIGIN, origin).value
     if choice == "none":
         origin_url = None
     elif choice in ("hf", "huggingface"):
-        origin_url = (env.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).rstrip("/")
-    elif choice.startswith(("http://", "https://")):
-        origin_url = choice.rstrip("/")
+        origin_url = r.get(HF_ENDPOINT).value
     else:
-        raise ConfigError(
-            f"unknown origin {choice!r}",
-            hint="use --origin hf, --origin none, or the URL of a Hugging Face-compatible hub",
-        )
-    port_text = env.get("MODELHAUL_SERVE_PORT")
+        origin_url = choice
     return ServeSettings(
         mirror=uri,
         origin=origin_url,
-        origin_token=env.get("HF_TOKEN") or None,
-        host=host or env.get("MODELHAUL_SERVE_HOST") or DEFAULT_HOST,
-        port=port if port is not None else int(port_text) if port_text else DEFAULT_PORT,
-        token=token or env.get("MODELHAUL_SERVE_TOKEN") or None,
+        origin_token=r.get(HF_TOKEN).value or None,
+        host=r.get(_HOST, host).value or DEFAULT_HOST,
+        port=r.get(_PORT, port).value,
+        token=r.get(_TOKEN, token).value or None,
     )
 
 
