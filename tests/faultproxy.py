@@ -23,6 +23,14 @@ the requests it matches (by method and by a substring of the target), up to its 
 ``slowdown503``
     answer ``503 SlowDown`` without forwarding.
 
+Apart from the faults, the proxy can play a bucket that lives in another AWS region
+(``bucket_region``): a request signed for any other region (the region in its SigV4
+credential scope) gets exactly what AWS answers — ``301 PermanentRedirect`` (a path-style
+request to the wrong regional endpoint) or ``400 AuthorizationHeaderMalformed`` (the
+global endpoint), both with ``x-amz-bucket-region``, HEAD answers without a body — and is
+not forwarded; requests signed for ``bucket_region`` go through. :attr:`FaultProxy.signed`
+records the region each request was signed for.
+
 The cut falls 10-90% (seeded) into the body; where a response has no body (HEAD,
 UploadPart, 204), in the middle of the headers; with ``Fault.cut_after``, right after
 given bytes of the head.
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import email.utils
 import fcntl
 import random
 import socket
@@ -46,9 +55,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["MODES", "Fault", "FaultProxy"]
+__all__ = ["MODES", "WRONG_REGION_ANSWERS", "Fault", "FaultProxy"]
 
 MODES = ("reset", "error500", "slowdown503", "stall", "truncate")
+WRONG_REGION_ANSWERS = ("PermanentRedirect", "AuthorizationHeaderMalformed")
 
 _MAX_HEAD = 64 * 1024
 _CHUNK = 64 * 1024
@@ -177,6 +187,14 @@ def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
     return lines[0], headers
 
 
+def _signing_region(authorization: str) -> str | None:
+    """The region of a SigV4 ``Authorization`` header's credential scope
+    (``Credential=KEY/DATE/REGION/s3/aws4_request``)."""
+    _, found, rest = authorization.partition("Credential=")
+    scope = rest.split(",", 1)[0].split("/")
+    return scope[2] if found and len(scope) >= 5 else None
+
+
 class FaultProxy:
     """A threaded fault-injecting proxy in front of ``upstream_host:upstream_port``.
 
@@ -186,6 +204,10 @@ class FaultProxy:
         faults: the faults to inject; change them later with :meth:`set_faults`.
         seed: seeds the RNG that picks faulty requests and cut points.
         stall_seconds: how long a ``stall`` stays silent.
+        bucket_region: play every bucket as living in this AWS region (see the module
+            docstring); None forwards requests signed for any region.
+        wrong_region_answer: what a request signed for another region gets, one of
+            :data:`WRONG_REGION_ANSWERS`.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -198,9 +220,16 @@ class FaultProxy:
         *,
         seed: int = 0,
         stall_seconds: float = 3.0,
+        bucket_region: str | None = None,
+        wrong_region_answer: str = "PermanentRedirect",
     ) -> None:
         if upstream_host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fault proxy only forwards to loopback")
+        if wrong_region_answer not in WRONG_REGION_ANSWERS:
+            raise ValueError(f"unknown wrong-region answer {wrong_region_answer!r}")
+        self.bucket_region = bucket_region
+        self.wrong_region_answer = wrong_region_answer
+        self._signed: list[tuple[str, str, str | None]] = []
         self.upstream = (upstream_host, upstream_port)
         self.stall_seconds = stall_seconds
         self._faults: tuple[Fault, ...] = tuple(faults)
@@ -262,6 +291,12 @@ class FaultProxy:
         """``(method, target, fault or None)`` of every request, in arrival order."""
         with self._lock:
             return list(self._log)
+
+    @property
+    def signed(self) -> list[tuple[str, str, str | None]]:
+        """``(method, target, region signed for or None)`` of every request, in order."""
+        with self._lock:
+            return list(self._signed)
 
     @staticmethod
     def _pick(
@@ -423,9 +458,17 @@ class FaultProxy:
         client_close = headers.get("connection", "").lower() == "close"
         fault, frac = self._choose(method, target)
         mode = fault.mode if fault is not None else None
+        region = _signing_region(headers.get("authorization", ""))
+        with self._lock:
+            self._signed.append((method, target, region))
         if headers.get("expect", "").lower() == "100-continue":
             # Answered here, so the body comes at once; upstream's own 100 is dropped.
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        bucket = target.split("?", 1)[0].lstrip("/").split("/", 1)[0]
+        if self.bucket_region is not None and bucket and region != self.bucket_region:
+            self._relay_body(reader, headers, None)  # read and dropped, as AWS does
+            self._send_wrong_region(client, method, bucket, region)
+            return not client_close
         if mode in ("error500", "slowdown503"):
             self._relay_body(reader, headers, None)  # read and dropped
             self._send_error(client, method, target, mode)
@@ -477,6 +520,41 @@ class FaultProxy:
             f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n"
             f"Content-Length: {len(xml)}\r\nx-amz-request-id: {rid}\r\n"
             "Connection: keep-alive\r\n\r\n"
+        ).encode()
+        client.sendall(head if method == "HEAD" else head + xml)
+
+    def _send_wrong_region(
+        self, client: socket.socket, method: str, bucket: str, region: str | None
+    ) -> None:
+        """What AWS answers a request for ``bucket`` signed for another region."""
+        assert self.bucket_region is not None
+        with self._lock:
+            rid = f"faultproxy-{self._requests}"
+        if self.wrong_region_answer == "PermanentRedirect":
+            status = "301 Moved Permanently"
+            detail = (
+                "<Code>PermanentRedirect</Code><Message>The bucket you are attempting to access "
+                "must be addressed using the specified endpoint. Please send all future "
+                "requests to this endpoint.</Message>"
+                f"<Endpoint>{bucket}.s3.{self.bucket_region}.amazonaws.com</Endpoint>"
+                f"<Bucket>{bucket}</Bucket>"
+            )
+        else:
+            status = "400 Bad Request"
+            detail = (
+                "<Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is "
+                f"malformed; the region '{region}' is wrong; expecting "
+                f"'{self.bucket_region}'</Message><Region>{self.bucket_region}</Region>"
+            )
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error>{detail}<RequestId>{rid}</RequestId><HostId>faultproxy</HostId></Error>"
+        ).encode()
+        head = (
+            f"HTTP/1.1 {status}\r\nx-amz-bucket-region: {self.bucket_region}\r\n"
+            f"x-amz-request-id: {rid}\r\nx-amz-id-2: faultproxy\r\n"
+            f"Content-Type: application/xml\r\nDate: {email.utils.formatdate(usegmt=True)}\r\n"
+            f"Server: AmazonS3\r\nContent-Length: {len(xml)}\r\n\r\n"
         ).encode()
         client.sendall(head if method == "HEAD" else head + xml)
 

@@ -235,10 +235,14 @@ class ClockSkew(StoreError):
     """
 
     def __init__(self, message: str, *, skew: float | None = None, **fields: Any) -> None:
+        from .units import format_duration  # units imports this module
+
         self.skew = skew
         if skew is not None:
             way = "ahead of" if skew > 0 else "behind"
-            message = f"{message}: this machine's clock is {_duration(abs(skew))} {way} the store's"
+            message = (
+                f"{message}: this machine's clock is {format_duration(abs(skew))} {way} the store's"
+            )
         fields.setdefault(
             "hint",
             "set the clock right (enable NTP: `timedatectl set-ntp true`, or `chronyc makestep`), "
@@ -247,18 +251,14 @@ class ClockSkew(StoreError):
         super().__init__(message, **fields)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 class WrongRegion(StoreError):
-    """The bucket lives in another region than the one the request was signed for."""
+    """The bucket lives in another region than the one the request was signed for.
+
+    Attributes:
+        region: the bucket's region, when the store said it.
+    """
+
+    region: str | None = None
 
 
 class EndpointUnreachable(StoreError, ConnectionError):

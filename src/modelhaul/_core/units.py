@@ -8,7 +8,7 @@ import re
 
 from .errors import ConfigError
 
-__all__ = ["format_size", "parse_age", "parse_size"]
+__all__ = ["format_duration", "format_size", "parse_age", "parse_size"]
 
 _UNITS = {
     "": 1,
@@ -60,3 +60,14 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds for people: ``45 s``, ``60 min``, ``2.5 h``, ``3.0 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import email.utils
 import secrets
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +11,14 @@ from urllib.parse import urlsplit
 
 from .._core.errors import (
     AccessDenied,
+    ClockSkew,
     CredentialsExpired,
     ModelhaulError,
     NoCredentials,
     WrongRegion,
 )
-from .s3 import BAD_KEY_CODES, S3Store
+from .._core.units import format_duration
+from .s3 import BAD_KEY_CODES, S3Store, clock_skew
 
 __all__ = ["Check", "run_doctor"]
 
@@ -43,7 +43,7 @@ def run_doctor(store: S3Store, bucket: str | None) -> list[Check]:
         Check(
             "profile",
             True,
-            p.describe() + (f", region {p.region}" + ("" if p.region_given else " (default)")),
+            f"{p.describe()}, region {p.region} ({p.sources.get('region', 'default')})",
         )
     ]
 
@@ -72,9 +72,19 @@ def run_doctor(store: S3Store, bucket: str | None) -> list[Check]:
         resp = client.list_buckets()
         names = [b["Name"] for b in resp.get("Buckets", [])]
         checks.append(Check("credentials", True, f"accepted ({len(names)} bucket(s) visible)"))
-        date = resp["ResponseMetadata"]["HTTPHeaders"].get("date")
+        skew = clock_skew(resp)
     except Exception as exc:
         err = store.translate(exc, "ListBuckets")
+        # A refused request carries the store's time too (its Date header, and on AWS the
+        # RequestTimeTooSkewed body): a wrong clock is exactly when the check matters.
+        skew = clock_skew(getattr(exc, "response", None))
+        if isinstance(err, ClockSkew):
+            checks.append(
+                Check("credentials", None, "not checked: the store refused the request's time")
+            )
+            skew = err.skew if err.skew is not None else skew
+            checks.append(_clock_check(skew, refused=True, fix=err.hint))
+            return checks  # every later request would be refused the same way
         bad_keys = isinstance(err, NoCredentials | CredentialsExpired) or (
             isinstance(err, AccessDenied) and err.code in BAD_KEY_CODES
         )
@@ -86,21 +96,8 @@ def run_doctor(store: S3Store, bucket: str | None) -> list[Check]:
                 "credentials", None, f"ListBuckets not allowed ({err.message}); checking per bucket"
             )
         )
-        date = None
-    if date:
-        skew = time.time() - email.utils.parsedate_to_datetime(date).timestamp()
-        if abs(skew) > MAX_SKEW:
-            checks.append(
-                Check(
-                    "clock",
-                    False,
-                    f"local clock is {skew:+.0f}s off the store's",
-                    "sync the clock (e.g. enable NTP / chrony); S3 rejects "
-                    "requests more than 15 minutes off",
-                )
-            )
-        else:
-            checks.append(Check("clock", True, f"within {abs(skew):.0f}s of the store's"))
+    if skew is not None:
+        checks.append(_clock_check(skew))
 
     if bucket is None:
         checks.append(
@@ -144,6 +141,29 @@ def run_doctor(store: S3Store, bucket: str | None) -> list[Check]:
         except ModelhaulError as exc:
             checks.append(Check(name, False, exc.message, exc.hint))
     return checks
+
+
+def _clock_check(skew: float | None, *, refused: bool = False, fix: str = "") -> Check:
+    """The clock check: FAIL when the store refused the request's time, or the clock is
+    more than :data:`MAX_SKEW` off the store's."""
+    if skew is not None and abs(skew) <= MAX_SKEW and not refused:
+        return Check("clock", True, f"within {abs(skew):.0f}s of the store's")
+    if skew is None:
+        detail = "the store refused the time the request was signed at"
+    else:
+        way = "ahead of" if skew > 0 else "behind"
+        detail = (
+            f"this machine's clock is {format_duration(abs(skew))} {way} the store's "
+            f"({skew:+.0f}s)" + ("; the store refused the request" if refused else "")
+        )
+    return Check(
+        "clock",
+        False,
+        detail,
+        fix
+        or "set the clock right (enable NTP: `timedatectl set-ntp true`, or `chronyc "
+        "makestep`); S3 refuses requests more than 15 minutes off",
+    )
 
 
 def _same(got: bytes, want: bytes) -> None:

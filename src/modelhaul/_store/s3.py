@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import email.utils
 import http.client
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +33,7 @@ import urllib3.exceptions
 from .._core.config import Profile
 from .._core.errors import (
     AccessDenied,
+    ClockSkew,
     CredentialsExpired,
     EndpointUnreachable,
     ModelhaulError,
@@ -50,7 +54,7 @@ from .base import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadIn
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "clock_skew"]
 
 log = logging.getLogger("modelhaul.store")
 
@@ -97,6 +101,56 @@ _PLAIN_S3V4 = "modelhaul-s3v4"
 def _choose_plain_signer(signature_version: Any = None, **_: Any) -> Any:
     # botocore's choose-signer event: a returned name replaces the signature version.
     return _PLAIN_S3V4 if signature_version == "s3v4" else None
+
+
+def _no_botocore_redirect(context: dict[str, Any] | None = None, **_: Any) -> None:
+    # botocore's S3 region redirector would re-sign for the bucket's region by itself, on
+    # every client, whatever region the user chose; it also recursed through HeadBucket on a
+    # 301 that names no region. S3Store._call decides instead (one place, with the rule
+    # that a region the user gave is kept): marking the request as redirected already is
+    # how botocore's redirector is told to leave it alone.
+    redirect = (context or {}).get("s3_redirect")
+    if isinstance(redirect, dict):
+        redirect["redirected"] = True
+
+
+def clock_skew(response: Mapping[str, Any] | None, now: float | None = None) -> float | None:
+    """Seconds this machine's clock is ahead of the store's (negative: behind), from a
+    parsed S3 answer (botocore's ``response`` dict, a success or an error), or None.
+
+    AWS's ``RequestTimeTooSkewed`` body carries ``RequestTime`` and ``ServerTime``, which
+    say it exactly; otherwise the answer's ``Date`` header is compared with ``now``.
+    """
+    if not response:
+        return None
+    error = response.get("Error", {}) or {}
+    server = _parse_time(error.get("ServerTime"))
+    if server is not None:
+        sent = _parse_time(error.get("RequestTime"))
+        return (sent if sent is not None else time.time() if now is None else now) - server
+    headers = (response.get("ResponseMetadata", {}) or {}).get("HTTPHeaders", {}) or {}
+    date = _parse_time(headers.get("date"))
+    if date is None:
+        return None
+    return (time.time() if now is None else now) - date
+
+
+def _parse_time(text: Any) -> float | None:
+    """A time as S3 writes it: ISO 8601 (``2024-05-01T12:00:00Z``), the basic form of
+    ``x-amz-date`` (``20240501T120000Z``), or an HTTP date."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = text.strip()
+    for fmt in ("%Y%m%dT%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            moment = datetime.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+    try:
+        return email.utils.parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _b64(crc: int) -> str:
@@ -223,6 +277,7 @@ class S3Store(ObjectStore):
         # The pure-Python SigV4 signer reads the body only when it must hash it.
         botocore.auth.AUTH_TYPE_MAPS.setdefault(_PLAIN_S3V4, botocore.auth.S3SigV4Auth)
         client.meta.events.register("choose-signer.s3", _choose_plain_signer)
+        client.meta.events.register("before-call.s3", _no_botocore_redirect)
         return client
 
     # -- error translation -----------------------------------------------------------
@@ -235,7 +290,13 @@ class S3Store(ObjectStore):
         bucket: str | None = None,
         key: str | None = None,
     ) -> T:
-        """Run one request, translating every foreign error; follow a region redirect once."""
+        """Run one request, translating every foreign error.
+
+        A bucket in another region than the one signed for is followed once, with a
+        warning, when the region was only a guess (the preset's); a region the user gave
+        (argument, environment, config file, ``~/.aws``) is kept, and the request fails
+        with :class:`WrongRegion` naming the bucket's region.
+        """
         for _ in range(2):
             try:
                 return fn(self.client(bucket))
@@ -243,17 +304,21 @@ class S3Store(ObjectStore):
                 raise
             except Exception as exc:
                 err = self.translate(exc, operation, bucket=bucket, key=key)
-                if isinstance(err, WrongRegion) and bucket and getattr(err, "region", None):
-                    region = err.region  # type: ignore[attr-defined]
-                    if region != self._region_for(bucket):
-                        log.warning(
-                            "bucket %s is in region %s, not %s: switching",
-                            bucket,
-                            region,
-                            self._region_for(bucket),
-                        )
-                        self._bucket_region[bucket] = region
-                        continue
+                if (
+                    isinstance(err, WrongRegion)
+                    and bucket is not None
+                    and err.region
+                    and err.region != self._region_for(bucket)
+                    and not self.profile.region_given
+                ):
+                    log.warning(
+                        "bucket %s is in region %s, not %s: switching",
+                        bucket,
+                        err.region,
+                        self._region_for(bucket),
+                    )
+                    self._bucket_region[bucket] = err.region
+                    continue
                 raise err from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -286,16 +351,6 @@ class S3Store(ObjectStore):
                 f"no credentials found for {self.profile.describe()}",
                 hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use --profile, or add "
                 "credentials to the modelhaul config file",
-            )
-        if isinstance(exc, RecursionError):
-            # botocore's region redirector answers a 301 that names no region with a
-            # HeadBucket to find it, which is redirected too, and so on: a proxy or
-            # server redirecting everything (http:// to https://) ends here.
-            return WrongRegion(
-                f"the store at {endpoint} answers with redirects (HTTP 301) that name no region",
-                hint="check the endpoint URL (https:// rather than http://?) and the bucket's "
-                "region (AWS_REGION)",
-                **common,
             )
         if isinstance(
             exc,
@@ -375,6 +430,13 @@ class S3Store(ObjectStore):
             # body says whether the keys are wrong or only a permission is missing.
             code = self._probe_403_code(bucket, common["key"]) or code
             fields["code"] = code
+        if code == "RequestTimeTooSkewed":
+            return ClockSkew(
+                f"the store refused {operation} of {where}: the time the request was signed "
+                "at is too far from the store's",
+                skew=clock_skew(response),
+                **fields,
+            )
         if code in _EXPIRED_CODES:
             return CredentialsExpired(
                 f"the session token for {self.profile.describe()} has expired",
@@ -393,18 +455,13 @@ class S3Store(ObjectStore):
                 hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile's keys",
                 **fields,
             )
-        if code in _REGION_CODES or status == 301:
-            region = headers.get("x-amz-bucket-region") or error.get("Region")
-            err = WrongRegion(
-                f"bucket {bucket!r} is not in region {self._region_for(bucket)}"
-                + (f" but in {region}" if region else ""),
-                hint=f"set AWS_REGION={region}"
-                if region
-                else "set the bucket's region with AWS_REGION or the profile's region",
-                **fields,
-            )
-            err.region = region  # type: ignore[attr-defined]
-            return err
+        bucket_region = headers.get("x-amz-bucket-region") or error.get("Region")
+        signed_for = self._region_for(bucket)
+        # AWS answers a HEAD signed for the wrong region with a bare 400 (no body, so no
+        # code) that still names the bucket's region in a header.
+        elsewhere = status == 400 and bucket_region and bucket_region != signed_for
+        if code in _REGION_CODES or status == 301 or elsewhere:
+            return self._wrong_region(bucket, bucket_region, status, fields)
         if code in ("AccessDenied", "AllAccessDisabled", "Forbidden") or status == 403:
             return AccessDenied(
                 f"access to {where} was denied: {text or code}",
@@ -432,6 +489,36 @@ class S3Store(ObjectStore):
                 **fields,
             )
         return StoreError(f"{operation} of {where} failed: {code} {text}".rstrip(), **fields)
+
+    def _wrong_region(
+        self, bucket: str | None, region: str | None, status: int | None, fields: dict[str, Any]
+    ) -> WrongRegion:
+        signed_for = self._region_for(bucket)
+        if region is None and status == 301:
+            err = WrongRegion(
+                f"the store at {fields['endpoint']} answers with redirects (HTTP 301) that "
+                "name no region",
+                hint="check the endpoint URL (https:// rather than http://?) and the bucket's "
+                "region (AWS_REGION)",
+                **fields,
+            )
+        elif region is None:
+            err = WrongRegion(
+                f"bucket {bucket!r} is not in region {signed_for}",
+                hint="set the bucket's region with AWS_REGION or the profile's region",
+                **fields,
+            )
+        else:
+            came_from = self.profile.sources.get("region")
+            given = f"the region {signed_for} came from {came_from}; " if came_from else ""
+            err = WrongRegion(
+                f"bucket {bucket!r} is in region {region}, not in {signed_for}",
+                hint=f"{given}set AWS_REGION={region} (or the profile's region), or leave "
+                "the region unset to follow the bucket",
+                **fields,
+            )
+        err.region = region
+        return err
 
     def _probe_403_code(self, bucket: str, key: str | None) -> str | None:
         try:
@@ -470,6 +557,8 @@ class S3Store(ObjectStore):
                 key=key,
             )
         except StoreError as exc:
+            if isinstance(exc, WrongRegion | ClockSkew):
+                raise
             if exc.status not in (400, 403) or not (exc.code is None or exc.code.isdigit()):
                 raise
             # An answer to HEAD has no body, so a bare 400/403 says nothing of why (an

@@ -28,6 +28,7 @@ from .._core.config import TransferConfig
 from .._core.errors import (
     AccessDenied,
     Cancelled,
+    ClockSkew,
     ConfigError,
     DiskFull,
     EndpointUnreachable,
@@ -47,7 +48,15 @@ log = logging.getLogger("modelhaul.transfer")
 T = TypeVar("T")
 
 # Errors that every other file of the command would hit too: stop at once.
-_FATAL = (AccessDenied, NoSuchBucket, EndpointUnreachable, DiskFull, ConfigError, WrongRegion)
+_FATAL = (
+    AccessDenied,
+    ClockSkew,
+    NoSuchBucket,
+    EndpointUnreachable,
+    DiskFull,
+    ConfigError,
+    WrongRegion,
+)
 
 
 @dataclass
