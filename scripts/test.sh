@@ -15,6 +15,10 @@ command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq 
 # without it). Best effort, like chromium.
 command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftables >/dev/null) \
     || echo "nftables not installed: the weak-link test will be skipped" >&2
+# libfaketime runs a client whose clock is wrong, for the clock-skew tests
+# (tests/test_clock_skew.py; they skip without it). Best effort, like chromium.
+command -v faketime >/dev/null || (apt-get update -qq && apt-get install -y -qq faketime >/dev/null) \
+    || echo "faketime not installed: the clock-skew tests will be skipped" >&2
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy

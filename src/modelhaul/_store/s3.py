@@ -396,7 +396,7 @@ class S3Store(ObjectStore):
         status = meta.get("HTTPStatusCode")
         code = str(error.get("Code") or status or "")
         headers = meta.get("HTTPHeaders", {}) or {}
-        fields = dict(common, status=status, code=code, request_id=meta.get("RequestId"))
+        fields = dict(common, status=status, code=code, request_id=meta.get("RequestId") or None)
         bucket, operation = common["bucket"], common["operation"]
         text = redact(str(error.get("Message") or ""), self.profile.secrets)
 
