@@ -36,6 +36,12 @@ and ``except modelhaul.NotFound`` both work::
     │   ├── SourceChanged                   a local file changed while it was uploaded
     │   ├── BadContent                      an empty file or an HTML page for weights
     │   ├── ManifestError                   a manifest that is not valid
+    │   ├── RevisionIdMismatch              a manifest that does not hash to its pinned id
+    │   ├── SignatureError                  a signature check refused a revision
+    │   │   ├── SignatureMissing            the revision carries no signature
+    │   │   │   └── SignatureRemoved        ... though it was signed when published
+    │   │   ├── SignatureInvalid            not signed by the trusted key
+    │   │   └── SignatureMismatch           files differ from what was signed
     │   ├── InvalidSafetensors              an object that is not a safetensors file
     │   └── TruncatedObject                 an object shorter than its own header says
     ├── SourcesFailed                       no source could serve; each one's reason
@@ -97,10 +103,16 @@ __all__ = [
     "PartFailure",
     "PreconditionFailed",
     "RevisionConflict",
+    "RevisionIdMismatch",
     "RevisionTampered",
     "ServerError",
     "ServerStartError",
     "SourceChanged",
+    "SignatureError",
+    "SignatureInvalid",
+    "SignatureMismatch",
+    "SignatureMissing",
+    "SignatureRemoved",
     "SourcesFailed",
     "StoreError",
     "Throttled",
@@ -502,6 +514,71 @@ class ManifestError(IntegrityError):
             f"the manifest {where} is not valid: {problem}",
             hint=hint or "the revision is damaged; push it again, or pull another revision",
         )
+
+
+class RevisionIdMismatch(IntegrityError):
+    """A revision's manifest does not hash to the content id it was pinned by: it was
+    rewritten after it was published (or the pin is wrong).
+
+    Attributes:
+        repo: ``ORG/NAME``.
+        expected: the pinned id.
+        actual: what the manifest hashes to.
+        paths: the files whose entries differ from the pin, where that is known (a lock
+            file records every file); empty otherwise.
+    """
+
+    def __init__(
+        self, repo: str, *, expected: str, actual: str, where: str, paths: Sequence[str] = ()
+    ) -> None:
+        self.repo = repo
+        self.expected = expected
+        self.actual = actual
+        self.paths = list(paths)
+        files = f" ({', '.join(self.paths)} changed)" if self.paths else ""
+        super().__init__(
+            f"the manifest of {repo}@{expected} in {where} hashes to {actual}, not to the id it "
+            f"is pinned by: it was rewritten after it was published{files}. Nothing was "
+            "downloaded",
+            hint="do not use this copy; tell the mirror's owner, who should push the revision "
+            "again from a trusted folder",
+        )
+
+
+class SignatureError(IntegrityError):
+    """A revision failed its signature check (``--require-signature``).
+
+    Attributes:
+        revision: ``ORG/NAME@ID``.
+    """
+
+    def __init__(self, revision: str, message: str, *, hint: str) -> None:
+        self.revision = revision
+        super().__init__(message, hint=hint)
+
+
+class SignatureMissing(SignatureError):
+    """The revision has no signature, and one is required."""
+
+
+class SignatureRemoved(SignatureMissing):
+    """The revision's manifest says it was signed, but the signature is gone."""
+
+
+class SignatureInvalid(SignatureError):
+    """The signature is not valid for the trusted public key (another key, or damaged)."""
+
+
+class SignatureMismatch(SignatureError):
+    """The revision's files are not the ones that were signed.
+
+    Attributes:
+        paths: the files that differ from, or are not covered by, the signature.
+    """
+
+    def __init__(self, revision: str, message: str, *, paths: Sequence[str], hint: str) -> None:
+        self.paths = list(paths)
+        super().__init__(revision, message, hint=hint)
 
 
 class SourcesFailed(ModelhaulError):
