@@ -1,6 +1,7 @@
 """Retention of ``mirror sync``: revisions beyond ``keep`` are deleted (manifest first),
 kept ones beyond ``cold_after`` are rewritten in a colder storage class where the store
-has one. A revision a ref points at is never touched."""
+has one. A revision a ref points at is never touched; the names given to a pruned revision
+(its hub commit) go with it."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def apply_retention(
             continue
         if keep and index >= keep:
             _prune(mirror, repo, rev.revision)
+            for label in [n for n, target in summary.names.items() if target == rev.revision]:
+                mirror.delete_name(repo, label)
             done.append(("pruned", rev.revision, rev.files, f"beyond keep = {keep}"))
         elif cold_class and cold_after and index >= cold_after:
             outcome = _make_cold(mirror, repo, rev.revision, cold_class)

@@ -219,7 +219,7 @@ class CacheFetchJob(DownloadJob):
         )
 
     def _commit(self, sha256: str) -> None:
-        self.cache.add_blob(self.dest, sha256)
+        self.cache.add_blob(self.dest, sha256, hashed=self.full_hash)
         if self.on_done is not None:
             self.on_done(self.entry)
 

@@ -10,13 +10,16 @@ In the modelhaul config file (see :mod:`modelhaul._config`)::
     cache_size = "500GB"          # after each pull, least recently used revisions go
     write_back = false            # push what came from an origin into the first mirror
     lock_timeout = 1800           # seconds to wait for a live lock holder
+    # pulls of these orgs refuse revisions without a model_signing signature by this key
+    require_signature = { acme = "/etc/modelhaul/acme.pub", "*" = "/etc/modelhaul/team.pub" }
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,9 @@ class RepoSettings:
             the cache: ``crc32c`` (default) or ``sha256`` (``--verify``,
             ``MODELHAUL_VERIFY``, ``verify``). Both check every byte against the manifest's
             record; see docs/design/repositories.md for why CRC32C is the default.
+        require_signature: org -> the public key (PEM) whose ``model_signing`` signature
+            its revisions must carry (``"*"``: every org); ``--require-signature`` sets
+            ``"*"`` for one pull (``require_signature``).
     """
 
     mirrors: tuple[MirrorSpec, ...] = ()
@@ -69,6 +75,26 @@ class RepoSettings:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     lease_ttl: float = DEFAULT_LEASE_TTL
     verify: str = "crc32c"
+    require_signature: Mapping[str, Path] = field(default_factory=dict)
+
+    def signature_key(self, org: str) -> Path | None:
+        """The public key a revision of ``org`` must be signed with, if any."""
+        return self.require_signature.get(org) or self.require_signature.get("*")
+
+    def requiring_signature(self, public_key: str | Path) -> RepoSettings:
+        """These settings, with every org's revisions required to be signed by the key."""
+        return dataclasses.replace(self, require_signature={"*": Path(public_key).expanduser()})
+
+
+def _signature_keys(value: Any, where: str) -> dict[str, Path]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(
+            f"{where}: 'require_signature' must map orgs to public key files",
+            hint='e.g. require_signature = { acme = "/etc/modelhaul/acme.pub" }',
+        )
+    return {k: Path(v).expanduser() for k, v in value.items()}
 
 
 def _mirror_specs(value: Any, where: str) -> tuple[MirrorSpec, ...]:
@@ -118,6 +144,7 @@ def load_repo_settings(
         "write_back",
         "lock_timeout",
         "verify",
+        "require_signature",
     }
     unknown = set(section) - known
     if unknown:
@@ -170,8 +197,10 @@ def load_repo_settings(
     check = verify or env.get("MODELHAUL_VERIFY") or str(section.get("verify", "crc32c"))
     if check not in ("crc32c", "sha256"):
         raise ConfigError(f"unknown verification {check!r}", hint="use crc32c or sha256")
+    keys = _signature_keys(section.get("require_signature", {}), str(path))
     return RepoSettings(
         verify=check,
+        require_signature=keys,
         mirrors=mirror_specs,
         origins=origin_list,
         cache_dir=cache,

@@ -264,8 +264,8 @@ class MirrorService:
                     str(repo), name, ["neither the mirror nor the origin"]
                 ) from None
             raise
-        manifest = self.mirror.manifest(repo, hub.commit)
-        if manifest is not None:  # mirrored under its commit, though not under this ref
+        manifest = self.mirror.lookup(repo, hub.commit).manifest
+        if manifest is not None:  # mirrored (its commit is a name), though not under this ref
             return ServedRevision.from_manifest(repo, manifest)
         if self.write_through is not None:
             self.write_through.note_ref(hub, name)
