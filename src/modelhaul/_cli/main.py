@@ -365,3 +365,8 @@ _register_repo(cli)
 from .mirror import register as _register_mirror  # noqa: E402 - needs the group above
 
 _register_mirror(cli)
+
+from .verify import lock_command, verify_command  # noqa: E402 - beside the others
+
+cli.add_command(verify_command)
+cli.add_command(lock_command)
