@@ -20,7 +20,7 @@ __all__ = ["lock_command", "verify_command"]
 @click.option("--key", "public_key", type=click.Path(path_type=Path),
               help="Public key (PEM): also check the model_signing signature.")  # fmt: skip
 @click.option("--signature", type=click.Path(path_type=Path),
-              help="For a folder: the signature file (default FOLDER/.modelhaul/model.sig).")  # fmt: skip
+              help="A folder's signature (default FOLDER/.modelhaul/model.sig).")  # fmt: skip
 @click.option("--id", "expected_id", help="For a folder: the content id it must have.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), envvar="MODELHAUL_CACHE",
               help="The shared cache (default ~/.cache/modelhaul).")  # fmt: skip
