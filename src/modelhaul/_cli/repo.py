@@ -89,6 +89,10 @@ class FileLines(ProgressSubscriber):
             self._echo(f"  {data['path']}: another process is fetching it ({data['holder']})")
         elif kind == "write_back":
             self._echo(f"wrote {data['files']} file(s) back to {data['mirror']}")
+        elif kind == "resolved":
+            how = "pinned, checked by SHA-256" if data.get("pinned") else "pin it with @ID"
+            rev = data.get("id") or data["revision"]
+            self._echo(f"{data['repo']}@{data['name']}: revision {rev} ({how})")
 
 
 def _config(concurrency: int | None, part_size: str | None) -> TransferConfig:
@@ -104,7 +108,7 @@ def register(cli: click.Group) -> None:
     raw_ls = cli.commands.get("ls")
 
     @cli.command("pull")
-    @click.argument("repo")
+    @click.argument("repo", required=False)
     @click.option("--revision", help="Revision id or ref (default: main, or REPO@REVISION).")
     @click.option("--include", multiple=True, help="Glob of files to get (repeatable).")
     @click.option("--exclude", multiple=True, help="Glob of files to skip (repeatable).")
@@ -124,6 +128,10 @@ def register(cli: click.Group) -> None:
                   help="Check mirror files by CRC32C (default) or SHA-256.")  # fmt: skip
     @click.option("--concurrency", type=click.IntRange(1, 256), help="Parallel requests.")
     @click.option("--part-size", help="Range size, e.g. 16MiB.")
+    @click.option("--require-signature", type=click.Path(path_type=Path),
+                  help="Public key (PEM): refuse revisions not signed by it.")  # fmt: skip
+    @click.option("--lock", "lock_file", type=click.Path(path_type=Path),
+                  help="Pull every model of a lock file, pinned (modelhaul lock).")  # fmt: skip
     @click.option("--json", "as_json", is_flag=True, help="JSON progress events on stdout.")
     @click.option("-q", "--quiet", is_flag=True, help="Print only the folder's path.")
     @pass_state
@@ -144,12 +152,16 @@ def register(cli: click.Group) -> None:
         verify: str | None,
         concurrency: int | None,
         part_size: str | None,
+        require_signature: Path | None,
+        lock_file: Path | None,
         as_json: bool,
         quiet: bool,
     ) -> None:
         """Get model REPO (ORG/NAME[@REVISION]) into the cache; print its folder.
 
-        Mirrors first, then origin hubs, file by file; every file is verified.
+        Mirrors first, then origin hubs, file by file; every file is verified. REVISION a
+        content id pins the pull: the manifest and every file are checked by SHA-256. The
+        id a pull resolved is printed (stderr, and in --json) so it can be pinned.
         """
         from .._repo.pull import plan_pull, pull
 
@@ -162,8 +174,15 @@ def register(cli: click.Group) -> None:
             offline=offline,
             verify=verify,
         )
+        if require_signature is not None:
+            settings = settings.requiring_signature(require_signature)
+        if (repo is None) == (lock_file is None):
+            raise click.UsageError("give a model ORG/NAME[@REVISION], or --lock FILE")
+        if lock_file is not None and (dry_run or revision):
+            raise click.UsageError("--lock pins every model itself: no --revision or --dry-run")
         config = _config(concurrency, part_size)
         if dry_run:
+            assert repo is not None
             plan = plan_pull(
                 repo,
                 revision,
@@ -189,13 +208,20 @@ def register(cli: click.Group) -> None:
         elif not quiet:
             subs.append(FileLines(lambda s: state.console.print(s, markup=False)))
             if state.console.is_terminal:
-                bar = RichProgress(state.console, repo)
+                bar = RichProgress(state.console, repo or str(lock_file))
                 subs.append(bar)
         kwargs: dict[str, Any] = {
             "include": include, "exclude": exclude, "local_dir": local_dir,
             "hf_cache": hf_cache, "profile": state.profile_name, "config": config,
             "progress": subs, "settings": settings,
         }  # fmt: skip
+        if lock_file is not None:
+            from .._repo.lock import pull_locked
+
+            for path in pull_locked(lock_file, **kwargs):
+                click.echo(str(path))
+            return
+        assert repo is not None
         if bar is not None:
             with bar:
                 path = pull(repo, revision, **kwargs)
