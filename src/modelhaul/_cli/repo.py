@@ -9,6 +9,7 @@ JSON event per line on stdout instead, the path still last.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -233,12 +234,14 @@ def register(cli: click.Group) -> None:
     @click.argument("folder", type=click.Path(path_type=Path))
     @click.argument("uri")
     @click.option("--repo", required=True, help="ORG/NAME.")
-    @click.option("--revision", help="Revision id (default: from the files).")
+    @click.option("--revision", help="A name for the revision, e.g. v1 (its id is its content).")
     @click.option("--ref", default="main", show_default=True, help="Ref to move to it.")
     @click.option("--no-ref", is_flag=True, help="Move no ref.")
     @click.option("--include", multiple=True, help="Glob of files to push (repeatable).")
     @click.option("--exclude", multiple=True, help="Glob of files to skip (repeatable).")
     @click.option("--follow-symlinks", is_flag=True, help="Publish what outside links point to.")
+    @click.option("--sign", "sign_key", type=click.Path(path_type=Path),
+                  help="EC private key (PEM): sign the revision with model_signing.")  # fmt: skip
     @click.option("--concurrency", type=click.IntRange(1, 256), help="Parallel requests.")
     @click.option("--part-size", help="Part size, e.g. 16MiB.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -255,6 +258,7 @@ def register(cli: click.Group) -> None:
         include: tuple[str, ...],
         exclude: tuple[str, ...],
         follow_symlinks: bool,
+        sign_key: Path | None,
         concurrency: int | None,
         part_size: str | None,
         as_json: bool,
@@ -262,8 +266,10 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Publish FOLDER as a revision of --repo in the mirror URI (s3://BUCKET/PREFIX).
 
-        The manifest is written last and the ref moved after it: a push interrupted at any
-        point shows nothing, and running it again finishes it.
+        The revision's id is the SHA-256 of its files' list (path, size, SHA-256): the same
+        files get the same id from any machine. The manifest is written last and the ref
+        moved after it: a push interrupted at any point shows nothing, and running it again
+        finishes it. The key's password, if any, is read from MODELHAUL_SIGN_PASSWORD.
         """
         from .._repo.push import push
 
@@ -277,7 +283,8 @@ def register(cli: click.Group) -> None:
             "revision": revision, "ref": None if no_ref else ref, "include": include,
             "exclude": exclude, "follow_symlinks": follow_symlinks,
             "profile": state.profile_name, "config": _config(concurrency, part_size),
-            "progress": subs,
+            "progress": subs, "sign": sign_key,
+            "sign_password": os.environ.get("MODELHAUL_SIGN_PASSWORD") or None,
         }  # fmt: skip
         if bar is not None:
             with bar:
@@ -289,12 +296,16 @@ def register(cli: click.Group) -> None:
                 "repo": result.repo, "revision": result.revision, "uri": result.uri,
                 "ref": result.ref, "files": result.files, "uploaded": result.uploaded,
                 "skipped": result.skipped, "already_published": result.already_published,
-                **result.stats.summary(),
+                "name": result.name, "signed": result.signed, **result.stats.summary(),
             }))  # fmt: skip
             return
         if not quiet:
             what = "already published" if result.already_published else "published"
             ref_text = f", {result.ref} -> {result.revision}" if result.ref else ""
+            if result.name:
+                ref_text = f", name {result.name}{ref_text}"
+            if result.signed:
+                ref_text += ", signed"
             state.console.print(
                 f"{what} {result.repo}@{result.revision} in {result.uri}: {result.files} "
                 f"file(s), {result.uploaded} sent, {result.skipped} already there, "
