@@ -357,7 +357,7 @@ def register(cli: click.Group) -> None:
                     "refs": summary.refs,
                     "revisions": [
                         {"revision": v.revision, "size": v.size, "files": v.files,
-                         "created": v.created, "refs": v.refs}
+                         "created": v.created, "refs": v.refs, "names": v.names}
                         for v in summary.revisions
                     ],
                 })  # fmt: skip
@@ -374,9 +374,10 @@ def register(cli: click.Group) -> None:
                 continue
             click.echo(f"{r['repo']} in {r['mirror']}:")
             for v in r["revisions"]:
-                refs = f"  <- {', '.join(v['refs'])}" if v["refs"] else ""
+                labels = v["refs"] + v["names"]
+                refs = f"  <- {', '.join(labels)}" if labels else ""
                 click.echo(
-                    f"  {v['revision']:<42} {v['files']:>5} file(s) {format_size(v['size']):>10}  "
+                    f"  {v['revision']:<64} {v['files']:>5} file(s) {format_size(v['size']):>10}  "
                     f"{_stamp(v['created'])}{refs}"
                 )
         if repo is not None and not out:

@@ -50,6 +50,7 @@ class RevisionSummary:
     files: int
     created: float
     refs: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -309,6 +310,7 @@ class Mirror:
                     sizes[(n, rev)][1],
                     created[(n, rev)],
                     sorted(r for r, v in refs[name].items() if v == rev),
+                    sorted(n for n, v in labels[name].items() if v == rev),
                 )
                 for n, rev in sorted(published, key=lambda p: (created[p], p[1]))
                 if n == name
