@@ -20,9 +20,10 @@ commit (a name given to a revision, or a revision of a mirror written before con
 only the ref moves (no bytes); otherwise the files are fetched — those whose SHA-256 an
 earlier revision in the mirror already holds are read from the mirror, the rest from the
 hub — and published by :func:`~modelhaul._repo.push.push`: under the content id, with the
-commit as its name (objects, then the manifest, then the name, then the ref). Then revisions beyond ``keep`` (never one a ref points at) are deleted, manifest
-first so they vanish at once, and kept revisions beyond ``cold_after`` are copied onto
-themselves in the colder storage class (``<rev>/.modelhaul/storage-class`` records it).
+commit as its name (objects, then the manifest, then the name, then the ref). Then
+revisions beyond ``keep`` (never one a ref points at) are deleted, manifest first so they
+vanish at once, and their names with them; kept revisions beyond ``cold_after`` are copied
+onto themselves in the colder storage class (``<rev>/.modelhaul/storage-class`` records it).
 
 Safe to run twice at once: each repo is synced under a lease in the bucket
 (``<repo>/.modelhaul-sync.lease``), so a second run waits for the first and then finds
