@@ -195,7 +195,8 @@ def test_bad_input(
         args = ["push", str(src), f"s3://{bucket}/m", "--repo", "acme/toy"]
     elif case in ("altered", "truncated"):
         _, uri = _push_model(tmp_path, bucket)
-        key = "m/acme/toy/v1/model.safetensors"
+        rev = store.get_bytes(bucket, "m/acme/toy/.modelhaul/names/v1").decode()
+        key = f"m/acme/toy/{rev}/model.safetensors"
         data = bytearray(store.get_bytes(bucket, key))
         if case == "altered":
             data[100] ^= 0xFF

@@ -207,7 +207,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             subs.append(JsonEvents())
         elif not quiet:
-            subs.append(FileLines(lambda s: state.console.print(s, markup=False)))
+            subs.append(FileLines(lambda s: state.console.print(s, markup=False, soft_wrap=True)))
             if state.console.is_terminal:
                 bar = RichProgress(state.console, repo or str(lock_file))
                 subs.append(bar)
