@@ -462,6 +462,7 @@ def test_serve_hands_out_the_signature(
             urllib.request.urlopen(
                 f"{url}/acme/plain/resolve/{unsigned.revision}/.modelhaul/model.sig"
             )
+        info.value.close()
         assert info.value.code == 404
 
 
