@@ -151,6 +151,12 @@ class ObjectStore(abc.ABC):
     def describe(self) -> str:
         """Where this store is, for messages (no secrets)."""
 
+    def with_timeout(self, seconds: float) -> ObjectStore:
+        """This store, with every request given up after ``seconds`` without an answer:
+        for the few requests that must fail fast rather than wait out a stall (a lease's
+        heartbeat). A store that makes no network requests returns itself."""
+        return self
+
     @abc.abstractmethod
     def head_bucket(self, bucket: str) -> None:
         """Check the bucket exists and is reachable with these credentials."""
