@@ -509,11 +509,16 @@ class SourcesFailed(ModelhaulError):
 
     Attributes:
         tried: one line per source tried, saying why it failed.
+        retryable: True only when every source failed in a way that trying again can
+            help (a timeout, a 503); a missing model, a refused key or a missing package
+            will fail the same way again.
     """
 
-    def __init__(self, what: str, tried: Sequence[str], *, hint: str = "") -> None:
+    def __init__(
+        self, what: str, tried: Sequence[str], *, retryable: bool = False, hint: str = ""
+    ) -> None:
         self.tried = list(tried)
-        self.retryable = True
+        self.retryable = retryable
         lines = "".join(f"\n  - {t}" for t in self.tried)
         super().__init__(
             f"no source could serve {what}:{lines}",

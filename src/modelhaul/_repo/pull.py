@@ -234,6 +234,7 @@ def _resolve(
 ) -> PullPlan:
     tried: list[str] = []
     kinds: list[str] = []  # "model", "revision" or "other", one per source tried
+    retryable: list[bool] = []  # whether trying that source again could help
     manifest: Manifest | None = None
     used: Mirror | None = None
     for m in mirrors:
@@ -244,12 +245,14 @@ def _resolve(
         except ModelhaulError as exc:
             tried.append(f"{m.describe()}: {_short(exc)}")
             kinds.append("other")
+            retryable.append(exc.retryable)
             continue
         if manifest is not None:
             used = m
             break
         tried.append(f"{m.describe()}: {what}")
         kinds.append("model" if what.startswith("has no ") else "revision")
+        retryable.append(False)
 
     hub: OriginHub | None = None
     hub_rev: HubRevision | None = None
@@ -262,17 +265,22 @@ def _resolve(
             except NoSuchModel:
                 tried.append(f"{h.describe()}: has no {repo}")
                 kinds.append("model")
+                retryable.append(False)
             except NoSuchRevision:
                 tried.append(f"{h.describe()}: has {repo}, but no revision or ref {name!r}")
                 kinds.append("revision")
+                retryable.append(False)
             except ModelhaulError as exc:
                 tried.append(f"{h.describe()}: {_short(exc)}")
                 kinds.append("other")
+                retryable.append(exc.retryable)
         if hub_rev is None:
             if not tried:
                 tried.append("no mirror or origin is configured (--mirror, --origin)")
             if "other" in kinds or not kinds:
-                raise SourcesFailed(f"{repo}@{name}", tried)
+                raise SourcesFailed(
+                    f"{repo}@{name}", tried, retryable=bool(retryable) and all(retryable)
+                )
             if "revision" in kinds:
                 raise NoSuchRevision(str(repo), name, tried)
             raise NoSuchModel(str(repo), tried)
@@ -335,11 +343,15 @@ def _origin_for_missing(plan: PullPlan, missing: list[PlannedFile], hubs: list[O
     assert plan.mirror is not None
     at = plan.manifest.source.get("revision") or plan.manifest.revision
     reasons = [f"{plan.mirror.describe()}: the object is missing"]
+    # The hubs are these files' sources (the mirror lacks them by design): trying again
+    # helps only if every hub failed in a way that can pass.
+    retryable: list[bool] = []
     for h in hubs:
         try:
             hub_rev = h.resolve(plan.repo, at)
         except ModelhaulError as exc:
             reasons.append(f"{h.describe()}: {_short(exc)}")
+            retryable.append(exc.retryable)
             continue
         by_path = {f.path: f for f in hub_rev.files}
         if all(f.path in by_path for f in missing):
@@ -349,9 +361,12 @@ def _origin_for_missing(plan: PullPlan, missing: list[PlannedFile], hubs: list[O
                 f.git_sha1 = by_path[f.path].git_sha1
             return
         reasons.append(f"{h.describe()}: {at} lacks some of the files")
+        retryable.append(False)
     if not hubs:
         reasons.append("no origin hub is configured (--origin hf)")
-    raise SourcesFailed(", ".join(f.path for f in missing), reasons)
+    raise SourcesFailed(
+        ", ".join(f.path for f in missing), reasons, retryable=bool(retryable) and all(retryable)
+    )
 
 
 # -- fetching -----------------------------------------------------------------------------
