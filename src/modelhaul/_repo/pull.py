@@ -38,7 +38,9 @@ from .._core.errors import (
     NoSuchRevision,
     NotCached,
     NotFound,
+    RevisionTampered,
     SourcesFailed,
+    TransferFailed,
     UnsafePath,
 )
 from .._core.uri import matches_filters, safe_join
@@ -510,9 +512,19 @@ class _Fetcher:
                     label=f"{f.path} ← {mirror}",
                     on_done=lambda e: self._done(e.path, "mirror"),
                     verify=self.settings.verify,
+                    revision=f"{plan.repo}@{plan.revision}",
+                    where=str(mirror),
                 )
             )
-        Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress).run(jobs)
+        engine = Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress)
+        try:
+            engine.run(jobs)
+        except TransferFailed as exc:
+            # A replaced object of a published revision is the news, not "run it again".
+            for failure in exc.failures:
+                if isinstance(failure.cause, RevisionTampered):
+                    raise failure.cause from exc
+            raise
 
     def _done(self, path: str, source: str) -> None:
         self.fetched[path] = source
@@ -612,6 +624,8 @@ def pull(
         NotCached: offline, and the cache lacks it.
         ManifestError, UnsafePath: a mirror's manifest is damaged or hostile.
         ChecksumMismatch, BadContent: a file is not what its source promised.
+        RevisionTampered: an object of the mirror's published revision was replaced after
+            it was published (nothing of it enters the cache).
         DiskFull: no room in the cache.
         LockTimeout: another process kept fetching a file for longer than allowed.
     """

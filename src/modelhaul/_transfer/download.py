@@ -187,6 +187,7 @@ class DownloadJob(Job):
                 lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
             )
         info = self.info
+        self.check_source(info)
         if self.dest.is_dir():
             raise ConfigError(
                 f"{self.dest} is a folder; cannot write {self.label} over it",
@@ -219,6 +220,14 @@ class DownloadJob(Job):
         engine.emit("file_started", self.label, info.size, done)
         if done:
             log.info("resuming %s: %d of %d bytes already here", self.label, done, info.size)
+
+    def check_source(self, info: ObjectInfo) -> None:
+        """Refuse the object before anything is written for it (a hook: the object is
+        taken as it is here).
+
+        Raises:
+            ModelhaulError: the object is not the one wanted.
+        """
 
     def _add_task(self, start: int, end: int) -> Task:
         self._numbers += 1
