@@ -33,7 +33,13 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .._core.checksum import combine_segments, crc32c_hex
-from .._core.errors import ChecksumMismatch, ModelhaulError, ObjectChanged, RevisionTampered
+from .._core.errors import (
+    CacheError,
+    ChecksumMismatch,
+    ModelhaulError,
+    ObjectChanged,
+    RevisionTampered,
+)
 from .._store.base import ObjectInfo, ObjectStore
 from .._transfer.download import DownloadJob
 from .._transfer.engine import Engine, Task
@@ -231,6 +237,13 @@ class CacheFetchJob(DownloadJob):
             return
         try:
             actual = self._hasher.result()
+        except OSError as exc:
+            self._discard()
+            raise CacheError(
+                f"could not read back {self.partial} to hash it: {exc}",
+                hint="another program may have truncated or removed it, or the disk failed; "
+                "nothing was kept: run the same command again",
+            ) from exc
         finally:
             self._close_hash()
         super().finish(engine)  # the store's CRC32C and the size; renames to tmp/<sha256>

@@ -315,6 +315,7 @@ def _resolve(
             _origin_for_missing(plan, missing, hubs)
         return plan
 
+    # Narrowing only: without a mirror manifest, a hub resolved it (else it raised above).
     assert hub is not None
     assert hub_rev is not None
     chosen = [f for f in hub_rev.files if matches_filters(f.path, include, exclude)]
@@ -341,7 +342,7 @@ def _resolve(
 
 def _origin_for_missing(plan: PullPlan, missing: list[PlannedFile], hubs: list[OriginHub]) -> None:
     """Files the mirror's manifest lists but the mirror lacks: find a hub for them."""
-    assert plan.manifest is not None
+    assert plan.manifest is not None  # narrowing: called only for a mirror's plan
     assert plan.mirror is not None
     at = plan.manifest.source.get("revision") or plan.manifest.revision
     reasons = [f"{plan.mirror.describe()}: the object is missing"]
@@ -492,6 +493,7 @@ class _Fetcher:
 
     def _from_mirror(self, files: list[PlannedFile]) -> None:
         plan = self.plan
+        # Narrowing: files come "from the mirror" only in a plan made from its manifest.
         assert plan.mirror is not None
         assert plan.manifest is not None
         mirror = plan.mirror
@@ -533,6 +535,7 @@ class _Fetcher:
     def _from_origin(self, f: PlannedFile) -> None:
         plan = self.plan
         hub, hub_rev = plan.hub, plan.hub_revision
+        # Narrowing: a file is planned "from the origin" only once a hub was found for it.
         assert hub is not None
         assert hub_rev is not None
         label = f"{f.path} ← {hub.describe()}"
@@ -566,6 +569,7 @@ class _Fetcher:
 def _final_manifest(plan: PullPlan) -> Manifest:
     if plan.manifest is not None:
         return plan.manifest
+    # Narrowing: a plan without a mirror manifest was made from a hub's revision.
     assert plan.hub is not None
     assert plan.hub_revision is not None
     entries = [FileEntry(f.path, f.size or 0, f.sha256 or "") for f in plan.files]

@@ -194,6 +194,13 @@ class ObjectLeaseBackend(LeaseBackend):
         return True
 
 
+def _number(value: object, default: float) -> float:
+    """A number from a lease record, which any process (any version) may have written."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        return float(value)
+    return default
+
+
 class Lease:
     """One lease, held or wanted by this process.
 
@@ -280,7 +287,7 @@ class Lease:
         data = self._parse(body)
         if not data:
             return "an unreadable lease record"
-        since = time.strftime("%H:%M:%S", time.localtime(float(data.get("since", 0))))
+        since = time.strftime("%H:%M:%S", time.localtime(_number(data.get("since"), 0.0)))
         return f"pid {data.get('pid')} on {data.get('host')} (lease {data.get('holder')}, {since})"
 
     # -- taking it -------------------------------------------------------------------------
@@ -299,7 +306,7 @@ class Lease:
         if current != self._seen:
             self._seen, self._seen_at = current, now
         data = self._parse(current)
-        ttl = float(data.get("ttl", self.ttl)) if data else self.ttl
+        ttl = _number(data.get("ttl"), self.ttl)
         dead = now - self._seen_at > ttl
         if (
             not dead
