@@ -403,9 +403,24 @@ class TransferFailed(ModelhaulError):
 class TransferBusy(ModelhaulError):
     """Another process is already writing the same destination."""
 
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "wait for the other process to finish, or stop it; then run the same command again",
+        )
+
 
 class Cancelled(ModelhaulError):
     """The command was cancelled (another file hit a fatal error, or Ctrl-C)."""
+
+    def __init__(self, message: str = "the transfer was cancelled", *, hint: str = "") -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "run the same command again: finished parts are kept and "
+            "only the rest is transferred",
+        )
 
 
 class ServerStartError(ModelhaulError):
