@@ -212,13 +212,19 @@ def test_pinned_pull_refuses_a_swapped_object_with_a_rewritten_manifest(
 def test_pinned_pull_hashes_every_file_and_refuses_a_swapped_object(
     tmp_path: Path, store: S3Store, bucket: str
 ) -> None:
-    """Same size, same CRC32C in the manifest? No: the manifest is untouched, so only the
-    SHA-256 of the bytes can tell, and a pinned pull computes it."""
+    """Same size, and the manifest's ETag rewritten to the new object's (ETags are outside
+    the content id, so the id still holds): only the bytes' hash can tell, and a pinned
+    pull computes it."""
     uri = f"s3://{bucket}/m"
     src = make_model(tmp_path / "src")
     rev = modelhaul.push(src, uri, "acme/toy", config=CONFIG).revision
     key = f"m/acme/toy/{rev}/tokenizer/vocab.bin"
-    store.put(bucket, key, os.urandom(store.head(bucket, key).size))
+    etag = store.put(bucket, key, os.urandom(store.head(bucket, key).size))
+    doctored = json.loads(store.get_bytes(bucket, manifest_key(rev)))
+    for entry in doctored["files"]:
+        if entry["path"] == "tokenizer/vocab.bin":
+            entry["etag"] = etag
+    store.put(bucket, manifest_key(rev), json.dumps(doctored).encode())
     cache = tmp_path / "cache"
     with pytest.raises(modelhaul.ChecksumMismatch) as info:
         pull(f"acme/toy@{rev}", cache, uri)

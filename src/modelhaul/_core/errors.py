@@ -415,9 +415,24 @@ class TransferFailed(ModelhaulError):
 class TransferBusy(ModelhaulError):
     """Another process is already writing the same destination."""
 
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "wait for the other process to finish, or stop it; then run the same command again",
+        )
+
 
 class Cancelled(ModelhaulError):
     """The command was cancelled (another file hit a fatal error, or Ctrl-C)."""
+
+    def __init__(self, message: str = "the transfer was cancelled", *, hint: str = "") -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "run the same command again: finished parts are kept and "
+            "only the rest is transferred",
+        )
 
 
 class ServerStartError(ModelhaulError):
@@ -586,11 +601,16 @@ class SourcesFailed(ModelhaulError):
 
     Attributes:
         tried: one line per source tried, saying why it failed.
+        retryable: True only when every source failed in a way that trying again can
+            help (a timeout, a 503); a missing model, a refused key or a missing package
+            will fail the same way again.
     """
 
-    def __init__(self, what: str, tried: Sequence[str], *, hint: str = "") -> None:
+    def __init__(
+        self, what: str, tried: Sequence[str], *, retryable: bool = False, hint: str = ""
+    ) -> None:
         self.tried = list(tried)
-        self.retryable = True
+        self.retryable = retryable
         lines = "".join(f"\n  - {t}" for t in self.tried)
         super().__init__(
             f"no source could serve {what}:{lines}",

@@ -372,7 +372,10 @@ class Cache:
             data = json.loads(self._record_path(repo, revision).read_bytes())
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        # A damaged record is no record: the snapshot is checked and relinked.
+        if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
+            return {}
+        return data
 
     def snapshot_ready(self, repo: RepoId, revision: str, paths: Iterable[str]) -> Path | None:
         """The snapshot folder if every one of ``paths`` is there and unchanged (stat only)."""
@@ -380,8 +383,8 @@ class Cache:
         folder = self.snapshot_dir(repo, revision)
         for path in paths:
             want = record.get(path)
-            if want is None:
-                return None
+            if not isinstance(want, list) or len(want) < 3:
+                return None  # absent, or a damaged record: check and relink
             try:
                 st = os.stat(folder / path)
             except OSError:
@@ -454,7 +457,7 @@ class Cache:
                     len(present),
                     size,
                     all(f.path in present for f in manifest.files),
-                    float(record.get("last_used", 0.0)),
+                    _last_used(record),
                     refs,
                 )
             )
@@ -608,3 +611,10 @@ class Cache:
 def _repo_of(text: str) -> RepoId:
     org, _, name = text.partition("/")
     return RepoId(org, name)
+
+
+def _last_used(record: Mapping[str, Any]) -> float:
+    # A record damaged or written by hand must not stop `cache ls` or `cache clean`:
+    # it counts as never used, so it is the first to go.
+    value = record.get("last_used")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

@@ -48,8 +48,10 @@ from .._core.errors import (
     NotCached,
     NotFound,
     RevisionIdMismatch,
+    RevisionTampered,
     SignatureMissing,
     SourcesFailed,
+    TransferFailed,
     UnsafePath,
 )
 from .._core.uri import matches_filters, safe_join
@@ -347,6 +349,7 @@ def _resolve(
 ) -> PullPlan:
     tried: list[str] = []
     kinds: list[str] = []  # "model", "revision" or "other", one per source tried
+    retryable: list[bool] = []  # whether trying that source again could help
     manifest: Manifest | None = None
     used: Mirror | None = None
     kind = ""
@@ -362,6 +365,7 @@ def _resolve(
         except ModelhaulError as exc:
             tried.append(f"{m.describe()}: {_short(exc)}")
             kinds.append("other")
+            retryable.append(exc.retryable)
             continue
         manifest, what, kind = found.manifest, found.what, found.kind
         if manifest is not None:
@@ -369,6 +373,7 @@ def _resolve(
             break
         tried.append(f"{m.describe()}: {what}")
         kinds.append("model" if what.startswith("has no ") else "revision")
+        retryable.append(False)
 
     hub: OriginHub | None = None
     hub_rev: HubRevision | None = None
@@ -381,17 +386,22 @@ def _resolve(
             except NoSuchModel:
                 tried.append(f"{h.describe()}: has no {repo}")
                 kinds.append("model")
+                retryable.append(False)
             except NoSuchRevision:
                 tried.append(f"{h.describe()}: has {repo}, but no revision or ref {name!r}")
                 kinds.append("revision")
+                retryable.append(False)
             except ModelhaulError as exc:
                 tried.append(f"{h.describe()}: {_short(exc)}")
                 kinds.append("other")
+                retryable.append(exc.retryable)
         if hub_rev is None:
             if not tried:
                 tried.append("no mirror or origin is configured (--mirror, --origin)")
             if "other" in kinds or not kinds:
-                raise SourcesFailed(f"{repo}@{name}", tried)
+                raise SourcesFailed(
+                    f"{repo}@{name}", tried, retryable=bool(retryable) and all(retryable)
+                )
             if "revision" in kinds:
                 raise NoSuchRevision(str(repo), name, tried)
             raise NoSuchModel(str(repo), tried)
@@ -427,6 +437,7 @@ def _resolve(
             _origin_for_missing(plan, missing, hubs)
         return plan
 
+    # Narrowing only: without a mirror manifest, a hub resolved it (else it raised above).
     assert hub is not None
     assert hub_rev is not None
     chosen = [f for f in hub_rev.files if matches_filters(f.path, include, exclude)]
@@ -454,15 +465,19 @@ def _resolve(
 
 def _origin_for_missing(plan: PullPlan, missing: list[PlannedFile], hubs: list[OriginHub]) -> None:
     """Files the mirror's manifest lists but the mirror lacks: find a hub for them."""
-    assert plan.manifest is not None
+    assert plan.manifest is not None  # narrowing: called only for a mirror's plan
     assert plan.mirror is not None
     at = plan.manifest.source.get("revision") or plan.manifest.revision
     reasons = [f"{plan.mirror.describe()}: the object is missing"]
+    # The hubs are these files' sources (the mirror lacks them by design): trying again
+    # helps only if every hub failed in a way that can pass.
+    retryable: list[bool] = []
     for h in hubs:
         try:
             hub_rev = h.resolve(plan.repo, at)
         except ModelhaulError as exc:
             reasons.append(f"{h.describe()}: {_short(exc)}")
+            retryable.append(exc.retryable)
             continue
         by_path = {f.path: f for f in hub_rev.files}
         if all(f.path in by_path for f in missing):
@@ -472,9 +487,12 @@ def _origin_for_missing(plan: PullPlan, missing: list[PlannedFile], hubs: list[O
                 f.git_sha1 = by_path[f.path].git_sha1
             return
         reasons.append(f"{h.describe()}: {at} lacks some of the files")
+        retryable.append(False)
     if not hubs:
         reasons.append("no origin hub is configured (--origin hf)")
-    raise SourcesFailed(", ".join(f.path for f in missing), reasons)
+    raise SourcesFailed(
+        ", ".join(f.path for f in missing), reasons, retryable=bool(retryable) and all(retryable)
+    )
 
 
 # -- fetching -----------------------------------------------------------------------------
@@ -598,6 +616,7 @@ class _Fetcher:
 
     def _from_mirror(self, files: list[PlannedFile]) -> None:
         plan = self.plan
+        # Narrowing: files come "from the mirror" only in a plan made from its manifest.
         assert plan.mirror is not None
         assert plan.manifest is not None
         mirror = plan.mirror
@@ -618,9 +637,19 @@ class _Fetcher:
                     label=f"{f.path} ← {mirror}",
                     on_done=lambda e: self._done(e.path, "mirror"),
                     verify="sha256" if self.plan.strict else self.settings.verify,
+                    revision=f"{plan.repo}@{plan.revision}",
+                    where=str(mirror),
                 )
             )
-        Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress).run(jobs)
+        engine = Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress)
+        try:
+            engine.run(jobs)
+        except TransferFailed as exc:
+            # A replaced object of a published revision is the news, not "run it again".
+            for failure in exc.failures:
+                if isinstance(failure.cause, RevisionTampered):
+                    raise failure.cause from exc
+            raise
 
     def _done(self, path: str, source: str) -> None:
         self.fetched[path] = source
@@ -629,6 +658,7 @@ class _Fetcher:
     def _from_origin(self, f: PlannedFile) -> None:
         plan = self.plan
         hub, hub_rev = plan.hub, plan.hub_revision
+        # Narrowing: a file is planned "from the origin" only once a hub was found for it.
         assert hub is not None
         assert hub_rev is not None
         label = f"{f.path} ← {hub.describe()}"
@@ -662,6 +692,7 @@ class _Fetcher:
 def _final_manifest(plan: PullPlan) -> Manifest:
     if plan.manifest is not None:
         return plan.manifest
+    # Narrowing: a plan without a mirror manifest was made from a hub's revision.
     assert plan.hub is not None
     assert plan.hub_revision is not None
     entries = [FileEntry(f.path, f.size or 0, f.sha256 or "") for f in plan.files]
@@ -729,6 +760,8 @@ def pull(
         ChecksumMismatch, BadContent: a file is not what its source promised.
         RevisionIdMismatch: a pinned revision's manifest does not hash to its id.
         SignatureError: a required signature is missing, invalid or does not match.
+        RevisionTampered: an object of the mirror's published revision was replaced after
+            it was published (nothing of it enters the cache).
         DiskFull: no room in the cache.
         LockTimeout: another process kept fetching a file for longer than allowed.
     """

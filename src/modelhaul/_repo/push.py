@@ -492,8 +492,11 @@ def _push_locked(
 
     if lease.lost:
         raise RevisionConflict(
-            f"the push lease of {repo}@{revision} was taken over while this push stalled",
-            hint="another push of the same revision is running; run this one again after it",
+            f"the push lease of {repo}@{revision} was lost while this push ran (another "
+            f"push broke it, or its heartbeat could not reach the store for "
+            f"{lease.ttl:g} s), so nothing was published",
+            hint="if another push of the same revision is running, let it finish; then run "
+            "this one again: the files already sent are kept",
         )
     if signature is not None:
         # Before the manifest: a reader who sees the manifest finds the signature.
