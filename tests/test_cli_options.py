@@ -131,7 +131,7 @@ def test_profile_after_the_command_wins(
 def test_ls_objects_text_and_json(tmp_path: Path, env: dict[str, str], bucket: str) -> None:
     src = make_file(tmp_path / "o.bin", 3000)
     for key in ("top.bin", "dir/a.bin", "dir/sub/b.bin"):
-        run_cli("cp", "-q", str(src), f"s3://{bucket}/{key}", env=env)
+        run_cli("-q", "cp", str(src), f"s3://{bucket}/{key}", env=env)
     text = run_cli("ls", "--objects", f"s3://{bucket}/", env=env).stdout.splitlines()
     assert len(text) == 2
     assert text[0].split() == ["DIR", "dir/"]
