@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .._repo.settings import load_repo_settings
+from .options import State, cache_dir_option, common_options, pass_state
 
 __all__ = ["lock_command", "verify_command"]
 
@@ -22,16 +23,16 @@ __all__ = ["lock_command", "verify_command"]
 @click.option("--signature", type=click.Path(path_type=Path),
               help="A folder's signature (default FOLDER/.modelhaul/model.sig).")  # fmt: skip
 @click.option("--id", "expected_id", help="For a folder: the content id it must have.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), envvar="MODELHAUL_CACHE",
-              help="The shared cache (default ~/.cache/modelhaul).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@cache_dir_option
+@common_options(json="Print the result as JSON.")
+@pass_state
 def verify_command(
+    state: State,
     target: str,
     public_key: Path | None,
     signature: Path | None,
     expected_id: str | None,
     cache_dir: Path | None,
-    as_json: bool,
 ) -> None:
     """Check TARGET, a folder or a cached revision ORG/NAME[@ID], file by file.
 
@@ -53,7 +54,7 @@ def verify_command(
                                    "as ORG/NAME@ID")  # fmt: skip
         cache = Cache(load_repo_settings(cache_dir=cache_dir).cache_dir)
         result = verify_cached(target, cache, public_key=public_key)
-    if as_json:
+    if state.as_json:
         click.echo(json.dumps({
             "target": result.target, "id": result.id, "files": result.files,
             "bytes": result.bytes, "signed": result.signed, "folder": str(result.folder),
@@ -61,8 +62,9 @@ def verify_command(
         }))  # fmt: skip
         return
     signed = f", signature by {public_key} holds" if result.signed else ""
-    click.echo(f"verified {result.target}: {result.files} file(s), {result.bytes:,} bytes{signed}",
-               err=True)  # fmt: skip
+    if not state.quiet:
+        files = f"{result.files} file(s), {result.bytes:,} bytes"
+        click.echo(f"verified {result.target}: {files}{signed}", err=True)
     click.echo(result.id)
 
 
@@ -71,9 +73,10 @@ def verify_command(
 @click.option("--mirror", "mirrors", multiple=True, help="s3://BUCKET/PREFIX (repeatable).")
 @click.option("--require-signature", type=click.Path(path_type=Path),
               help="Public key (PEM): lock only revisions signed by it.")  # fmt: skip
-@click.pass_context
+@common_options()
+@pass_state
 def lock_command(
-    ctx: click.Context, models: tuple[str, ...], mirrors: tuple[str, ...],
+    state: State, models: tuple[str, ...], mirrors: tuple[str, ...],
     require_signature: Path | None,
 ) -> None:  # fmt: skip
     """Pin MODELS (ORG/NAME[@REF]...) by content id; print the lock file.
@@ -86,5 +89,5 @@ def lock_command(
     settings = load_repo_settings(mirrors=list(mirrors) or None, origins=[])
     if require_signature is not None:
         settings = settings.requiring_signature(require_signature)
-    profile = getattr(ctx.obj, "profile_name", None)  # the group's state (--profile)
-    click.echo(render_lock(lock_models(models, settings=settings, profile=profile)), nl=False)
+    click.echo(render_lock(lock_models(models, settings=settings, profile=state.profile_name)),
+               nl=False)  # fmt: skip
