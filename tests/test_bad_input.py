@@ -122,8 +122,8 @@ CASES: dict[str, tuple[str, str]] = {
     "manifest-escape": ("manifest with a path escaping the folder (`../x`)", "UnsafePath"),
     "manifest-json": ("manifest that is not JSON", "ManifestError"),
     "symlink": ("pushed folder with a symlink to outside it", "UnsafeSymlink"),
-    "altered": ("object altered after push (same size)", "ChecksumMismatch"),
-    "truncated": ("object truncated after push", "ChecksumMismatch"),
+    "altered": ("object replaced after push (same size)", "RevisionTampered"),
+    "truncated": ("object replaced by a shorter one after push", "RevisionTampered"),
     "full-disk": ("download to a full disk (2 MiB tmpfs)", "DiskFull"),
     "read-only-cache": ("read-only cache folder", "CacheError"),
     "expired-token": ("expired session token", "CredentialsExpired"),
@@ -195,7 +195,8 @@ def test_bad_input(
         args = ["push", str(src), f"s3://{bucket}/m", "--repo", "acme/toy"]
     elif case in ("altered", "truncated"):
         _, uri = _push_model(tmp_path, bucket)
-        key = "m/acme/toy/v1/model.safetensors"
+        rev = store.get_bytes(bucket, "m/acme/toy/.modelhaul/names/v1").decode()
+        key = f"m/acme/toy/{rev}/model.safetensors"
         data = bytearray(store.get_bytes(bucket, key))
         if case == "altered":
             data[100] ^= 0xFF

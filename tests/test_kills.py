@@ -216,19 +216,20 @@ def push(tmp: Path, env: dict[str, str], store: S3Store, bucket: str, kills: int
     revision = f"v{seed}"
 
     def check() -> None:
-        manifest = mirror.manifest(repo, revision)
+        # The name is given after the manifest, the ref moved after the name.
+        manifest = mirror.lookup(repo, revision).manifest
         ref = mirror.ref(repo, "main")
         if manifest is None:
             assert ref is None, "a ref points at a revision that is not published"
             return
         assert {f.path: f.sha256 for f in manifest.files} == want, "a half revision"
-        held = mirror.objects(repo, revision)
+        held = mirror.objects(repo, manifest.revision)
         for f in manifest.files:
             assert held[f.path].size == f.size, f"{f.path} published but not whole"
 
     _campaign("push", ["push", str(src), uri, str(repo), revision], env, tmp, _size(src), kills,
               check, rng)  # fmt: skip
-    assert mirror.ref(repo, "main") == revision
+    assert mirror.ref(repo, "main") == mirror.name(repo, revision)
     got = modelhaul.pull(str(repo), cache_dir=tmp / f"verify-{seed}", mirrors=[uri], origins=[])
     assert tree(got) == want
 

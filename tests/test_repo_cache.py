@@ -110,7 +110,7 @@ def test_broken_lease_is_noticed_by_its_holder(tmp_path: Path) -> None:
 def test_verify_and_repair(tmp_path: Path, bucket: str, env: dict[str, str]) -> None:
     uri = f"s3://{bucket}/m"
     src = make_model(tmp_path / "src")
-    modelhaul.push(src, uri, "acme/toy", revision="v1", config=CONFIG)
+    rev = modelhaul.push(src, uri, "acme/toy", revision="v1", config=CONFIG).revision
     cache_dir = tmp_path / "cache"
     folder = pull("acme/toy@v1", cache_dir, uri)
     ok = run_cli("cache", "verify", "--cache-dir", str(cache_dir), env=env)
@@ -123,7 +123,7 @@ def test_verify_and_repair(tmp_path: Path, bucket: str, env: dict[str, str]) -> 
     again = pull("acme/toy@v1", cache_dir, uri)
     assert tree(again) == tree(src)
     # Damage a blob without changing its size or mtime: only verify can find it.
-    manifest = cache.load_manifest(RepoId("acme", "toy"), "v1")
+    manifest = cache.load_manifest(RepoId("acme", "toy"), rev)
     assert manifest is not None
     entry = manifest.by_path()["tokenizer/vocab/merges.bin"]
     path = cache.blob_path(entry.sha256)
@@ -145,14 +145,15 @@ def test_cache_ls_and_clean(
 ) -> None:
     uri = f"s3://{bucket}/m"
     cache_dir = tmp_path / "cache"
+    revs = {}
     for i, name in enumerate(("acme/a", "acme/b", "acme/c")):
-        modelhaul.push(make_model(tmp_path / name, seed=10 * i), uri, name, revision="v1",
-                       config=CONFIG)  # fmt: skip
+        revs[name] = modelhaul.push(make_model(tmp_path / name, seed=10 * i), uri, name,
+                                    revision="v1", config=CONFIG).revision  # fmt: skip
         pull(name, cache_dir, uri)
         time.sleep(0.02)
     (cache_dir / "tmp" / ("f" * 64 + ".modelhaul-partial")).write_bytes(b"x" * 4096)
     listing = run_cli("cache", "ls", "--cache-dir", str(cache_dir), env=env).stdout
-    for name in ("acme/a@v1", "acme/b@v1", "acme/c@v1", "partial download"):
+    for name in (*(f"{r}@{v}" for r, v in revs.items()), "partial download"):
         assert name in listing
     js = json.loads(run_cli("cache", "ls", "--json", "--cache-dir", str(cache_dir), env=env).stdout)
     assert len(js["revisions"]) == 3 and js["partial"]
@@ -160,12 +161,12 @@ def test_cache_ls_and_clean(
     one = cache.blob_bytes() / 3
 
     out = run_cli("cache", "clean", "--repo", "acme/b", "--cache-dir", str(cache_dir), env=env)
-    assert "removed acme/b@v1" in out.stdout
+    assert f"removed acme/b@{revs['acme/b']}" in out.stdout
     assert {e.repo for e in cache.entries()} == {"acme/a", "acme/c"}
     pull("acme/a", cache_dir, uri)  # a is now the most recently used
     out = run_cli("cache", "clean", "--max-size", str(int(one * 1.5)), "--cache-dir",
                   str(cache_dir), env=env)  # fmt: skip
-    assert "removed acme/c@v1" in out.stdout
+    assert f"removed acme/c@{revs['acme/c']}" in out.stdout
     assert {e.repo for e in cache.entries()} == {"acme/a"}
     assert cache.blob_bytes() <= one * 1.5
     time.sleep(0.05)

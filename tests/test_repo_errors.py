@@ -82,9 +82,9 @@ def test_symlink_outside_pushed_folder(tmp_path: Path, store: S3Store, bucket: s
     result = modelhaul.push(src, f"s3://{bucket}/m", "acme/toy", revision="v1", config=CONFIG)
     assert result.files == 6
     (src / "link.txt").symlink_to(secret)
-    modelhaul.push(src, f"s3://{bucket}/m", "acme/toy", revision="v2", follow_symlinks=True,
-                   config=CONFIG)  # fmt: skip
-    assert store.get_bytes(bucket, "m/acme/toy/v2/link.txt") == b"do not publish"
+    v2 = modelhaul.push(src, f"s3://{bucket}/m", "acme/toy", revision="v2",
+                        follow_symlinks=True, config=CONFIG).revision  # fmt: skip
+    assert store.get_bytes(bucket, f"m/acme/toy/{v2}/link.txt") == b"do not publish"
 
 
 @pytest.mark.parametrize("verify", ["crc32c", "sha256"])
@@ -94,12 +94,13 @@ def test_object_altered_after_push(
     monkeypatch.setenv("MODELHAUL_VERIFY", verify)
     src = make_model(tmp_path / "src")
     uri = f"s3://{bucket}/m"
-    modelhaul.push(src, uri, "acme/toy", revision="v1", config=CONFIG)
-    key = "m/acme/toy/v1/model-00002-of-00002.safetensors"
+    rev = modelhaul.push(src, uri, "acme/toy", revision="v1", config=CONFIG).revision
+    key = f"m/acme/toy/{rev}/model-00002-of-00002.safetensors"
     data = bytearray(store.get_bytes(bucket, key))
     data[100] ^= 0xFF  # same size, one byte changed
-    store.put(bucket, key, bytes(data))
+    _replace_keeping_etag_in_manifest(store, bucket, key, rev, bytes(data))
     cache = tmp_path / "cache"
+    # The ETag agrees (the manifest was doctored too): only the content check can tell.
     with pytest.raises(modelhaul.ChecksumMismatch, match="altered after the push") as info:
         pull("acme/toy@v1", cache, uri)
     assert info.value.algorithm == verify
@@ -107,10 +108,25 @@ def test_object_altered_after_push(
     assert not list(cache.rglob("snapshots/*"))
     assert not list((cache / "tmp").iterdir())
     # A size change is caught before a byte is fetched.
-    store.put(bucket, key, bytes(data[:-1]))
+    _replace_keeping_etag_in_manifest(store, bucket, key, rev, bytes(data[:-1]))
     with pytest.raises(modelhaul.ChecksumMismatch, match="size"):
         pull("acme/toy@v1", cache, uri)
     assert_cache_clean(cache)
+
+
+def _replace_keeping_etag_in_manifest(
+    store: S3Store, bucket: str, key: str, rev: str, data: bytes
+) -> None:
+    """Overwrite an object, and record its new ETag in the manifest (nothing else: the
+    content id covers paths, sizes and SHA-256s, not ETags, so it still holds)."""
+    etag = store.put(bucket, key, data)
+    prefix, _, rel = key.partition(f"/{rev}/")
+    mkey = f"{prefix}/{rev}/.modelhaul/manifest.json"
+    manifest = json.loads(store.get_bytes(bucket, mkey))
+    for entry in manifest["files"]:
+        if entry["path"] == rel:
+            entry["etag"] = etag
+    store.put(bucket, mkey, json.dumps(manifest).encode())
 
 
 def test_missing_repo_and_revision_in_mirror(tmp_path: Path, bucket: str) -> None:
@@ -187,13 +203,21 @@ def test_concurrent_pushes_of_one_revision(tmp_path: Path, store: S3Store, bucke
         t.join()
     assert all(isinstance(r, modelhaul.PushResult) for r in results.values()), results
     assert sorted(r.already_published for r in results.values()) == [False, True]  # type: ignore[attr-defined]
-    assert store.get_bytes(bucket, "m/acme/toy/refs/main") == b"v2"
+    v2 = results["x"].revision  # type: ignore[attr-defined]
+    assert store.get_bytes(bucket, "m/acme/toy/refs/main") == v2.encode()
 
 
 def test_push_lease_held_by_a_live_pusher(tmp_path: Path, store: S3Store, bucket: str) -> None:
+    from modelhaul._repo.manifest import FileEntry, content_id
     from modelhaul._store.lease import Lease, ObjectLeaseBackend
 
-    key = "m/acme/toy/v1/.modelhaul/push.lease"
+    folder = make_model(tmp_path / "a")
+    rev = content_id(
+        FileEntry(p.relative_to(folder).as_posix(), p.stat().st_size,
+                  hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in folder.rglob("*") if p.is_file()
+    )  # fmt: skip
+    key = f"m/acme/toy/{rev}/.modelhaul/push.lease"
     other = Lease(ObjectLeaseBackend(store, bucket, key, "the push"), ttl=30)
     assert other.try_acquire()
     try:

@@ -88,9 +88,9 @@ def test_mirror_missing_one_file_then_write_back(
         (src / path).parent.mkdir(parents=True, exist_ok=True)
         (src / path).write_bytes(data)
     uri = f"s3://{bucket}/mirror"
-    modelhaul.push(src, uri, REPO, revision=repo.commit,
-                   source={"hub": "hf", "revision": repo.commit}, config=CONFIG)  # fmt: skip
-    store.delete(bucket, f"mirror/{REPO}/{repo.commit}/tokenizer/vocab.txt")
+    rev = modelhaul.push(src, uri, REPO, revision=repo.commit,
+                         source={"hub": "hf", "revision": repo.commit}, config=CONFIG).revision  # fmt: skip
+    store.delete(bucket, f"mirror/{REPO}/{rev}/tokenizer/vocab.txt")
 
     events: list[tuple[str, dict[str, object]]] = []
 
@@ -124,7 +124,9 @@ def test_write_back_publishes_a_revision_the_mirror_lacked(
     uri = f"s3://{bucket}/m"
     modelhaul.pull(REPO, cache_dir=tmp_path / "c1", mirrors=[uri], origins=["hf"],
                    write_back=True, config=CONFIG)  # fmt: skip
-    assert store.get_bytes(bucket, f"m/{REPO}/refs/main") == repo.commit.encode()
+    # Published under its content id; the hub's commit is its name.
+    rev = store.get_bytes(bucket, f"m/{REPO}/.modelhaul/names/{repo.commit}")
+    assert len(rev) == 64 and store.get_bytes(bucket, f"m/{REPO}/refs/main") == rev
     folder = modelhaul.pull(REPO, cache_dir=tmp_path / "c2", mirrors=[uri], origins=[],
                             config=CONFIG)  # fmt: skip
     assert tree(folder) == files and hub.downloads() == len([d for d in files.values() if d])
@@ -158,7 +160,8 @@ def test_hf_cache_layout_is_what_huggingface_hub_reads(tmp_path: Path, hub: Fake
     (src / "config.json").write_bytes(b"{}")
     uri = f"s3://{bucket}/m"
     modelhaul.push(src, uri, "team/ft", revision="ft-1", config=CONFIG)
-    modelhaul.pull("team/ft", cache_dir=tmp_path / "c", mirrors=[uri], origins=[], hf_cache=hf)
+    for name in ("team/ft", "team/ft@ft-1"):
+        modelhaul.pull(name, cache_dir=tmp_path / "c", mirrors=[uri], origins=[], hf_cache=hf)
     for revision in ("main", "ft-1"):
         got = try_to_load_from_cache("team/ft", "config.json", cache_dir=hf, revision=revision)
         assert isinstance(got, str) and Path(got).read_bytes() == b"{}"

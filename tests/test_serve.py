@@ -49,12 +49,16 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-def publish(tmp: Path, uri: str, repo: str, files: dict[str, bytes], revision: str) -> None:
+def publish(
+    tmp: Path, uri: str, repo: str, files: dict[str, bytes], revision: str,
+    source: dict[str, str] | None = None,
+) -> str:  # fmt: skip
+    """Push ``files`` under the name ``revision``; return the revision's content id."""
     src = tmp / f"src-{revision}"
     for path, data in files.items():
         (src / path).parent.mkdir(parents=True, exist_ok=True)
         (src / path).write_bytes(data)
-    modelhaul.push(src, uri, repo, revision=revision, config=CONFIG)
+    return modelhaul.push(src, uri, repo, revision=revision, source=source, config=CONFIG).revision
 
 
 @pytest.fixture
@@ -75,16 +79,16 @@ def test_mirrored_model_downloads_byte_identical(
 
     files = model_files(tmp_path)
     uri = f"s3://{bucket}/{tmp_path.name}"
-    publish(tmp_path, uri, REPO, files, "rev-1")
+    rev = publish(tmp_path, uri, REPO, files, "rev-1")
     with running_serve(store, uri, tmp_path / "spool") as (url, service):
         snap = snapshot_download(REPO, endpoint=url, cache_dir=tmp_path / "hf")
         assert tree(Path(snap)) == files
-        assert Path(snap).name == "rev-1"
+        assert Path(snap).name == rev  # the commit a client sees is the content id
         one = hf_hub_download(REPO, "tokenizer/vocab.txt", endpoint=url,
                               cache_dir=tmp_path / "hf2")  # fmt: skip
         assert Path(one).read_bytes() == files["tokenizer/vocab.txt"]
         info = HfApi(endpoint=url).model_info(REPO, files_metadata=True)
-        assert info.sha == "rev-1"
+        assert info.sha == rev
         assert {s.rfilename: s.size for s in info.siblings or []} == {
             p: len(d) for p, d in files.items()
         }
@@ -95,7 +99,7 @@ def test_mirrored_model_downloads_byte_identical(
         status, headers, body = raw(url, "HEAD", f"/{REPO}/resolve/main/model.safetensors")
         sha = hashlib.sha256(data).hexdigest()
         assert status == 200 and body == b""
-        assert headers["x-repo-commit"] == "rev-1"
+        assert headers["x-repo-commit"] == rev
         assert headers["etag"] == headers["x-linked-etag"] == f'"{sha}"'
         assert headers["x-linked-size"] == headers["content-length"] == str(len(data))
         assert headers["accept-ranges"] == "bytes"
@@ -312,7 +316,7 @@ def test_status_page_in_headless_chromium(tmp_path: Path, store: S3Store, bucket
         pytest.skip("no /usr/bin/chromium (scripts/test.sh installs it: apt-get install chromium)")
     files = model_files(tmp_path)
     uri = f"s3://{bucket}/{tmp_path.name}"
-    publish(tmp_path, uri, REPO, files, "rev-1")
+    rev = publish(tmp_path, uri, REPO, files, "rev-1")
     publish(tmp_path, uri, "acme/tiny", {"a.txt": b"x"}, "v1")
     synced = {"finished": 1790000000.0, "repos": {REPO: {"finished": 1790000000.0}}}
     store.put(bucket, f"{tmp_path.name}/.modelhaul/sync.json", json.dumps(synced).encode())
@@ -329,7 +333,7 @@ def test_status_page_in_headless_chromium(tmp_path: Path, store: S3Store, bucket
     assert out.returncode == 0, out.stderr[-2000:]
     dom = out.stdout
     assert "<title>modelhaul mirror</title>" in dom
-    assert REPO in dom and "acme/tiny" in dom and "rev-1" in dom and "main" in dom
+    assert REPO in dom and "acme/tiny" in dom and rev in dom and "main" in dom
     assert 'id="hits">1<' in dom and 'id="misses">0<' in dom
     assert 'id="repo-count">2<' in dom
     total = sum(len(d) for d in files.values())
@@ -411,7 +415,8 @@ def test_file_left_out_of_a_mirrored_revision_comes_from_the_origin(
     uri = f"s3://{bucket}/{tmp_path.name}"
     # Mirrored without the tokenizer (as a sync with exclude = ["tokenizer/*"] would).
     kept = {p: d for p, d in files.items() if not p.startswith("tokenizer/")}
-    publish(tmp_path, uri, REPO, kept, fake.commit)
+    # As a sync records it: the hub's commit is the source (and the revision's name).
+    rev = publish(tmp_path, uri, REPO, kept, fake.commit, {"hub": "hf", "revision": fake.commit})
     with running_serve(store, uri, tmp_path / "spool", origin=hub.url) as (url, service):
         got = hf_hub_download(REPO, "tokenizer/vocab.txt", endpoint=url, cache_dir=tmp_path / "h")
         assert Path(got).read_bytes() == files["tokenizer/vocab.txt"]
@@ -421,7 +426,7 @@ def test_file_left_out_of_a_mirrored_revision_comes_from_the_origin(
         assert service.write_through is not None
         service.write_through.wait(30)
     # The published revision is not changed behind its manifest.
-    prefix = f"{tmp_path.name}/{REPO}/{fake.commit}/tokenizer/"
+    prefix = f"{tmp_path.name}/{REPO}/{rev}/tokenizer/"
     assert not list(store.list(bucket, prefix))
 
 

@@ -164,3 +164,84 @@ def test_interrupt_says_how_to_resume(tmp_path: Path, env: dict[str, str], bucke
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "run the same command again to resume" in err
+
+
+def _exports(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^export (\w+)=(\S+)$", text, re.M))
+
+
+def test_env_status_stop_find_a_server_started_with_data_dir(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The data dir given to `server start` is recorded: no need to repeat --data-dir."""
+    data = tmp_path / "srv"
+    started = run_cli("server", "start", "--data-dir", str(data), env=env)
+    try:
+        printed = run_cli("server", "env", env=env)
+        assert _exports(printed.stdout) == _exports(started.stdout)
+        status = run_cli("server", "status", env=env)
+        assert f"data in {data.resolve()}" in status.stdout
+        stopped = run_cli("server", "stop", env=env, check=False)
+    finally:
+        modelhaul.stop_server(data)  # whatever happened above, no server outlives the test
+    assert stopped.stdout == "stopped\n"
+    assert run_cli("server", "status", env=env, check=False).stdout == "not running\n"
+    assert not (data / "modelhaul-server.json").exists()
+    registry = Path(env["XDG_STATE_HOME"]) / "modelhaul" / "servers"
+    assert list(registry.iterdir()) == []
+
+
+def test_two_recorded_servers_need_a_data_dir(tmp_path: Path, env: dict[str, str]) -> None:
+    dirs = [tmp_path / "one", tmp_path / "two"]
+    try:
+        for d in dirs:
+            run_cli("server", "start", "--data-dir", str(d), env=env)
+        for args in (["env"], ["stop"]):
+            proc = run_cli("server", *args, env=env, check=False)
+            assert proc.returncode == 2, args
+            assert "2 embedded servers are running" in proc.stderr
+            assert "hint: say which one: --data-dir" in proc.stderr
+        lines = run_cli("server", "status", env=env).stdout.splitlines()
+        assert len(lines) == 2 and all(line.startswith("running: pid ") for line in lines)
+        assert {line.rsplit(", data in ", 1)[1] for line in lines} == {
+            str(d.resolve()) for d in dirs
+        }
+        assert run_cli("server", "stop", "--data-dir", str(dirs[0]), env=env).stdout == "stopped\n"
+        left = run_cli("server", "env", env=env)  # one left: no flag needed again
+        assert _exports(left.stdout)["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    finally:
+        for d in dirs:
+            modelhaul.stop_server(d)
+
+
+def test_stop_never_signals_a_process_that_is_not_our_weed(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """After a reboot or pid reuse the state file names somebody else's process."""
+    import json
+    import subprocess
+
+    data = (tmp_path / "srv").resolve()
+    data.mkdir()
+    state = data / "modelhaul-server.json"
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {
+            "data_dir": str(data), "pid": stranger.pid, "host": "127.0.0.1", "port": 8333,
+            "access_key_id": "k", "secret_access_key": "s", "buckets": [],
+        }  # fmt: skip
+        state.write_text(json.dumps(record))
+        out = run_cli("server", "stop", "--data-dir", str(data), env=env)
+        assert stranger.poll() is None, "stop signalled a process that is not its weed"
+        assert out.stdout.startswith(f"not running: the state file {state} named pid ")
+        assert f"pid {stranger.pid}, which is not this server's weed but 'sleep 60'" in out.stdout
+        assert "nothing was signalled" in out.stdout
+        assert not state.exists()
+        # The library call is as careful: a stale state is removed, the process left alone.
+        state.write_text(json.dumps(record))
+        assert modelhaul.stop_server(data) is False
+        assert modelhaul.server_status(data) is None
+        assert stranger.poll() is None and not state.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

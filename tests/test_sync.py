@@ -74,7 +74,10 @@ def test_sync_incremental_refs_retention_cold(
     assert [(a["action"], a["revision"]) for a in first["actions"]] == [("published", v1.commit)]
     assert first["actions"][0]["origin_bytes"] == first["bytes_moved"] // 2 > 3 * MiB
     manifest, _ = mirror.resolve(rid, "main")
-    assert manifest is not None and manifest.revision == v1.commit
+    # Published under its content id; the hub's commit is its name.
+    assert manifest is not None and manifest.source["revision"] == v1.commit
+    assert mirror.name(rid, v1.commit) == manifest.revision == manifest.content_id()
+    id1 = manifest.revision
     assert {f.path for f in manifest.files} == {"config.json", "model.safetensors",
                                                 "tokenizer/vocab.txt"}  # fmt: skip
     downloads = hub.downloads()
@@ -92,7 +95,8 @@ def test_sync_incremental_refs_retention_cold(
     assert pub.reused_bytes == 3 * MiB + 11  # the unchanged weights, read from the mirror
     assert 0 < pub.origin_bytes < 10_000
     assert hub.downloads() == downloads + 2 and hub.downloads("model.safetensors") == 1
-    assert mirror.ref(rid, "main") == v2.commit
+    id2 = mirror.name(rid, v2.commit)
+    assert id2 is not None and mirror.ref(rid, "main") == id2
     # The older revision is kept (keep = 2) and moved to the colder class where supported.
     cold = [a for a in third.actions if a.revision == v1.commit]
     assert cold and cold[0].action in ("cold", "cold unsupported"), third.actions
@@ -102,9 +106,10 @@ def test_sync_incremental_refs_retention_cold(
     fourth = sync_mirror(config, store=store, env=env)
     assert ("published", v3.commit) in actions(fourth)
     assert ("pruned", v1.commit) in actions(fourth)
-    assert mirror.manifest(rid, v1.commit) is None
-    assert not list(store.list(bucket, f"{tmp_path.name}/{REPO}/{v1.commit}/"))
-    assert [r.revision for r in mirror.repos(rid)[0].revisions] == [v2.commit, v3.commit]
+    assert mirror.manifest(rid, id1) is None and mirror.name(rid, v1.commit) is None
+    assert not list(store.list(bucket, f"{tmp_path.name}/{REPO}/{id1}/"))
+    id3 = mirror.name(rid, v3.commit)
+    assert {r.revision for r in mirror.repos(rid)[0].revisions} == {id2, id3}
     # What pulls see is the newest, whole.
     folder = modelhaul.pull(REPO, cache_dir=tmp_path / "c", mirrors=[uri], origins=[])
     assert (folder / "config.json").read_bytes() == b'{"version": 3}'
@@ -133,7 +138,7 @@ def test_two_syncs_at_once_fetch_each_file_once(
         t.join(120)
     assert sorted(a.action for r in reports for a in r.actions) == ["published", "unchanged"]
     assert hub.downloads() == 3  # config.json, model.safetensors, vocab.txt: once each
-    manifest = Mirror.from_uri(store, uri).manifest(RepoId("acme", "synced"), v1.commit)
+    manifest = Mirror.from_uri(store, uri).lookup(RepoId("acme", "synced"), v1.commit).manifest
     assert manifest is not None and len(manifest.files) == 3
 
 

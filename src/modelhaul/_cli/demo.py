@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import click
 from rich.console import Console
 
 from .._core.config import MiB, load_profile
@@ -16,9 +17,10 @@ from .._store.embedded import start_server, stop_server
 from .._store.s3 import S3Store
 from .._transfer.copy import copy
 from .._transfer.engine import ProgressSubscriber
+from .options import State, common_options, pass_state
 from .progress import RichProgress
 
-__all__ = ["run_demo"]
+__all__ = ["demo_command", "run_demo"]
 
 
 def _sample_model(root: Path, size_mib: int) -> dict[str, str]:
@@ -107,3 +109,13 @@ def run_demo(
             stop_server(work / "server")
             shutil.rmtree(work, ignore_errors=True)
             say("server stopped, files removed")
+
+
+@click.command("demo")
+@click.option("--size-mib", default=320, show_default=True, help="Total size of the sample model.")
+@click.option("--keep", is_flag=True, help="Leave the server and files in place.")
+@common_options()
+@pass_state
+def demo_command(state: State, size_mib: int, keep: bool) -> None:
+    """Start a local SeaweedFS, push and pull a sample model, print MB/s, stop it."""
+    run_demo(state.console, size_mib=size_mib, keep=keep, quiet=state.quiet)

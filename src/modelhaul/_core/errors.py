@@ -36,6 +36,12 @@ and ``except modelhaul.NotFound`` both work::
     │   ├── SourceChanged                   a local file changed while it was uploaded
     │   ├── BadContent                      an empty file or an HTML page for weights
     │   ├── ManifestError                   a manifest that is not valid
+    │   ├── RevisionIdMismatch              a manifest that does not hash to its pinned id
+    │   ├── SignatureError                  a signature check refused a revision
+    │   │   ├── SignatureMissing            the revision carries no signature
+    │   │   │   └── SignatureRemoved        ... though it was signed when published
+    │   │   ├── SignatureInvalid            not signed by the trusted key
+    │   │   └── SignatureMismatch           files differ from what was signed
     │   ├── InvalidSafetensors              an object that is not a safetensors file
     │   └── TruncatedObject                 an object shorter than its own header says
     ├── SourcesFailed                       no source could serve; each one's reason
@@ -97,9 +103,15 @@ __all__ = [
     "PartFailure",
     "PreconditionFailed",
     "RevisionConflict",
+    "RevisionIdMismatch",
     "RevisionTampered",
     "ServerError",
     "ServerStartError",
+    "SignatureError",
+    "SignatureInvalid",
+    "SignatureMismatch",
+    "SignatureMissing",
+    "SignatureRemoved",
     "SourceChanged",
     "SourcesFailed",
     "StoreError",
@@ -403,9 +415,24 @@ class TransferFailed(ModelhaulError):
 class TransferBusy(ModelhaulError):
     """Another process is already writing the same destination."""
 
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "wait for the other process to finish, or stop it; then run the same command again",
+        )
+
 
 class Cancelled(ModelhaulError):
     """The command was cancelled (another file hit a fatal error, or Ctrl-C)."""
+
+    def __init__(self, message: str = "the transfer was cancelled", *, hint: str = "") -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "run the same command again: finished parts are kept and "
+            "only the rest is transferred",
+        )
 
 
 class ServerStartError(ModelhaulError):
@@ -504,16 +531,86 @@ class ManifestError(IntegrityError):
         )
 
 
+class RevisionIdMismatch(IntegrityError):
+    """A revision's manifest does not hash to the content id it was pinned by: it was
+    rewritten after it was published (or the pin is wrong).
+
+    Attributes:
+        repo: ``ORG/NAME``.
+        expected: the pinned id.
+        actual: what the manifest hashes to.
+        paths: the files whose entries differ from the pin, where that is known (a lock
+            file records every file); empty otherwise.
+    """
+
+    def __init__(
+        self, repo: str, *, expected: str, actual: str, where: str, paths: Sequence[str] = ()
+    ) -> None:
+        self.repo = repo
+        self.expected = expected
+        self.actual = actual
+        self.paths = list(paths)
+        files = f" ({', '.join(self.paths)} changed)" if self.paths else ""
+        super().__init__(
+            f"the manifest of {repo}@{expected} in {where} hashes to {actual}, not to the id it "
+            f"is pinned by: it was rewritten after it was published{files}. Nothing was "
+            "downloaded",
+            hint="do not use this copy; tell the mirror's owner, who should push the revision "
+            "again from a trusted folder",
+        )
+
+
+class SignatureError(IntegrityError):
+    """A revision failed its signature check (``--require-signature``).
+
+    Attributes:
+        revision: ``ORG/NAME@ID``.
+    """
+
+    def __init__(self, revision: str, message: str, *, hint: str) -> None:
+        self.revision = revision
+        super().__init__(message, hint=hint)
+
+
+class SignatureMissing(SignatureError):
+    """The revision has no signature, and one is required."""
+
+
+class SignatureRemoved(SignatureMissing):
+    """The revision's manifest says it was signed, but the signature is gone."""
+
+
+class SignatureInvalid(SignatureError):
+    """The signature is not valid for the trusted public key (another key, or damaged)."""
+
+
+class SignatureMismatch(SignatureError):
+    """The revision's files are not the ones that were signed.
+
+    Attributes:
+        paths: the files that differ from, or are not covered by, the signature.
+    """
+
+    def __init__(self, revision: str, message: str, *, paths: Sequence[str], hint: str) -> None:
+        self.paths = list(paths)
+        super().__init__(revision, message, hint=hint)
+
+
 class SourcesFailed(ModelhaulError):
     """No source could serve a pull.
 
     Attributes:
         tried: one line per source tried, saying why it failed.
+        retryable: True only when every source failed in a way that trying again can
+            help (a timeout, a 503); a missing model, a refused key or a missing package
+            will fail the same way again.
     """
 
-    def __init__(self, what: str, tried: Sequence[str], *, hint: str = "") -> None:
+    def __init__(
+        self, what: str, tried: Sequence[str], *, retryable: bool = False, hint: str = ""
+    ) -> None:
         self.tried = list(tried)
-        self.retryable = True
+        self.retryable = retryable
         lines = "".join(f"\n  - {t}" for t in self.tried)
         super().__init__(
             f"no source could serve {what}:{lines}",

@@ -1,6 +1,7 @@
 """Retention of ``mirror sync``: revisions beyond ``keep`` are deleted (manifest first),
 kept ones beyond ``cold_after`` are rewritten in a colder storage class where the store
-has one. A revision a ref points at is never touched."""
+has one. A revision a ref points at is never touched; the names given to a pruned revision
+(its hub commit) go with it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def apply_retention(
     """Prune and cool the revisions of ``repo``.
 
     Returns:
-        ``(action, revision, files, detail)`` for each revision acted on.
+        ``(action, revision, files, detail)`` for each revision acted on; the revision as
+        its hub's commit where it has one (what a sync report speaks of), else its id.
     """
     done: list[tuple[str, str, int, str]] = []
     summaries = mirror.repos(repo)
@@ -32,9 +34,13 @@ def apply_retention(
     pinned = set(summary.refs.values())
     # The manifests' own times: the listing's are whole seconds, too coarse to order by.
     created = {}
+    label = {}
     for rev in summary.revisions:
         manifest = mirror.manifest(repo, rev.revision)
         created[rev.revision] = manifest.created if manifest else rev.created
+        label[rev.revision] = (
+            manifest.source.get("revision") if manifest else None
+        ) or rev.revision
     newest_first = sorted(
         summary.revisions, key=lambda r: (created[r.revision], r.revision), reverse=True
     )
@@ -43,11 +49,13 @@ def apply_retention(
             continue
         if keep and index >= keep:
             _prune(mirror, repo, rev.revision)
-            done.append(("pruned", rev.revision, rev.files, f"beyond keep = {keep}"))
+            for name in [n for n, target in summary.names.items() if target == rev.revision]:
+                mirror.delete_name(repo, name)
+            done.append(("pruned", label[rev.revision], rev.files, f"beyond keep = {keep}"))
         elif cold_class and cold_after and index >= cold_after:
             outcome = _make_cold(mirror, repo, rev.revision, cold_class)
             if outcome is not None:
-                done.append((outcome, rev.revision, rev.files, cold_class))
+                done.append((outcome, label[rev.revision], rev.files, cold_class))
     return done
 
 

@@ -16,12 +16,14 @@ The config (TOML; every key but ``repos`` optional)::
     keep = 2                             # overrides the top-level keep (origin too)
 
 For each repo and revision: ask the hub which commit it is; if the mirror already has that
-commit's manifest only the ref moves (no bytes); otherwise the files are fetched — those
-whose SHA-256 an earlier revision in the mirror already holds are read from the mirror, the
-rest from the hub — and published as a push does (objects, then the manifest, then the
-ref). Then revisions beyond ``keep`` (never one a ref points at) are deleted, manifest
-first so they vanish at once, and kept revisions beyond ``cold_after`` are copied onto
-themselves in the colder storage class (``<rev>/.modelhaul/storage-class`` records it).
+commit (a name given to a revision, or a revision of a mirror written before content ids)
+only the ref moves (no bytes); otherwise the files are fetched — those whose SHA-256 an
+earlier revision in the mirror already holds are read from the mirror, the rest from the
+hub — and published by :func:`~modelhaul._repo.push.push`: under the content id, with the
+commit as its name (objects, then the manifest, then the name, then the ref). Then
+revisions beyond ``keep`` (never one a ref points at) are deleted, manifest first so they
+vanish at once, and their names with them; kept revisions beyond ``cold_after`` are copied
+onto themselves in the colder storage class (``<rev>/.modelhaul/storage-class`` records it).
 
 Safe to run twice at once: each repo is synced under a lease in the bucket
 (``<repo>/.modelhaul-sync.lease``), so a second run waits for the first and then finds
@@ -214,10 +216,11 @@ def _sync_repo(
         commit = resolved.commit
         refs[name] = commit
         files = [f for f in resolved.files if matches_filters(f.path, item.include, item.exclude)]
-        if mirror.manifest(repo, commit) is not None:
+        held = mirror.lookup(repo, commit).manifest
+        if held is not None:
             action = "unchanged"
-            if name != commit and mirror.ref(repo, name) != commit:
-                mirror.set_ref(repo, name, commit)
+            if name != commit and mirror.ref(repo, name) != held.revision:
+                mirror.set_ref(repo, name, held.revision)
                 action = "ref moved"
             report.actions.append(
                 SyncAction(

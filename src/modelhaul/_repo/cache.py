@@ -5,11 +5,14 @@ Layout under the cache root (``--cache-dir``, ``MODELHAUL_CACHE``, the config's
 ``cache_dir``, else ``$XDG_CACHE_HOME/modelhaul``)::
 
     blobs/<aa>/<sha256>                     content, read-only, named by its SHA-256
-    blobs/<aa>/<sha256>.verified            size, mtime, inode when it was last hashed
+    blobs/<aa>/<sha256>.verified            size, mtime, inode when it was verified; whether
+                                            by SHA-256 or by the manifest's CRC32C
     repos/<org>/<name>/manifests/<rev>.json the revision's manifest
+    repos/<org>/<name>/signatures/<rev>.sig its model_signing signature, if it had one
     repos/<org>/<name>/snapshots/<rev>/...  the folder handed to the user: hard links
     repos/<org>/<name>/records/<rev>.json   what each snapshot file looked like when made
     repos/<org>/<name>/refs/<ref>           the revision a ref named when last resolved
+    repos/<org>/<name>/names/<name>         the revision a name is given to (never moves)
     aliases/<aa>/<key>                      SHA-256 of a hub file known by its git id
     tmp/                                    downloads in progress (resumable)
     locks/                                  leases: who downloads which blob
@@ -17,9 +20,11 @@ Layout under the cache root (``--cache-dir``, ``MODELHAUL_CACHE``, the config's
 A snapshot file is a hard link to its blob where the filesystem allows (a reflink or a
 copy otherwise: it must work where symlinks do not), so two revisions that share a file
 store it once, and the folder is a plain folder any loader reads. A file enters
-``blobs/`` only after its SHA-256 was checked, by a rename from ``tmp/``: the cache never
-holds a file whose hash is wrong (see huggingface_hub's ``_download_to_tmp_and_move`` for
-the same rule).
+``blobs/`` only after it was checked against its manifest entry, by a rename from ``tmp/``
+(see huggingface_hub's ``_download_to_tmp_and_move`` for the same rule). A blob checked by
+CRC32C only (an unpinned pull's default) is named by the SHA-256 its manifest claims; a
+pinned pull trusts only blobs whose SHA-256 was computed (``has_blob(..., hashed=True)``
+hashes the others first).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from .._core.errors import CacheError, DiskFull, ManifestError
 from .._core.uri import safe_join
 from .._store.lease import FileLeaseBackend, Lease
 from .._transfer.journal import write_journal
-from .manifest import FileEntry, Manifest, RepoId, check_revision
+from .manifest import FileEntry, Manifest, RepoId, check_content_id, check_revision, is_content_id
 
 __all__ = ["Cache", "CacheEntry", "VerifyReport", "default_cache_dir", "sha256_file"]
 
@@ -206,34 +211,53 @@ class Cache:
 
     # -- blobs -----------------------------------------------------------------------------
 
-    def has_blob(self, sha256: str, size: int) -> bool:
-        """Whether the blob is here, unchanged since it was verified (stat only, no read)."""
+    def has_blob(self, sha256: str, size: int, *, hashed: bool = False) -> bool:
+        """Whether the blob is here, unchanged since it was verified (stat only, no read).
+
+        With ``hashed``, a blob that was checked by CRC32C only is hashed now (its record
+        then says so), and one whose SHA-256 is not its name counts as absent.
+        """
         try:
             st = os.stat(self.blob_path(sha256))
             record = json.loads(self._verified_path(sha256).read_bytes())
         except (OSError, ValueError):
             return False
-        return st.st_size == size and record.get("stat") == _stat_key(st)
+        if st.st_size != size or record.get("stat") != _stat_key(st):
+            return False
+        if not hashed or record.get("hashed", False):
+            return True
+        if sha256_file(self.blob_path(sha256)) != sha256:
+            log.warning("blob %s does not hash to its name: fetching it again", sha256)
+            return False
+        self._record_verified(sha256, self.blob_path(sha256), hashed=True)
+        return True
 
-    def add_blob(self, tmp: Path, sha256: str) -> Path:
-        """Move a verified file into the blobs; record its state. Returns the blob path."""
+    def add_blob(self, tmp: Path, sha256: str, *, hashed: bool = True) -> Path:
+        """Move a verified file into the blobs; record its state. Returns the blob path.
+
+        Args:
+            tmp: the file, checked against its manifest entry.
+            sha256: its SHA-256 (the blob's name).
+            hashed: whether that SHA-256 was computed from the bytes (False: the bytes
+                matched the manifest's CRC32C, and the name is the manifest's word).
+        """
         blob = self.blob_path(sha256)
         blob.parent.mkdir(parents=True, exist_ok=True)
         st = os.stat(tmp)
-        if self.has_blob(sha256, st.st_size):
+        if self.has_blob(sha256, st.st_size, hashed=hashed):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             return blob
         os.chmod(tmp, 0o444)
         os.replace(tmp, blob)
-        self._record_verified(sha256, blob)
+        self._record_verified(sha256, blob, hashed=hashed)
         return blob
 
-    def _record_verified(self, sha256: str, blob: Path) -> None:
+    def _record_verified(self, sha256: str, blob: Path, *, hashed: bool = True) -> None:
         st = os.stat(blob)
         write_journal(
             self._verified_path(sha256),
-            {"sha256": sha256, "stat": _stat_key(st), "verified": time.time()},
+            {"sha256": sha256, "stat": _stat_key(st), "verified": time.time(), "hashed": hashed},
             durable=False,
         )
 
@@ -275,12 +299,51 @@ class Cache:
         os.replace(tmp, path)
 
     def load_manifest(self, repo: RepoId, revision: str) -> Manifest | None:
+        """The cached manifest of a revision, or None.
+
+        Raises:
+            ManifestError: it is damaged.
+            RevisionIdMismatch: it is stored under a content id it does not hash to.
+        """
         path = self._manifest_path(repo, revision)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        return Manifest.from_json(raw, str(path))
+        manifest = Manifest.from_json(raw, str(path))
+        if is_content_id(revision):
+            check_content_id(manifest, revision, str(path))
+        return manifest
+
+    def _signature_path(self, repo: RepoId, revision: str) -> Path:
+        return self.repo_dir(repo) / "signatures" / f"{check_revision(revision)}.sig"
+
+    def save_signature(self, repo: RepoId, revision: str, signature: bytes) -> Path:
+        path = self._signature_path(repo, revision)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_bytes(signature)
+        os.replace(tmp, path)
+        return path
+
+    def signature_path(self, repo: RepoId, revision: str) -> Path | None:
+        """The cached signature of a revision (for ``model_signing verify``), or None."""
+        path = self._signature_path(repo, revision)
+        return path if path.is_file() else None
+
+    def set_name(self, repo: RepoId, name: str, revision: str) -> None:
+        path = self.repo_dir(repo) / "names" / check_revision(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(revision)
+        os.replace(tmp, path)
+
+    def get_name(self, repo: RepoId, name: str) -> str | None:
+        try:
+            text = (self.repo_dir(repo) / "names" / check_revision(name)).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return check_revision(text)
 
     def set_ref(self, repo: RepoId, ref: str, revision: str) -> None:
         path = self.repo_dir(repo) / "refs" / check_revision(ref, "ref")
@@ -309,7 +372,10 @@ class Cache:
             data = json.loads(self._record_path(repo, revision).read_bytes())
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        # A damaged record is no record: the snapshot is checked and relinked.
+        if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
+            return {}
+        return data
 
     def snapshot_ready(self, repo: RepoId, revision: str, paths: Iterable[str]) -> Path | None:
         """The snapshot folder if every one of ``paths`` is there and unchanged (stat only)."""
@@ -317,8 +383,8 @@ class Cache:
         folder = self.snapshot_dir(repo, revision)
         for path in paths:
             want = record.get(path)
-            if want is None:
-                return None
+            if not isinstance(want, list) or len(want) < 3:
+                return None  # absent, or a damaged record: check and relink
             try:
                 st = os.stat(folder / path)
             except OSError:
@@ -391,7 +457,7 @@ class Cache:
                     len(present),
                     size,
                     all(f.path in present for f in manifest.files),
-                    float(record.get("last_used", 0.0)),
+                    _last_used(record),
                     refs,
                 )
             )
@@ -418,7 +484,7 @@ class Cache:
             report.blobs += 1
             report.bytes += blob.stat().st_size
             if sha256_file(blob) == blob.name:
-                self._record_verified(blob.name, blob)
+                self._record_verified(blob.name, blob, hashed=True)
                 continue
             report.bad.append(blob.name)
             if repair:
@@ -467,13 +533,19 @@ class Cache:
 
     def remove_revision(self, repo: RepoId, revision: str) -> None:
         shutil.rmtree(self.snapshot_dir(repo, revision), ignore_errors=True)
-        for p in (self._record_path(repo, revision), self._manifest_path(repo, revision)):
+        for p in (
+            self._record_path(repo, revision),
+            self._manifest_path(repo, revision),
+            self._signature_path(repo, revision),
+        ):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-        for ref, rev in self.refs(repo).items():
-            if rev == revision:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.repo_dir(repo) / "refs" / ref).unlink()
+        for kind in ("refs", "names"):
+            folder = self.repo_dir(repo) / kind
+            for p in sorted(folder.glob("*")) if folder.is_dir() else []:
+                with contextlib.suppress(OSError):
+                    if not p.name.startswith(".") and p.read_text().strip() == revision:
+                        p.unlink()
 
     def collect_garbage(self) -> int:
         """Remove blobs no cached revision uses; return the bytes freed."""
@@ -539,3 +611,10 @@ class Cache:
 def _repo_of(text: str) -> RepoId:
     org, _, name = text.partition("/")
     return RepoId(org, name)
+
+
+def _last_used(record: Mapping[str, Any]) -> float:
+    # A record damaged or written by hand must not stop `cache ls` or `cache clean`:
+    # it counts as never used, so it is the first to go.
+    value = record.get("last_used")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

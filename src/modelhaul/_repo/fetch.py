@@ -16,6 +16,11 @@ at the end.
 The download goes to ``<cache>/tmp/<sha256>`` (a fixed name, so a rerun resumes it), is
 renamed into the blobs only after both the store's CRC32C and the manifest's SHA-256
 match, and is deleted otherwise: the cache never holds a file whose hash is wrong.
+
+A published revision never changes. An object whose ETag is not the one its manifest
+recorded (seen by the HEAD, or by a GET pinned to the manifest's ETag) was replaced behind
+modelhaul's back: :class:`~modelhaul.RevisionTampered`, before a byte of it is written, and
+no "restart from the new version" as a plain copy would do.
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .._core.checksum import combine_segments, crc32c_hex
-from .._core.errors import ChecksumMismatch
+from .._core.errors import (
+    CacheError,
+    ChecksumMismatch,
+    ModelhaulError,
+    ObjectChanged,
+    RevisionTampered,
+)
 from .._store.base import ObjectInfo, ObjectStore
 from .._transfer.download import DownloadJob
 from .._transfer.engine import Engine, Task
@@ -38,6 +49,11 @@ from .manifest import FileEntry
 __all__ = ["CacheFetchJob", "FollowingHasher"]
 
 _CHUNK = 4 * 1024 * 1024
+
+
+def _same_etag(a: str, b: str) -> bool:
+    # Stores differ in quoting and case between a PUT's answer and a HEAD's; never in value.
+    return a.strip('"').lower() == b.strip('"').lower()
 
 
 class FollowingHasher(threading.Thread):
@@ -131,6 +147,8 @@ class CacheFetchJob(DownloadJob):
         on_done: called with the entry once its blob is in place.
         verify: ``crc32c`` (the manifest's CRC32C, free) or ``sha256`` (also hash every
             byte; about 0.7 s of CPU per GiB here).
+        revision: ``ORG/NAME@REVISION``, for messages.
+        where: the mirror, in words, for messages.
     """
 
     def __init__(
@@ -144,6 +162,8 @@ class CacheFetchJob(DownloadJob):
         label: str,
         on_done: Callable[[FileEntry], None] | None = None,
         verify: str = "crc32c",
+        revision: str = "",
+        where: str = "",
     ) -> None:
         cache.tmp_path(entry.sha256).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(
@@ -158,21 +178,48 @@ class CacheFetchJob(DownloadJob):
         self.cache = cache
         self.on_done = on_done
         self.full_hash = verify == "sha256" or not entry.crc32c
+        self.revision = revision or key
+        self.where = where or f"s3://{bucket}"
         self._hasher: FollowingHasher | None = None
         self._hash_fd = -1
 
-    def prepare(self, engine: Engine) -> None:
-        super().prepare(engine)
-        assert self.info is not None
-        if self.info.size != self.entry.size:
+    def check_source(self, info: ObjectInfo) -> None:
+        if self.entry.etag and info.etag and not _same_etag(self.entry.etag, info.etag):
+            raise self._tampered(info.etag)
+        if info.size != self.entry.size:
             raise ChecksumMismatch(
                 self.label,
                 algorithm="size",
                 expected=str(self.entry.size),
-                actual=str(self.info.size),
+                actual=str(info.size),
                 hint="the object in the mirror is not the one its manifest describes: it was "
-                "altered after the push; push the revision again",
+                "altered after the push; nothing was downloaded from it. Tell the mirror's "
+                "owner, who should push the revision again",
             )
+
+    def _tampered(self, actual_etag: str) -> RevisionTampered:
+        return RevisionTampered(
+            self.revision,
+            self.entry.path,
+            expected_etag=self.entry.etag,
+            actual_etag=actual_etag,
+            where=self.where,
+        )
+
+    def run_task(self, task: Task, engine: Engine) -> None:
+        try:
+            super().run_task(task, engine)
+        except ObjectChanged as exc:
+            # Every GET is pinned to the manifest's ETag (without checksums there is no
+            # HEAD first): the object is not the published one.
+            try:
+                actual = self.store.head(self.bucket, self.key).etag
+            except ModelhaulError:
+                actual = "another one (the store did not say which)"
+            raise self._tampered(actual) from exc
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
         if self.full_hash:
             self._hash_fd = os.open(self.partial, os.O_RDONLY)
             self._hasher = FollowingHasher(self._hash_fd, self.entry.size)
@@ -190,6 +237,13 @@ class CacheFetchJob(DownloadJob):
             return
         try:
             actual = self._hasher.result()
+        except OSError as exc:
+            self._discard()
+            raise CacheError(
+                f"could not read back {self.partial} to hash it: {exc}",
+                hint="another program may have truncated or removed it, or the disk failed; "
+                "nothing was kept: run the same command again",
+            ) from exc
         finally:
             self._close_hash()
         super().finish(engine)  # the store's CRC32C and the size; renames to tmp/<sha256>
@@ -219,7 +273,7 @@ class CacheFetchJob(DownloadJob):
         )
 
     def _commit(self, sha256: str) -> None:
-        self.cache.add_blob(self.dest, sha256)
+        self.cache.add_blob(self.dest, sha256, hashed=self.full_hash)
         if self.on_done is not None:
             self.on_done(self.entry)
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .._core.uri import safe_join
+from .._core.uri import safe_join, safe_relpath
 from .cache import Cache, place_file
 from .manifest import FileEntry, RepoId
 
@@ -53,7 +53,10 @@ def write_hf_cache(
         blob = base / "blobs" / e.sha256
         if not blob.exists():
             place_file(cache.blob_path(e.sha256), blob)
-        dest = safe_join(snapshot, e.path)
+        # The folder is checked, not the file: a file already laid out is a link into
+        # blobs/, outside the snapshot on purpose, and is replaced below.
+        folder, _, name = safe_relpath(e.path).rpartition("/")
+        dest = (safe_join(snapshot, folder) if folder else snapshot) / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(blob, dest.parent)
         if dest.is_symlink() and os.readlink(dest) == target:

@@ -1,10 +1,22 @@
-"""A revision's manifest (the registry record of a model), repository ids and the bucket layout.
+"""A revision's manifest (the registry record of a model), its content id, repository ids
+and the bucket layout.
 
 In a mirror bucket (see ``shared/DESIGN.md``)::
 
-    <prefix>/<org>/<name>/<revision>/<path ...>                the files, under their own names
-    <prefix>/<org>/<name>/<revision>/.modelhaul/manifest.json  written last: the commit point
-    <prefix>/<org>/<name>/refs/<ref>                           a revision id, e.g. refs/main
+    <prefix>/<org>/<name>/<id>/<path ...>                the files, under their own names
+    <prefix>/<org>/<name>/<id>/.modelhaul/model.sig      a model_signing signature, if signed
+    <prefix>/<org>/<name>/<id>/.modelhaul/manifest.json  written last: the commit point
+    <prefix>/<org>/<name>/.modelhaul/names/<name>        a name (v1, a hub commit) -> an id
+    <prefix>/<org>/<name>/refs/<ref>                     a revision id, e.g. refs/main
+
+A revision's id is the SHA-256 of its *canonical manifest* (:func:`canonical_manifest`):
+every file's path, size and SHA-256, sorted by path, as compact JSON. Nothing else is
+hashed: the ETags, part sizes, CRC32Cs, the source and the time are records of how it got
+there, so the same files pushed from two machines get the same id. :func:`content_id` is
+the one place that computes it; push, ``mirror sync``, serve's write-through and every
+reader use it. Mirrors written before content ids hold revisions under other names (a
+commit, ``v1``, a hash of mtimes); they are read as they are, and the id check applies to
+the directories whose name is a content id.
 
 A manifest is read from places modelhaul does not control, so :meth:`Manifest.from_json`
 checks every field and refuses any path that could land outside the folder it is written
@@ -21,20 +33,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core.errors import InvalidRepoId, ManifestError, UnsafePath
+from .._core.errors import InvalidRepoId, ManifestError, RevisionIdMismatch, UnsafePath
 from .._core.uri import safe_relpath
 
 __all__ = [
     "MANIFEST_NAME",
+    "SIGNATURE_NAME",
     "FileEntry",
     "Manifest",
     "RepoId",
     "RepoLayout",
+    "canonical_manifest",
+    "check_content_id",
+    "content_id",
+    "is_content_id",
     "parse_repo_id",
 ]
 
 MANIFEST_NAME = ".modelhaul/manifest.json"
+SIGNATURE_NAME = ".modelhaul/model.sig"
 MANIFEST_VERSION = 1
+_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -50,6 +69,11 @@ class RepoId:
         return f"{self.org}/{self.name}"
 
 
+def is_content_id(text: str | None) -> bool:
+    """Whether ``text`` has the form of a content id (64 lowercase hex digits)."""
+    return text is not None and _ID_RE.match(text) is not None
+
+
 def check_revision(text: str, what: str = "revision") -> str:
     """Return ``text`` if it is a usable revision or ref name.
 
@@ -63,6 +87,26 @@ def check_revision(text: str, what: str = "revision") -> str:
             "or a branch such as main)",
         )
     return text
+
+
+def canonical_manifest(files: Iterable[FileEntry]) -> bytes:
+    """The hashed part of a manifest: ``{"files": [{"path", "sha256", "size"}...],
+    "version": 1}``, files sorted by path, keys sorted, no whitespace, UTF-8.
+
+    Anyone can recompute it from a folder: ``sha256(json.dumps({"files": sorted(...),
+    "version": 1}, sort_keys=True, separators=(",", ":"), ensure_ascii=False))``.
+    """
+    items = sorted(
+        ({"path": f.path, "sha256": f.sha256, "size": f.size} for f in files),
+        key=lambda item: str(item["path"]),
+    )
+    doc = {"files": items, "version": MANIFEST_VERSION}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_id(files: Iterable[FileEntry]) -> str:
+    """A revision's id: the SHA-256 of its :func:`canonical_manifest`."""
+    return hashlib.sha256(canonical_manifest(files)).hexdigest()
 
 
 def parse_repo_id(text: str) -> tuple[RepoId, str | None]:
@@ -107,8 +151,19 @@ class RepoLayout:
     def lease_key(self, revision: str) -> str:
         return self.revision_prefix(revision) + ".modelhaul/push.lease"
 
+    def signature_key(self, revision: str) -> str:
+        return self.revision_prefix(revision) + SIGNATURE_NAME
+
     def ref_key(self, ref: str) -> str:
         return f"{self.root}refs/{ref}"
+
+    def name_key(self, name: str) -> str:
+        # Under .modelhaul/, which no revision can be called: no clash with old layouts.
+        return f"{self.root}.modelhaul/names/{name}"
+
+    @property
+    def names_prefix(self) -> str:
+        return f"{self.root}.modelhaul/names/"
 
 
 @dataclass(frozen=True)
@@ -153,6 +208,9 @@ class Manifest:
         source: where the content came from, e.g. ``{"hub": "hf", "revision": "<sha>"}``
             or ``{"push": "<host>:<folder>"}``.
         created: seconds since the epoch.
+        signed_by: the SHA-256 of the public key (PEM) whose signature was stored beside
+            the manifest at push, "" if none; lets a reader tell a removed signature from
+            a revision that never had one.
     """
 
     repo: str
@@ -160,6 +218,7 @@ class Manifest:
     files: tuple[FileEntry, ...]
     source: Mapping[str, str] = field(default_factory=dict)
     created: float = 0.0
+    signed_by: str = ""
 
     @property
     def total_size(self) -> int:
@@ -168,15 +227,12 @@ class Manifest:
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
 
-    def content_digest(self) -> str:
-        """A hash of (path, size, sha256) of every file: equal digests, equal content."""
-        h = hashlib.sha256()
-        for f in self.files:
-            h.update(f"{f.path}\x00{f.size}\x00{f.sha256}\n".encode())
-        return h.hexdigest()
+    def content_id(self) -> str:
+        """The id its files hash to (:func:`content_id`): equal ids, equal content."""
+        return content_id(self.files)
 
     def to_bytes(self) -> bytes:
-        data = {
+        data: dict[str, Any] = {
             "version": MANIFEST_VERSION,
             "repo": self.repo,
             "revision": self.revision,
@@ -184,22 +240,29 @@ class Manifest:
             "source": dict(self.source),
             "files": [f.to_json() for f in self.files],
         }
+        if self.signed_by:
+            data["signed_by"] = self.signed_by
         return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
     def build(
         cls,
         repo: str,
-        revision: str,
+        revision: str | None,
         files: Iterable[FileEntry],
         source: Mapping[str, str],
+        *,
+        signed_by: str = "",
     ) -> Manifest:
+        """A new manifest; ``revision`` None names it by its :func:`content_id`."""
+        entries = tuple(sorted(files, key=lambda f: f.path))
         return cls(
             repo,
-            revision,
-            tuple(sorted(files, key=lambda f: f.path)),
+            revision or content_id(entries),
+            entries,
             dict(source),
             time.time(),
+            signed_by,
         )
 
     @classmethod
@@ -238,13 +301,48 @@ class Manifest:
         created = data.get("created") or 0.0
         if not isinstance(source, dict) or not isinstance(created, int | float):
             raise ManifestError(where, "'source' must be an object and 'created' a number")
+        signed_by = data.get("signed_by", "")
+        if not isinstance(signed_by, str):
+            raise ManifestError(where, "'signed_by' must be a string")
         return cls(
             repo,
             revision,
             tuple(sorted(entries, key=lambda f: f.path)),
             {str(k): str(v) for k, v in source.items()},
             float(created),
+            signed_by,
         )
+
+
+def check_content_id(
+    manifest: Manifest,
+    expected: str,
+    where: str,
+    pinned_files: Iterable[FileEntry] | None = None,
+) -> Manifest:
+    """Return ``manifest`` if its files hash to ``expected``.
+
+    Args:
+        manifest: the manifest read.
+        expected: the content id it must have.
+        where: the manifest's location, for the message.
+        pinned_files: the files the pin recorded (a lock file has them), to name the ones
+            that changed.
+
+    Raises:
+        RevisionIdMismatch: they hash to another id.
+    """
+    actual = manifest.content_id()
+    if actual == expected:
+        return manifest
+    changed: list[str] = []
+    if pinned_files is not None:
+        ours = {f.path: (f.size, f.sha256) for f in manifest.files}
+        theirs = {f.path: (f.size, f.sha256) for f in pinned_files}
+        changed = sorted(p for p in ours.keys() | theirs.keys() if ours.get(p) != theirs.get(p))
+    raise RevisionIdMismatch(
+        manifest.repo, expected=expected, actual=actual, where=where, paths=changed
+    )
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

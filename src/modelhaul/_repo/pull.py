@@ -12,6 +12,15 @@
 5. **Snapshot.** Hard links from the blobs into ``snapshots/<revision>``; optionally a
    ``--local-dir`` and the Hugging Face cache layout; write-back to the first mirror;
    the cache's size budget.
+
+A pull *pinned* to a content id (``ORG/NAME@ID``, a lock file, ``revision=ID``) trusts
+nothing the mirror says about it: the manifest must hash to the id, every file is checked
+by SHA-256 as it arrives (and cached blobs that were checked by CRC32C only are hashed
+first), and a mismatch is refused before anything enters the cache. A pull that requires a
+signature (``--require-signature KEY``, ``[repo] require_signature``) checks it before a
+byte is fetched, and then checks files the same way. Other pulls resolve a ref or a name
+and check files by CRC32C (free); the id they resolved is announced (``resolved`` event),
+so it can be pinned.
 """
 
 from __future__ import annotations
@@ -38,7 +47,11 @@ from .._core.errors import (
     NoSuchRevision,
     NotCached,
     NotFound,
+    RevisionIdMismatch,
+    RevisionTampered,
+    SignatureMissing,
     SourcesFailed,
+    TransferFailed,
     UnsafePath,
 )
 from .._core.uri import matches_filters, safe_join
@@ -48,11 +61,18 @@ from .._transfer.engine import Engine, ProgressSubscriber
 from .cache import Cache, place_file, sha256_file
 from .fetch import CacheFetchJob
 from .hub import HubRevision, OriginHub, git_blob_sha1, make_hub
-from .manifest import FileEntry, Manifest, RepoId, parse_repo_id
+from .manifest import (
+    FileEntry,
+    Manifest,
+    RepoId,
+    check_content_id,
+    is_content_id,
+    parse_repo_id,
+)
 from .mirror import Mirror
 from .settings import RepoSettings, load_repo_settings
 
-__all__ = ["PlannedFile", "PullPlan", "plan_pull", "pull", "verify_origin_file"]
+__all__ = ["Pin", "PlannedFile", "PullPlan", "plan_pull", "pull", "verify_origin_file"]
 
 log = logging.getLogger("modelhaul.pull")
 
@@ -89,9 +109,29 @@ class PlannedFile:
         return hashlib.sha256(ident).hexdigest()
 
 
+@dataclass(frozen=True)
+class Pin:
+    """What a pinned pull must get.
+
+    Attributes:
+        id: the revision's content id.
+        files: the files the pin recorded (a lock file has them), to name what changed.
+    """
+
+    id: str
+    files: tuple[FileEntry, ...] | None = None
+
+
 @dataclass
 class PullPlan:
-    """What a pull will do (what ``--dry-run`` prints)."""
+    """What a pull will do (what ``--dry-run`` prints).
+
+    Attributes:
+        kind: how the name was found: ``ref``, ``name``, ``revision`` (a mirror's
+            directory), ``hub`` or ``cache``.
+        strict: files are checked by SHA-256 (pinned, signed, or ``--verify sha256``).
+        signature: the revision's signature, checked, when one is required.
+    """
 
     repo: RepoId
     name: str
@@ -103,15 +143,28 @@ class PullPlan:
     hub: OriginHub | None = None
     hub_revision: HubRevision | None = None
     tried: list[str] = field(default_factory=list)
+    kind: str = ""
+    pinned: bool = False
+    strict: bool = False
+    signature: bytes | None = None
 
     @property
     def fetch_bytes(self) -> int:
         return sum(f.size or 0 for f in self.files if f.source != "cache")
 
+    @property
+    def content_id(self) -> str | None:
+        """The revision's content id, when a manifest lists all of its files."""
+        if self.manifest is None or self.manifest.source.get("partial") == "yes":
+            return None
+        return self.manifest.content_id()
+
     def summary(self) -> dict[str, Any]:
         return {
             "repo": str(self.repo),
             "revision": self.revision,
+            "id": self.content_id,
+            "pinned": self.pinned,
             "files": [
                 {"path": f.path, "size": f.size, "source": f.source, "from": f.where}
                 for f in self.files
@@ -149,20 +202,46 @@ def _from_cache(
     exclude: Sequence[str],
     *,
     use_refs: bool,
-) -> tuple[Manifest, list[FileEntry], Path] | None:
-    manifest = cache.load_manifest(repo, name)
-    if manifest is None and use_refs:
-        target = cache.get_ref(repo, name)
-        manifest = cache.load_manifest(repo, target) if target else None
+    pin: Pin | None,
+    key: Path | None,
+) -> tuple[Manifest, list[FileEntry], Path, str] | None:
+    kind = "revision"
+    try:
+        manifest = cache.load_manifest(repo, name)
+        if manifest is None:
+            # A name never moves, so the cache may answer for it; a ref only offline.
+            target = cache.get_name(repo, name)
+            kind = "name"
+            if target is None and use_refs:
+                target, kind = cache.get_ref(repo, name), "ref"
+            manifest = cache.load_manifest(repo, target) if target else None
+    except RevisionIdMismatch:
+        return None  # a damaged cache entry: the network answers, and is checked
     if manifest is None:
         return None
     if manifest.source.get("partial") == "yes" and not use_refs:
+        return None
+    if pin is not None and manifest.content_id() != pin.id:
         return None
     entries = _selected(manifest.files, include, exclude)
     if not entries:
         return None
     folder = cache.snapshot_ready(repo, manifest.revision, [e.path for e in entries])
-    return None if folder is None else (manifest, entries, folder)
+    if folder is None:
+        return None
+    strict = pin is not None or key is not None
+    if strict and not all(cache.has_blob(e.sha256, e.size, hashed=True) for e in entries):
+        return None
+    if key is not None:
+        from .signing import check_signature
+
+        sig = cache.signature_path(repo, manifest.revision)
+        try:
+            check_signature(manifest, sig.read_bytes() if sig else None, key,
+                            revision=f"{repo}@{manifest.revision}")  # fmt: skip
+        except ModelhaulError:
+            return None  # the mirror is asked, and its answer is refused with the reason
+    return manifest, entries, folder, kind
 
 
 # -- resolution ---------------------------------------------------------------------------
@@ -186,8 +265,12 @@ def plan_pull(
     settings: RepoSettings | None = None,
     profile: Profile | str | None = None,
     config: TransferConfig | None = None,
+    pin: Pin | None = None,
 ) -> PullPlan:
     """Resolve a pull and decide, for each file, where it comes from; fetch nothing.
+
+    A content id as the revision pins the pull (see the module's docstring), as ``pin``
+    does; a signature required by the settings is checked here.
 
     Raises:
         InvalidRepoId: ``repo`` is malformed.
@@ -195,19 +278,28 @@ def plan_pull(
         SourcesFailed: sources failed in other ways (each one's reason is listed).
         NotCached: offline, and the cache lacks it.
         ManifestError, UnsafePath: a mirror's manifest is damaged or hostile.
+        RevisionIdMismatch: the manifest does not hash to the pinned id.
+        SignatureError: a required signature is missing, invalid or does not match.
     """
     settings = settings or load_repo_settings()
     config = config or TransferConfig()
     repo_id, at_rev = parse_repo_id(repo)
     name = revision or at_rev or "main"
+    if pin is None and is_content_id(name):
+        pin = Pin(name)
+    key = settings.signature_key(repo_id.org)
+    strict = pin is not None or key is not None or settings.verify == "sha256"
     cache = Cache(settings.cache_dir, lease_ttl=settings.lease_ttl)
-    hit = _from_cache(cache, repo_id, name, include, exclude, use_refs=settings.offline)
+    hit = _from_cache(
+        cache, repo_id, name, include, exclude, use_refs=settings.offline, pin=pin, key=key
+    )
     if hit is not None:
-        manifest, entries, _ = hit
+        manifest, entries, _, kind = hit
         files = [
             PlannedFile(e.path, e.size, e.sha256, None, "cache", str(cache.root)) for e in entries
         ]
-        return PullPlan(repo_id, name, manifest.revision, files, manifest)
+        return PullPlan(repo_id, name, manifest.revision, files, manifest, kind=kind,
+                        pinned=pin is not None, strict=strict)  # fmt: skip
     if settings.offline:
         raise NotCached(
             f"{repo_id}@{name} is not in the cache at {cache.root}, and offline mode forbids "
@@ -215,8 +307,29 @@ def plan_pull(
             hint="run the pull once without --offline (and without MODELHAUL_OFFLINE=1)",
         )
     mirrors = _open_mirrors(settings, profile, config)
-    hubs = [make_hub(o) for o in settings.origins]
-    return _resolve(cache, repo_id, name, include, exclude, mirrors, hubs)
+    # A hub names commits, never content ids: a pinned pull asks the mirrors only.
+    hubs = [] if pin is not None else [make_hub(o) for o in settings.origins]
+    plan = _resolve(cache, repo_id, name, include, exclude, mirrors, hubs, pin, strict)
+    if key is not None:
+        _check_signed(plan, key)
+    return plan
+
+
+def _check_signed(plan: PullPlan, key: Path) -> None:
+    """The revision's signature, before a byte of it is fetched."""
+    from .signing import check_signature
+
+    if plan.manifest is None or plan.mirror is None:
+        where = plan.hub.describe() if plan.hub is not None else "its origin"
+        raise SignatureMissing(
+            f"{plan.repo}@{plan.revision}",
+            f"{plan.repo}@{plan.name} is not in a mirror, only at {where}, whose files carry "
+            f"no signature; a signature by {key} is required",
+            hint="have it pushed to a mirror with `modelhaul push --sign KEY`",
+        )
+    plan.signature = plan.mirror.signature(plan.repo, plan.manifest.revision)
+    check_signature(plan.manifest, plan.signature, key,
+                    revision=f"{plan.repo}@{plan.manifest.revision}")  # fmt: skip
 
 
 def _short(exc: ModelhaulError) -> str:
@@ -231,25 +344,36 @@ def _resolve(
     exclude: Sequence[str],
     mirrors: list[Mirror],
     hubs: list[OriginHub],
+    pin: Pin | None,
+    strict: bool,
 ) -> PullPlan:
     tried: list[str] = []
     kinds: list[str] = []  # "model", "revision" or "other", one per source tried
+    retryable: list[bool] = []  # whether trying that source again could help
     manifest: Manifest | None = None
     used: Mirror | None = None
+    kind = ""
     for m in mirrors:
         try:
-            manifest, what = m.resolve(repo, name)
-        except (ManifestError, UnsafePath):
+            # Pinned: the pin's own check below, which can name the files that changed.
+            found = m.lookup(repo, name, check_id=pin is None)
+            if found.manifest is not None and pin is not None:
+                where = f"s3://{m.bucket}/{m.layout(repo).manifest_key(name)}"
+                check_content_id(found.manifest, pin.id, where, pin.files)
+        except (ManifestError, UnsafePath, RevisionIdMismatch):
             raise
         except ModelhaulError as exc:
             tried.append(f"{m.describe()}: {_short(exc)}")
             kinds.append("other")
+            retryable.append(exc.retryable)
             continue
+        manifest, what, kind = found.manifest, found.what, found.kind
         if manifest is not None:
             used = m
             break
         tried.append(f"{m.describe()}: {what}")
         kinds.append("model" if what.startswith("has no ") else "revision")
+        retryable.append(False)
 
     hub: OriginHub | None = None
     hub_rev: HubRevision | None = None
@@ -262,23 +386,29 @@ def _resolve(
             except NoSuchModel:
                 tried.append(f"{h.describe()}: has no {repo}")
                 kinds.append("model")
+                retryable.append(False)
             except NoSuchRevision:
                 tried.append(f"{h.describe()}: has {repo}, but no revision or ref {name!r}")
                 kinds.append("revision")
+                retryable.append(False)
             except ModelhaulError as exc:
                 tried.append(f"{h.describe()}: {_short(exc)}")
                 kinds.append("other")
+                retryable.append(exc.retryable)
         if hub_rev is None:
             if not tried:
                 tried.append("no mirror or origin is configured (--mirror, --origin)")
             if "other" in kinds or not kinds:
-                raise SourcesFailed(f"{repo}@{name}", tried)
+                raise SourcesFailed(
+                    f"{repo}@{name}", tried, retryable=bool(retryable) and all(retryable)
+                )
             if "revision" in kinds:
                 raise NoSuchRevision(str(repo), name, tried)
             raise NoSuchModel(str(repo), tried)
+        kind = "hub"
         for m in mirrors:  # the origin named a commit: a mirror may hold exactly that
             with contextlib.suppress(ModelhaulError):
-                manifest = m.manifest(repo, hub_rev.commit)
+                manifest = m.lookup(repo, hub_rev.commit).manifest
                 if manifest is not None:
                     used = m
                     break
@@ -293,18 +423,21 @@ def _resolve(
         held = used.objects(repo, manifest.revision)
         files = []
         for e in entries:
-            if cache.has_blob(e.sha256, e.size):
+            if cache.has_blob(e.sha256, e.size, hashed=strict):
                 files.append(PlannedFile(e.path, e.size, e.sha256, None, "cache", str(cache.root)))
             elif e.path in held:
                 files.append(PlannedFile(e.path, e.size, e.sha256, None, "mirror", str(used)))
             else:
                 files.append(PlannedFile(e.path, e.size, e.sha256, None, "origin", ""))
-        plan = PullPlan(repo, name, manifest.revision, files, manifest, used, mirrors, tried=tried)
+        plan = PullPlan(repo, name, manifest.revision, files, manifest, used, mirrors,
+                        tried=tried, kind=kind, pinned=pin is not None,
+                        strict=strict)  # fmt: skip
         missing = [f for f in files if f.source == "origin"]
         if missing:
             _origin_for_missing(plan, missing, hubs)
         return plan
 
+    # Narrowing only: without a mirror manifest, a hub resolved it (else it raised above).
     assert hub is not None
     assert hub_rev is not None
     chosen = [f for f in hub_rev.files if matches_filters(f.path, include, exclude)]
@@ -318,28 +451,33 @@ def _resolve(
         key = f.sha256 or cache.get_alias(
             PlannedFile(f.path, f.size, None, f.git_sha1, "", "").lock_key(repo, hub_rev.commit)
         )
-        if key and f.size is not None and cache.has_blob(key, f.size):
+        if key and f.size is not None and cache.has_blob(key, f.size, hashed=strict):
             files.append(PlannedFile(f.path, f.size, key, f.git_sha1, "cache", str(cache.root)))
         else:
             files.append(
                 PlannedFile(f.path, f.size, f.sha256, f.git_sha1, "origin", hub.describe())
             )
     return PullPlan(
-        repo, name, hub_rev.commit, files, None, None, mirrors, hub, hub_rev, tried
+        repo, name, hub_rev.commit, files, None, None, mirrors, hub, hub_rev, tried,
+        kind="hub", strict=strict,
     )  # fmt: skip
 
 
 def _origin_for_missing(plan: PullPlan, missing: list[PlannedFile], hubs: list[OriginHub]) -> None:
     """Files the mirror's manifest lists but the mirror lacks: find a hub for them."""
-    assert plan.manifest is not None
+    assert plan.manifest is not None  # narrowing: called only for a mirror's plan
     assert plan.mirror is not None
     at = plan.manifest.source.get("revision") or plan.manifest.revision
     reasons = [f"{plan.mirror.describe()}: the object is missing"]
+    # The hubs are these files' sources (the mirror lacks them by design): trying again
+    # helps only if every hub failed in a way that can pass.
+    retryable: list[bool] = []
     for h in hubs:
         try:
             hub_rev = h.resolve(plan.repo, at)
         except ModelhaulError as exc:
             reasons.append(f"{h.describe()}: {_short(exc)}")
+            retryable.append(exc.retryable)
             continue
         by_path = {f.path: f for f in hub_rev.files}
         if all(f.path in by_path for f in missing):
@@ -349,9 +487,12 @@ def _origin_for_missing(plan: PullPlan, missing: list[PlannedFile], hubs: list[O
                 f.git_sha1 = by_path[f.path].git_sha1
             return
         reasons.append(f"{h.describe()}: {at} lacks some of the files")
+        retryable.append(False)
     if not hubs:
         reasons.append("no origin hub is configured (--origin hf)")
-    raise SourcesFailed(", ".join(f.path for f in missing), reasons)
+    raise SourcesFailed(
+        ", ".join(f.path for f in missing), reasons, retryable=bool(retryable) and all(retryable)
+    )
 
 
 # -- fetching -----------------------------------------------------------------------------
@@ -432,7 +573,7 @@ class _Fetcher:
 
     def _present(self, f: PlannedFile) -> bool:
         sha = f.sha256 or self.cache.get_alias(f.lock_key(self.plan.repo, self.plan.revision))
-        if sha and f.size is not None and self.cache.has_blob(sha, f.size):
+        if sha and f.size is not None and self.cache.has_blob(sha, f.size, hashed=self.plan.strict):
             f.sha256 = sha
             return True
         return False
@@ -475,6 +616,7 @@ class _Fetcher:
 
     def _from_mirror(self, files: list[PlannedFile]) -> None:
         plan = self.plan
+        # Narrowing: files come "from the mirror" only in a plan made from its manifest.
         assert plan.mirror is not None
         assert plan.manifest is not None
         mirror = plan.mirror
@@ -494,10 +636,20 @@ class _Fetcher:
                     self.cache,
                     label=f"{f.path} ← {mirror}",
                     on_done=lambda e: self._done(e.path, "mirror"),
-                    verify=self.settings.verify,
+                    verify="sha256" if self.plan.strict else self.settings.verify,
+                    revision=f"{plan.repo}@{plan.revision}",
+                    where=str(mirror),
                 )
             )
-        Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress).run(jobs)
+        engine = Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress)
+        try:
+            engine.run(jobs)
+        except TransferFailed as exc:
+            # A replaced object of a published revision is the news, not "run it again".
+            for failure in exc.failures:
+                if isinstance(failure.cause, RevisionTampered):
+                    raise failure.cause from exc
+            raise
 
     def _done(self, path: str, source: str) -> None:
         self.fetched[path] = source
@@ -506,6 +658,7 @@ class _Fetcher:
     def _from_origin(self, f: PlannedFile) -> None:
         plan = self.plan
         hub, hub_rev = plan.hub, plan.hub_revision
+        # Narrowing: a file is planned "from the origin" only once a hub was found for it.
         assert hub is not None
         assert hub_rev is not None
         label = f"{f.path} ← {hub.describe()}"
@@ -539,6 +692,7 @@ class _Fetcher:
 def _final_manifest(plan: PullPlan) -> Manifest:
     if plan.manifest is not None:
         return plan.manifest
+    # Narrowing: a plan without a mirror manifest was made from a hub's revision.
     assert plan.hub is not None
     assert plan.hub_revision is not None
     entries = [FileEntry(f.path, f.size or 0, f.sha256 or "") for f in plan.files]
@@ -566,12 +720,15 @@ def pull(
     config: TransferConfig | None = None,
     progress: Iterable[ProgressSubscriber] = (),
     settings: RepoSettings | None = None,
+    require_signature: str | Path | None = None,
+    pin: Pin | None = None,
 ) -> Path:
     """Get a model revision into the cache (and ``local_dir``); return its folder.
 
     Args:
         repo: ``ORG/NAME`` or ``ORG/NAME@REVISION``.
-        revision: a revision id or ref (default: ``main``).
+        revision: a content id (pins the pull: see the module's docstring), a name
+            (``v1``, a hub commit) or a ref (default: ``main``).
         include: glob patterns of files to get.
         exclude: glob patterns of files to skip.
         local_dir: also lay the files out in this plain folder, and return it.
@@ -586,6 +743,10 @@ def pull(
         config: transfer settings.
         progress: subscribers for progress (and, with an ``event`` method, pull events).
         settings: fully resolved settings (overrides the arguments above that set them).
+        require_signature: a public key (PEM): refuse the revision unless it carries a
+            valid ``model_signing`` signature by it (default: ``[repo] require_signature``
+            for the repository's org).
+        pin: the content id (and files) the revision must have; what a lock file gives.
 
     Returns:
         The snapshot folder in the cache, or ``local_dir``.
@@ -597,6 +758,10 @@ def pull(
         NotCached: offline, and the cache lacks it.
         ManifestError, UnsafePath: a mirror's manifest is damaged or hostile.
         ChecksumMismatch, BadContent: a file is not what its source promised.
+        RevisionIdMismatch: a pinned revision's manifest does not hash to its id.
+        SignatureError: a required signature is missing, invalid or does not match.
+        RevisionTampered: an object of the mirror's published revision was replaced after
+            it was published (nothing of it enters the cache).
         DiskFull: no room in the cache.
         LockTimeout: another process kept fetching a file for longer than allowed.
     """
@@ -607,6 +772,8 @@ def pull(
         write_back=write_back,
         offline=offline,
     )
+    if require_signature is not None:
+        settings = settings.requiring_signature(require_signature)
     config = config or TransferConfig()
     subs = list(progress)
     started = time.monotonic()
@@ -614,9 +781,11 @@ def pull(
     cache = Cache(settings.cache_dir, lease_ttl=settings.lease_ttl)
     plan = plan_pull(
         repo, revision, include=include, exclude=exclude, settings=settings,
-        profile=profile, config=config,
+        profile=profile, config=config, pin=pin,
     )  # fmt: skip
     _emit(subs, "plan", **plan.summary())
+    _emit(subs, "resolved", repo=str(plan.repo), name=plan.name, revision=plan.revision,
+          id=plan.content_id, pinned=plan.pinned)  # fmt: skip
     if any(f.source != "cache" for f in plan.files):
         cache.check_writable()
         _Fetcher(plan, cache, settings, config, subs).run()
@@ -624,8 +793,12 @@ def pull(
     entries = [manifest.by_path()[f.path] for f in plan.files]
     if plan.manifest is None or cache.load_manifest(repo_id, manifest.revision) is None:
         cache.save_manifest(repo_id, manifest)
+    if plan.signature is not None:
+        cache.save_signature(repo_id, manifest.revision, plan.signature)
     folder = cache.link_snapshot(repo_id, manifest, entries)
-    if plan.name != manifest.revision:
+    if plan.name != manifest.revision and plan.kind == "name":
+        cache.set_name(repo_id, plan.name, manifest.revision)
+    elif plan.name != manifest.revision and plan.kind in ("ref", "hub"):
         cache.set_ref(repo_id, plan.name, manifest.revision)
 
     if settings.write_back and plan.mirrors and any(f.source == "origin" for f in plan.files):
@@ -645,7 +818,9 @@ def pull(
                 place_file(cache.blob_path(e.sha256), dest)
     if settings.cache_size is not None:
         cache.clean(max_size=settings.cache_size, keep=[(str(repo_id), manifest.revision)])
+    full = manifest.source.get("partial") != "yes"
     _emit(subs, "done", path=str(result), revision=manifest.revision,
+          id=manifest.content_id() if full else None, pinned=plan.pinned,
           seconds=round(time.monotonic() - started, 3))  # fmt: skip
     return result
 
@@ -674,12 +849,12 @@ def _write_back(
             f.path: cache.blob_path(f.sha256 or "") for f in plan.files if f.source == "origin"
         }
     try:
-        sent = write_back(
+        sent, published = write_back(
             mirror, plan.repo, manifest, blobs, config=config,
             publish=complete and plan.manifest is None,
         )  # fmt: skip
         if complete and plan.manifest is None and plan.name != manifest.revision:
-            mirror.set_ref(plan.repo, plan.name, manifest.revision)
+            mirror.set_ref(plan.repo, plan.name, published)
     except ModelhaulError as exc:
         log.warning("write-back to %s failed (the pull itself succeeded): %s", mirror, exc)
         _emit(progress, "write_back_failed", mirror=str(mirror), error=exc.message)

@@ -1,36 +1,43 @@
 """``push``: publish a model folder as one revision of a repository in a mirror bucket.
 
-Order of events, each a commit point for the next:
+A revision's id is the SHA-256 of its canonical manifest (every file's path, size and
+SHA-256: :func:`~modelhaul._repo.manifest.content_id`), so it is known only once every
+file is hashed, and every object key holds it. Order of events, each a commit point for
+the next:
 
-1. take the revision's push lease in the bucket (two pushes of one revision never
+1. hash every file (SHA-256 and CRC32C in one read, several files at once; files a journal
+   in the state folder knows by size, mtime and inode are not read again): the id;
+2. take the revision's push lease in the bucket (two pushes of one revision never
    interleave; a dead pusher's lease expires);
-2. upload every file the bucket does not already hold with the right content, all on one
-   engine (parallel across files and parts), while a second thread computes each file's
-   SHA-256 in sequence (hashing is several times faster than uploading, so it finishes
-   within the upload);
-3. write the manifest — create-only (``If-None-Match: *``) where the store supports it,
+3. upload every file the bucket does not already hold under that id, all on one engine
+   (parallel across files and parts); each upload's CRC32C must equal the hash pass's, so
+   the manifest describes the bytes that were sent;
+4. with ``sign``, the signature (``model_signing``, see :mod:`.signing`) beside the manifest;
+5. write the manifest — create-only (``If-None-Match: *``) where the store supports it,
    else written and read back; a revision becomes visible only now;
-4. move the ref.
+6. give the name (``--revision v1``, a Hugging Face snapshot's commit) to the id, once;
+7. move the ref.
 
-A crash anywhere before 3 leaves objects nobody sees; a rerun finds them (a journal in
-the state folder remembers each uploaded file's ETag and hash, keyed by the file's size,
-mtime and inode) and uploads only the rest. A published revision never changes: pushing
-other content under its id is a :class:`~modelhaul.RevisionConflict`.
+A crash anywhere before 5 leaves objects nobody sees; a rerun hashes nothing it hashed
+before and uploads only the rest. The same files pushed again, from anywhere, get the same
+id and find it published: nothing is sent. A name already given to other content is a
+:class:`~modelhaul.RevisionConflict`, found before a byte is sent.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import logging
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .._core.checksum import crc32c, crc32c_hex
 from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig, upload_part_size
@@ -49,8 +56,15 @@ from .._store.lease import Lease, ObjectLeaseBackend
 from .._transfer.engine import Engine, ProgressSubscriber, TransferStats
 from .._transfer.journal import read_journal, remove_journal, state_dir, write_journal
 from .._transfer.upload import LocalSource, UploadJob
-from .cache import sha256_file
-from .manifest import FileEntry, Manifest, RepoId, check_revision, parse_repo_id
+from .manifest import (
+    FileEntry,
+    Manifest,
+    RepoId,
+    check_revision,
+    content_id,
+    is_content_id,
+    parse_repo_id,
+)
 from .mirror import Mirror
 
 __all__ = ["PushResult", "local_model_files", "publish_revision", "push", "write_back"]
@@ -70,9 +84,11 @@ class PushResult:
 
     Attributes:
         repo: ``ORG/NAME``.
-        revision: the revision id published.
+        revision: the revision's content id.
         uri: the mirror (``s3://bucket/prefix``).
         ref: the ref moved to the revision, if any.
+        name: the name given to the revision (``--revision``), if any.
+        signed: a signature was stored with it in this push.
         files: files in the revision.
         uploaded: files sent in this run.
         skipped: files the bucket already held with the right content.
@@ -89,6 +105,8 @@ class PushResult:
     skipped: int
     already_published: bool
     stats: TransferStats = field(default_factory=TransferStats)
+    name: str | None = None
+    signed: bool = False
 
 
 def _is_hf_snapshot(folder: Path) -> bool:
@@ -150,46 +168,11 @@ def _check_link(path: Path, root: Path, hf_blobs: Path | None, follow: bool, fol
     )
 
 
-def _default_revision(folder: Path, files: Sequence[tuple[str, Path]]) -> str:
-    """A revision id for a push that names none.
-
-    A snapshot of the Hugging Face cache keeps its commit hash. Otherwise: a hash of each
-    file's path, size and mtime, so that rerunning an interrupted push continues the same
-    revision, and a changed folder becomes a new one.
-    """
+def _default_name(folder: Path) -> str | None:
+    """A snapshot of the Hugging Face cache keeps its commit, as a name of the revision."""
     if _is_hf_snapshot(folder) and _COMMIT_RE.match(folder.name):
         return folder.name
-    h = hashlib.sha1(usedforsecurity=False)
-    for rel, path in files:
-        st = path.stat()
-        h.update(f"{rel}\x00{st.st_size}\x00{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-class _Hasher(threading.Thread):
-    """SHA-256 and CRC32C of files, one after another, in a thread of its own."""
-
-    def __init__(self, files: Sequence[tuple[str, Path]]) -> None:
-        super().__init__(name="modelhaul-hash", daemon=True)
-        self.files = list(files)
-        self.results: dict[str, tuple[str, str, list[int]]] = {}
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        try:
-            for rel, path in self.files:
-                if self.stop.is_set():
-                    return
-                self.results[rel] = _hash_file(path)
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, rel: str) -> tuple[str, str, list[int]]:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.results[rel]
+    return None
 
 
 def _identity(path: Path) -> list[int]:
@@ -217,9 +200,38 @@ def _hash_file(path: Path) -> tuple[str, str, list[int]]:
     return h.hexdigest(), crc32c_hex(crc), before
 
 
-def _journal_path(store: ObjectStore, bucket: str, key: str) -> Path:
-    ident = "\x00".join((store.describe(), bucket, key)).encode()
+def _journal_path(store: ObjectStore, bucket: str, root: str, folder: Path) -> Path:
+    ident = "\x00".join((store.describe(), bucket, root, str(folder.resolve()))).encode()
     return state_dir() / "pushes" / (hashlib.sha256(ident).hexdigest()[:40] + ".json")
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    sha256: str
+    crc32c: str
+    identity: list[int]
+
+
+def _hash_all(
+    files: Sequence[tuple[str, Path]], journal: dict[str, Any], workers: int
+) -> dict[str, _Hashed]:
+    """SHA-256 and CRC32C of every file, several at once (hashlib and the CRC release the
+    GIL); a file the journal knows with the same size, mtime and inode is not read."""
+    out: dict[str, _Hashed] = {}
+    todo: list[tuple[str, Path]] = []
+    for rel, path in files:
+        known = journal.get(rel)
+        if known is not None and known.get("identity") == _identity(path):
+            out[rel] = _Hashed(known["sha256"], known["crc32c"], known["identity"])
+        else:
+            todo.append((rel, path))
+    if todo:
+        size = sum(p.stat().st_size for _, p in todo)
+        log.info("hashing %d file(s), %d bytes", len(todo), size)
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
+            for (rel, _), got in zip(todo, pool.map(lambda f: _hash_file(f[1]), todo), strict=True):
+                out[rel] = _Hashed(*got)
+    return out
 
 
 def push(
@@ -233,6 +245,8 @@ def push(
     exclude: Sequence[str] = (),
     follow_symlinks: bool = False,
     source: dict[str, str] | None = None,
+    sign: str | Path | None = None,
+    sign_password: str | None = None,
     profile: Profile | str | None = None,
     store: ObjectStore | None = None,
     config: TransferConfig | None = None,
@@ -240,19 +254,23 @@ def push(
     lock_timeout: float = 600.0,
     lease_ttl: float = 30.0,
 ) -> PushResult:
-    """Publish ``folder`` as revision ``revision`` of ``repo`` in the mirror at ``uri``.
+    """Publish ``folder`` as a revision of ``repo`` in the mirror at ``uri``.
 
     Args:
         folder: the model's folder (a downloaded model, a fine-tuned result).
         uri: the mirror, ``s3://BUCKET/PREFIX``.
-        repo: ``ORG/NAME``.
-        revision: the revision id; by default the commit of a Hugging Face cache snapshot,
-            else a hash of the files' names, sizes and times.
+        repo: ``ORG/NAME`` (``ORG/NAME@NAME`` names the revision too).
+        revision: a name to give the revision (``v1``; by default a Hugging Face cache
+            snapshot's commit), set once and never moved; the revision's id is always its
+            content id. A content id here must be the folder's.
         ref: the ref to point at the revision once it is published (None: none).
         include: glob patterns of files to push.
         exclude: glob patterns of files to leave out.
         follow_symlinks: publish what symlinks leading outside the folder point to.
         source: where the content came from, recorded in the manifest.
+        sign: a private key (PEM, elliptic curve) to sign the revision with, using
+            ``model_signing``; the signature is stored beside the manifest.
+        sign_password: the key's password, if it is encrypted.
         profile: the store's profile (name, :class:`Profile`, or default).
         store: an already-open store (overrides ``profile``).
         config: transfer settings.
@@ -266,19 +284,21 @@ def push(
     Raises:
         InvalidRepoId: ``repo``, ``revision`` or ``ref`` is malformed.
         InvalidURI: ``uri`` is not ``s3://BUCKET[/PREFIX]``.
-        LocalFileNotFound: the folder does not exist or is empty.
+        LocalFileNotFound: the folder does not exist or is empty, or the key is missing.
         UnsafeSymlink: a symlink inside the folder leads outside it.
-        RevisionConflict: the revision is published with other content.
+        RevisionConflict: the name is given to other content, or a content id given as
+            ``revision`` is not the folder's.
         LockTimeout: another push of the same revision held it for ``lock_timeout``.
         SourceChanged: a file changed while it was being pushed.
+        MissingExtra: ``sign`` without model-signing installed.
         NoSuchBucket, AccessDenied, EndpointUnreachable, TransferFailed: from the transfer.
     """
     config = config or TransferConfig()
     started = time.monotonic()
     repo_id, at_rev = parse_repo_id(repo)
-    revision = revision or at_rev
-    if revision is not None:
-        check_revision(revision)
+    name = revision or at_rev
+    if name is not None:
+        check_revision(name)
     if ref is not None:
         check_revision(ref, "ref")
     parse_s3(uri)
@@ -293,7 +313,7 @@ def push(
             f"no file of {path} matches the --include/--exclude patterns",
             hint="check the patterns",
         )
-    revision = revision or _default_revision(path, files)
+    name = name or _default_name(path)
     store = store or open_store(profile, config)
     mirror = Mirror.from_uri(store, uri)
     layout = mirror.layout(repo_id)
@@ -302,22 +322,52 @@ def push(
         if _is_hf_snapshot(path):
             source = {"hub": "hf", "revision": path.name}
 
+    jpath = _journal_path(store, mirror.bucket, layout.root, path)
+    journal = read_journal(jpath) or {}
+    hashed = _hash_all(files, journal.get("files", {}), os.cpu_count() or 1)
+    rev_id = content_id(
+        FileEntry(rel, hashed[rel].identity[0], hashed[rel].sha256) for rel, _ in files
+    )
+    # Written now, so that a push killed during the upload does not hash again.
+    old = journal.get("files", {}) if journal.get("revision") == rev_id else {}
+    records: dict[str, Any] = {}
+    for rel, _ in files:
+        h = hashed[rel]
+        kept = old.get(rel, {}) if old.get(rel, {}).get("identity") == h.identity else {}
+        records[rel] = {**kept, "sha256": h.sha256, "crc32c": h.crc32c, "identity": h.identity}
+    write_journal(jpath, {"revision": rev_id, "files": records}, durable=False)
+    if is_content_id(name):
+        if name != rev_id:
+            raise RevisionConflict(
+                f"--revision {name} is a content id, but the files of {path} hash to {rev_id}",
+                hint="leave --revision out (the id comes from the files), or give a name "
+                "such as v1",
+            )
+        name = None
+    if name is not None:
+        _check_name(mirror, repo_id, name, rev_id)
+    signature = _sign(path, files, hashed, sign, sign_password) if sign is not None else None
+
     lease = Lease(
         ObjectLeaseBackend(
             store,
             mirror.bucket,
-            layout.lease_key(revision),
-            f"the push of {repo_id}@{revision} to {mirror}",
+            layout.lease_key(rev_id),
+            f"the push of {repo_id}@{rev_id} to {mirror}",
         ),
         ttl=lease_ttl,
     )
     lease.acquire(lock_timeout, on_wait=lambda who: log.warning("waiting for %s", who))
     try:
         result = _push_locked(
-            mirror, repo_id, revision, files, source, config, list(progress), lease
-        )
+            mirror, repo_id, rev_id, files, hashed, records, jpath, source, config,
+            list(progress), lease, signature,
+        )  # fmt: skip
+        if name is not None:
+            mirror.set_name(repo_id, name, rev_id)
+            result.name = name
         if ref is not None:
-            mirror.set_ref(repo_id, ref, revision)
+            mirror.set_ref(repo_id, ref, rev_id)
             result.ref = ref
     finally:
         lease.release()
@@ -325,103 +375,153 @@ def push(
     return result
 
 
+def _check_name(mirror: Mirror, repo: RepoId, name: str, rev_id: str) -> None:
+    """Before a byte is sent: a name (or an old revision called so) with other content is
+    a conflict."""
+    held = mirror.name(repo, name)
+    if held is None:
+        old = mirror.manifest(repo, name)  # a revision of a mirror from before content ids
+        if old is None or old.content_id() == rev_id:
+            return
+        held = name
+    if held != rev_id:
+        raise RevisionConflict(
+            f"{repo}@{name} is already published in {mirror} with other content (revision {held})",
+            hint="a name never moves: push under another --revision (or leave it out "
+            "to publish by content id), or move a ref (--ref) instead",
+        )
+
+
+def _sign(
+    folder: Path,
+    files: list[tuple[str, Path]],
+    hashed: dict[str, _Hashed],
+    key: str | Path,
+    password: str | None,
+) -> tuple[bytes, str]:
+    """The signature of the pushed files and the signing key's fingerprint; the digests
+    model_signing computed must be the ones this push hashed."""
+    from .signing import key_fingerprint, outside_signature, read_signed_files, sign_folder
+
+    signature = sign_folder(folder, [rel for rel, _ in files], key, password=password)
+    signed = read_signed_files(signature)
+    ours = {rel: hashed[rel].sha256 for rel, _ in files if not outside_signature(rel)}
+    if dict(signed.digests) != ours:
+        raise SourceChanged(
+            f"files of {folder} changed while they were being signed",
+            hint="let the program writing them finish, then push again",
+        )
+    return signature, signed.key_hint or key_fingerprint(Path(key).expanduser().read_bytes())
+
+
 def _push_locked(
     mirror: Mirror,
     repo: RepoId,
     revision: str,
     files: list[tuple[str, Path]],
+    hashed: dict[str, _Hashed],
+    journal: dict[str, Any],
+    jpath: Path,
     source: dict[str, str],
     config: TransferConfig,
     progress: list[ProgressSubscriber],
     lease: Lease,
+    signature: tuple[bytes, str] | None,
 ) -> PushResult:
     store, bucket, layout = mirror.store, mirror.bucket, mirror.layout(repo)
     published = mirror.manifest(repo, revision)
     if published is not None:
-        return _check_published(mirror, repo, published, files)
+        signed = False
+        if signature is not None and mirror.signature(repo, revision) is None:
+            mirror.put_signature(repo, revision, signature[0])
+            signed = True
+        log.info("%s@%s is already published with this content", repo, revision)
+        remove_journal(jpath)
+        return PushResult(
+            str(repo), revision, str(mirror), None, len(files), 0, len(files), True,
+            signed=signed,
+        )  # fmt: skip
 
-    jpath = _journal_path(store, bucket, layout.revision_prefix(revision))
-    journal = (read_journal(jpath) or {}).get("files", {})
     held = mirror.objects(repo, revision)
     entries: dict[str, FileEntry] = {}
-    to_send: list[tuple[str, Path]] = []
+    jobs: dict[str, UploadJob] = {}
     for rel, path in files:
+        h = hashed[rel]
         known = journal.get(rel)
         obj = held.get(rel)
         if (
             known is not None
             and obj is not None
-            and obj.etag == known["etag"]
-            and known["identity"] == _identity(path)
+            and obj.etag == known.get("etag")
+            and known.get("identity") == h.identity
         ):
             entries[rel] = FileEntry(
-                rel, obj.size, known["sha256"], obj.etag, known["part_size"], known["crc32c"]
+                rel, obj.size, h.sha256, obj.etag, known.get("part_size", 0), h.crc32c
             )
-        else:
-            to_send.append((rel, path))
-
-    hasher = _Hasher(to_send)
-    hasher.start()
-    jobs: dict[str, UploadJob] = {}
-    try:
-        for rel, path in to_send:
-            obj = held.get(rel)
-            if obj is not None and obj.size == path.stat().st_size and store.checksums:
-                # Already in the bucket from an earlier run: keep it if the CRC32C matches.
-                sha, crc, ident = hasher.result(rel)
-                fkey = layout.file_key(revision, rel)
-                info = retry_call(functools.partial(store.head, bucket, fkey), fkey)
-                if info.crc32c is not None and crc32c_hex(info.crc32c) == crc:
-                    entries[rel] = FileEntry(rel, info.size, sha, info.etag, 0, crc)
-                    continue
-            jobs[rel] = UploadJob(
-                store,
-                bucket,
-                layout.file_key(revision, rel),
-                LocalSource(path),
-                label=rel,
+            continue
+        if obj is not None and obj.size == h.identity[0] and store.checksums:
+            # Already in the bucket from an earlier run: keep it if the CRC32C matches.
+            fkey = layout.file_key(revision, rel)
+            info = retry_call(functools.partial(store.head, bucket, fkey), fkey)
+            if info.crc32c is not None and crc32c_hex(info.crc32c) == h.crc32c:
+                entries[rel] = FileEntry(rel, info.size, h.sha256, info.etag, 0, h.crc32c)
+                continue
+        jobs[rel] = UploadJob(
+            store, bucket, layout.file_key(revision, rel), LocalSource(path), label=rel
+        )
+    engine = Engine(config, config.concurrency or DEFAULT_CONCURRENCY, progress)
+    stats = engine.run(list(jobs.values()))
+    stats.files_skipped = len(files) - len(jobs)
+    for rel, job in jobs.items():
+        h = hashed[rel]
+        sent = job.source.identity()
+        unchanged = [sent["size"], sent["mtime_ns"], sent["inode"]] == h.identity
+        if not unchanged or (job.crc is not None and crc32c_hex(job.crc) != h.crc32c):
+            raise SourceChanged(
+                f"{job.source.label} changed while it was being pushed",
+                hint="let the program writing it finish, then push again",
             )
-        engine = Engine(config, config.concurrency or DEFAULT_CONCURRENCY, progress)
-        stats = engine.run(list(jobs.values()))
-        stats.files_skipped = len(files) - len(jobs)
-        for rel, job in jobs.items():
-            sha, crc, ident = hasher.result(rel)
-            sent = job.source.identity()
-            same = [sent["size"], sent["mtime_ns"], sent["inode"]] == ident
-            if not same or (job.crc is not None and crc32c_hex(job.crc) != crc):
-                raise SourceChanged(
-                    f"{job.source.label} changed while it was being pushed",
-                    hint="let the program writing it finish, then push again",
-                )
-            part = 0 if job.part_size == 0 else upload_part_size(ident[0], config)
-            entries[rel] = FileEntry(rel, ident[0], sha, job.etag, part, crc)
-            journal[rel] = {
-                "etag": job.etag,
-                "sha256": sha,
-                "crc32c": crc,
-                "part_size": part,
-                "identity": ident,
-            }
-        write_journal(jpath, {"files": journal}, durable=False)
-    finally:
-        hasher.stop.set()
+        part = 0 if job.part_size == 0 else upload_part_size(h.identity[0], config)
+        entries[rel] = FileEntry(rel, h.identity[0], h.sha256, job.etag, part, h.crc32c)
+    for rel, e in entries.items():
+        journal[rel] = {
+            "etag": e.etag, "sha256": e.sha256, "crc32c": e.crc32c, "part_size": e.part_size,
+            "identity": hashed[rel].identity,
+        }  # fmt: skip
+    write_journal(jpath, {"revision": revision, "files": journal}, durable=False)
 
     if lease.lost:
         raise RevisionConflict(
-            f"the push lease of {repo}@{revision} was taken over while this push stalled",
-            hint="another push of the same revision is running; run this one again after it",
+            f"the push lease of {repo}@{revision} was lost while this push ran (another "
+            f"push broke it, or its heartbeat could not reach the store for "
+            f"{lease.ttl:g} s), so nothing was published",
+            hint="if another push of the same revision is running, let it finish; then run "
+            "this one again: the files already sent are kept",
         )
-    manifest = Manifest.build(str(repo), revision, entries.values(), source)
+    if signature is not None:
+        # Before the manifest: a reader who sees the manifest finds the signature.
+        mirror.put_signature(repo, revision, signature[0])
+    manifest = Manifest.build(
+        str(repo), revision, entries.values(), source,
+        signed_by=signature[1] if signature else "",
+    )  # fmt: skip
     publish_revision(mirror, repo, manifest)
     remove_journal(jpath)
     return PushResult(
         str(repo), revision, str(mirror), None, len(files), len(jobs),
-        len(files) - len(jobs), False, stats,
+        len(files) - len(jobs), False, stats, signed=signature is not None,
     )  # fmt: skip
 
 
 def publish_revision(mirror: Mirror, repo: RepoId, manifest: Manifest) -> None:
-    """Write the manifest: the commit point. Create-only where the store can; else read back."""
+    """Write the manifest: the commit point. Create-only where the store can; else read back.
+
+    Push, ``mirror sync`` (through push), a pull's write-back and serve's write-through all
+    publish here; equal content is judged by :meth:`Manifest.content_id`.
+
+    Raises:
+        RevisionConflict: the revision was published meanwhile with other content.
+    """
     store, bucket = mirror.store, mirror.bucket
     key = mirror.layout(repo).manifest_key(manifest.revision)
     body = manifest.to_bytes()
@@ -431,43 +531,21 @@ def publish_revision(mirror: Mirror, repo: RepoId, manifest: Manifest) -> None:
             retry_call(lambda: store.put(bucket, key, body, if_none_match=True), key)
             return
         except PreconditionFailed:
-            other = mirror.manifest(repo, manifest.revision)
+            other = mirror.manifest(repo, manifest.revision, check_id=False)
     else:
-        other = mirror.manifest(repo, manifest.revision)
+        other = mirror.manifest(repo, manifest.revision, check_id=False)
         if other is None:
             retry_call(lambda: store.put(bucket, key, body), key)
             time.sleep(0.2)
-            other = mirror.manifest(repo, manifest.revision)
+            other = mirror.manifest(repo, manifest.revision, check_id=False)
             if other is not None and other.to_bytes() == body:
                 return
-    if other is None or other.content_digest() != manifest.content_digest():
+    if other is None or other.content_id() != manifest.content_id():
         raise RevisionConflict(
             f"{repo}@{manifest.revision} was published by someone else at the same time, "
             "with other content",
             hint="revisions never change: push under another --revision",
         )
-
-
-def _check_published(
-    mirror: Mirror, repo: RepoId, published: Manifest, files: list[tuple[str, Path]]
-) -> PushResult:
-    """A published revision is never rewritten: same content is a no-op, else a conflict."""
-    ours = {rel: p.stat().st_size for rel, p in files}
-    theirs = {f.path: f.size for f in published.files}
-    conflict = ours != theirs
-    if not conflict:
-        by_path = published.by_path()
-        conflict = any(sha256_file(p) != by_path[rel].sha256 for rel, p in files)
-    if conflict:
-        raise RevisionConflict(
-            f"{repo}@{published.revision} is already published in {mirror} with other content",
-            hint="revisions never change: push under another --revision (or leave it out "
-            "to get a new one)",
-        )
-    log.info("%s@%s is already published with this content", repo, published.revision)
-    return PushResult(
-        str(repo), published.revision, str(mirror), None, len(files), 0, len(files), True
-    )
 
 
 def write_back(
@@ -478,12 +556,20 @@ def write_back(
     *,
     config: TransferConfig,
     publish: bool,
-) -> int:
+) -> tuple[int, str]:
     """Upload files fetched from an origin into the mirror (``--write-back``).
 
     ``blobs`` maps paths to local files already verified. With ``publish`` (every file of
-    the revision is at hand) the manifest is written too. Returns the files sent.
+    the revision is at hand) the revision is published under its content id, with the
+    origin's commit (``manifest.revision``) as its name; otherwise the files fill in the
+    mirror's own revision ``manifest.revision``.
+
+    Returns:
+        The files sent, and the revision they went to.
     """
+    if publish:
+        name = manifest.revision
+        manifest = Manifest.build(manifest.repo, None, manifest.files, manifest.source)
     layout = mirror.layout(repo)
     held = mirror.objects(repo, manifest.revision)
     by_path = manifest.by_path()
@@ -509,4 +595,6 @@ def write_back(
             publish_revision(mirror, repo, manifest)
         except RevisionConflict:
             log.warning("%s@%s was published meanwhile", repo, manifest.revision)
-    return len(jobs)
+        if name != manifest.revision:
+            mirror.set_name(repo, name, manifest.revision)
+    return len(jobs), manifest.revision

@@ -12,12 +12,15 @@ In the modelhaul config file (see :mod:`modelhaul._core.config`)::
     write_back = false            # push what came from an origin into the first mirror
     lock_timeout = 1800           # seconds (or "30m") to wait for a live lock holder
     verify = "crc32c"             # or sha256
+    # pulls of these orgs refuse revisions without a model_signing signature by this key
+    require_signature = { acme = "/etc/modelhaul/acme.pub", "*" = "/etc/modelhaul/team.pub" }
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,9 @@ class RepoSettings:
             the cache: ``crc32c`` (default) or ``sha256`` (``--verify``,
             ``MODELHAUL_VERIFY``, ``verify``). Both check every byte against the manifest's
             record; see docs/design/repositories.md for why CRC32C is the default.
+        require_signature: org -> the public key (PEM) whose ``model_signing`` signature
+            its revisions must carry (``"*"``: every org); ``--require-signature`` sets
+            ``"*"`` for one pull (``require_signature``).
     """
 
     mirrors: tuple[MirrorSpec, ...] = ()
@@ -81,6 +87,26 @@ class RepoSettings:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     lease_ttl: float = DEFAULT_LEASE_TTL
     verify: str = "crc32c"
+    require_signature: Mapping[str, Path] = field(default_factory=dict)
+
+    def signature_key(self, org: str) -> Path | None:
+        """The public key a revision of ``org`` must be signed with, if any."""
+        return self.require_signature.get(org) or self.require_signature.get("*")
+
+    def requiring_signature(self, public_key: str | Path) -> RepoSettings:
+        """These settings, with every org's revisions required to be signed by the key."""
+        return dataclasses.replace(self, require_signature={"*": Path(public_key).expanduser()})
+
+
+def _signature_keys(value: Any) -> dict[str, Path]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(
+            "'require_signature' must map orgs to public key files",
+            hint='e.g. require_signature = { acme = "/etc/modelhaul/acme.pub" }',
+        )
+    return {k: Path(v).expanduser() for k, v in value.items()}
 
 
 def _mirror_spec(item: Any) -> MirrorSpec:
@@ -134,6 +160,9 @@ _VERIFY = Setting(
     default="crc32c",
     env=("MODELHAUL_VERIFY",),
 )
+_REQUIRE_SIGNATURE: Setting[dict[str, Path]] = Setting(
+    name="require_signature", parse=_signature_keys, default={}
+)
 REPO_SETTINGS: tuple[Setting[Any], ...] = (
     _MIRRORS,
     _ORIGINS,
@@ -143,6 +172,7 @@ REPO_SETTINGS: tuple[Setting[Any], ...] = (
     _OFFLINE,
     _LOCK_TIMEOUT,
     _VERIFY,
+    _REQUIRE_SIGNATURE,
 )
 
 
@@ -167,7 +197,7 @@ def load_repo_settings(
     file = ConfigFile.modelhaul(env, config_file)
     r = Resolver(REPO_SETTINGS, env=env, table=file.table("repo"), where=file.where("repo"))
     cache = r.get(_CACHE_DIR, cache_dir, below=[Resolved(default_cache_dir(r.env), DEFAULT)])
-    assert cache.value is not None
+    assert cache.value is not None  # the layer below always gives one
     return RepoSettings(
         mirrors=r.get(_MIRRORS, mirrors).value,
         origins=r.get(_ORIGINS, origins).value,
@@ -177,4 +207,5 @@ def load_repo_settings(
         offline=r.get(_OFFLINE, offline).value,
         lock_timeout=r.get(_LOCK_TIMEOUT, lock_timeout).value,
         verify=r.get(_VERIFY, verify).value,
+        require_signature=r.get(_REQUIRE_SIGNATURE).value,
     )

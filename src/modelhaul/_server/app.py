@@ -4,6 +4,8 @@
 * ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]`` — the file listing;
 * ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{path}`` — a file, with ``X-Repo-Commit``,
   ``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``, and ``Range``;
+* ``GET /{org}/{name}/resolve/{rev}/.modelhaul/model.sig`` — the revision's
+  ``model_signing`` signature (404 if unsigned), to verify the downloaded folder with;
 * ``GET /`` — the status page; ``GET /api/status`` — the same as JSON.
 
 Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``)
@@ -42,7 +44,7 @@ from .._core.errors import (
     UnsafePath,
 )
 from .._core.uri import safe_relpath
-from .._repo.manifest import RepoId, check_revision, parse_repo_id
+from .._repo.manifest import SIGNATURE_NAME, RepoId, check_revision, parse_repo_id
 from .origin import Flight
 from .settings import MirrorService, ServedRevision
 
@@ -246,6 +248,23 @@ async def resolve(service: MirrorService, request: Request) -> Response:
     return StreamingResponse(body, status_code=status, headers=headers)
 
 
+async def signature(service: MirrorService, request: Request) -> Response:
+    """The revision's model_signing signature, for clients that verify it themselves."""
+    head = request.method == "HEAD"
+    repo = _repo(request)
+    revision = await _revision(service, repo, _rev(request.path_params["rev"]))
+    if revision.hub is not None:
+        return _error(404, "EntryNotFound", "Not signed (not in the mirror yet)", head)
+    sig = await anyio.to_thread.run_sync(service.mirror.signature, repo, revision.commit)
+    if sig is None:
+        return _error(404, "EntryNotFound", "The revision is not signed", head)
+    headers = {"X-Repo-Commit": revision.commit, "Content-Type": "application/json"}
+    if head:
+        headers["Content-Length"] = str(len(sig))
+        return Response(status_code=200, headers=headers)
+    return Response(sig, headers=headers)
+
+
 def _fill(reader: Any, view: memoryview) -> int:
     got = 0
     while got < len(view):
@@ -382,6 +401,8 @@ def create_app(service: MirrorService) -> ASGIApp:
         route("/api/models/{org}/{name}/revision/{rev}", model_info),
         route("/api/models/{org}/{name}/tree/{rev}", tree),
         route("/api/models/{org}/{name}/tree/{rev}/{path:path}", tree),
+        # Before the files' route, whose paths may not enter .modelhaul/.
+        route(f"/{{org}}/{{name}}/resolve/{{rev}}/{SIGNATURE_NAME}", signature, both),
         route("/{org}/{name}/resolve/{rev}/{path:path}", resolve, both),
     ]
     app = Starlette(routes=routes)

@@ -173,13 +173,15 @@ class ServedRevision:
     files: dict[str, ServedFile]
     hub: HubRevision | None = None
     created: float = 0.0
+    origin_commit: str = ""  # the hub's commit of a mirrored revision (its source)
 
     @classmethod
     def from_manifest(cls, repo: RepoId, manifest: Manifest) -> ServedRevision:
         files = {
             f.path: ServedFile(f.path, f.size, f.sha256, f.sha256, True) for f in manifest.files
         }
-        return cls(repo, manifest.revision, files, None, manifest.created)
+        origin = manifest.source.get("revision") or manifest.revision
+        return cls(repo, manifest.revision, files, None, manifest.created, origin)
 
     @classmethod
     def from_hub(cls, hub: HubRevision) -> ServedRevision:
@@ -292,8 +294,8 @@ class MirrorService:
                     str(repo), name, ["neither the mirror nor the origin"]
                 ) from None
             raise
-        manifest = self.mirror.manifest(repo, hub.commit)
-        if manifest is not None:  # mirrored under its commit, though not under this ref
+        manifest = self.mirror.lookup(repo, hub.commit).manifest
+        if manifest is not None:  # mirrored (its commit is a name), though not under this ref
             return ServedRevision.from_manifest(repo, manifest)
         if self.write_through is not None:
             self.write_through.note_ref(hub, name)
@@ -308,13 +310,14 @@ class MirrorService:
         """
         if self.origin is None or revision.hub is not None:
             return None
-        key = (f"origin:{revision.repo}", revision.commit)
+        commit = revision.origin_commit or revision.commit
+        key = (f"origin:{revision.repo}", commit)
         now = time.monotonic()
         with self._lock:
             cached = self._revisions.get(key)
         if cached is None or cached[0] <= now:
             try:
-                hub = self.origin.resolve(revision.repo, revision.commit)
+                hub = self.origin.resolve(revision.repo, commit)
             except (NoSuchModel, NoSuchRevision):
                 return None  # a revision pushed by hand, which the origin never had
             cached = (now + 1e9, ServedRevision.from_hub(hub))

@@ -50,13 +50,27 @@ class ViewBody(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> memoryview:
-        """The next block, as a slice of the buffer (http.client only sends it on). It is
-        :data:`SEND_BLOCK` long whatever ``size`` asks (http.client asks for 8 KiB)."""
-        n = min(max(size, SEND_BLOCK), len(self._view) - self._pos)
+    def read(self, size: int | None = -1) -> bytes:
+        """The next block, as a slice of the buffer (http.client only sends it on).
+
+        As :class:`io.RawIOBase` has it, ``read(0)`` is empty and ``read()`` /
+        ``read(-1)`` / ``read(None)`` is :meth:`readall`. A positive ``size`` gets a block
+        of at least :data:`SEND_BLOCK` bytes (less only at the end): the HTTP layer asks
+        for its own small block size (8-16 KiB) and cannot be told otherwise, and each
+        block costs a Python loop turn and a ``send``.
+        """
+        if size is None or size < 0:
+            return self.readall()
+        n = min(max(size, SEND_BLOCK) if size else 0, len(self._view) - self._pos)
         block = self._view[self._pos : self._pos + n]
         self._pos += n
-        return block
+        return block  # type: ignore[return-value]  # zero-copy; bytes-like is what callers need
+
+    def readall(self) -> bytes:
+        """Every byte from the position to the end (a copy)."""
+        rest = bytes(self._view[self._pos :])
+        self._pos = len(self._view)
+        return rest
 
     def readinto(self, buffer: Any) -> int:
         n = min(len(buffer), len(self._view) - self._pos)
@@ -150,6 +164,12 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """Where this store is, for messages (no secrets)."""
+
+    def with_timeout(self, seconds: float) -> ObjectStore:
+        """This store, with every request given up after ``seconds`` without an answer:
+        for the few requests that must fail fast rather than wait out a stall (a lease's
+        heartbeat). A store that makes no network requests returns itself."""
+        return self
 
     @abc.abstractmethod
     def head_bucket(self, bucket: str) -> None:

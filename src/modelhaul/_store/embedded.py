@@ -4,14 +4,27 @@
 ports (each HTTP port has a gRPC twin), so every one is chosen explicitly: two servers on
 one machine (a user's and a test run's) never collide. The server's state (pid, ports,
 credentials) is kept in ``DATA_DIR/modelhaul-server.json``, readable by its owner only,
-so ``status`` and ``stop`` find it again; ``stop`` signals that pid and nothing else.
+so ``status`` and ``stop`` find it again.
+
+``stop`` signals that pid only after checking that it still is this server's ``weed``
+(its command line names the binary, this data dir and this S3 port): after a reboot or
+once the pid is reused, the state file names somebody else's process, and the state is
+stale, not a target.
+
+A server started with ``remember=True`` (``modelhaul server start``) also leaves its data
+dir, and nothing secret, in ``$XDG_STATE_HOME/modelhaul/servers/`` (one small file per
+server), so ``server env``, ``status`` and ``stop`` find a server started with
+``--data-dir`` without the flag being repeated: see :func:`resolve_server_dir`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -26,11 +39,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .._core.errors import ServerStartError
+from .._core.errors import ConfigError, ServerStartError
 from .._core.process import pid_alive
 from .._core.uri import parse_s3
 
-__all__ = ["EmbeddedServer", "default_server_dir", "server_status", "start_server", "stop_server"]
+__all__ = [
+    "EmbeddedServer",
+    "default_server_dir",
+    "discard_stale_state",
+    "remembered_servers",
+    "resolve_server_dir",
+    "server_status",
+    "start_server",
+    "stop_server",
+]
+
+log = logging.getLogger("modelhaul.server")
 
 STATE_FILE = "modelhaul-server.json"
 # Servers this process started: kept so they can be reaped, and not warned about as
@@ -79,10 +103,24 @@ class EmbeddedServer:
         return "\n".join(f"export {k}={v}" for k, v in self.env().items())
 
     def is_running(self) -> bool:
-        return pid_alive(self.pid) and _s3_answers(self.host, self.port, timeout=1.0)
+        return (
+            pid_alive(self.pid)
+            and self._stranger() is None
+            and _s3_answers(self.host, self.port, timeout=1.0)
+        )
 
-    def stop(self, timeout: float = 15.0) -> None:
-        stop_server(Path(self.data_dir), timeout=timeout)
+    def _stranger(self) -> str | None:
+        """None if ``pid`` runs this server's ``weed``, else what it runs instead."""
+        command = _command_line(self.pid)
+        if command is None:
+            return "a process whose command line cannot be read"
+        padded = f" {command} "
+        ours = (
+            re.search(r"(^|/)weed mini ", command) is not None
+            and f" -dir={self.data_dir} " in padded
+            and f" -s3.port={self.port} " in padded
+        )
+        return None if ours else (command[:200] or "a process with no command line")
 
 
 def default_server_dir() -> Path:
@@ -91,6 +129,108 @@ def default_server_dir() -> Path:
         return Path(os.environ["MODELHAUL_SERVER_DIR"]).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "modelhaul" / "server"
+
+
+def _registry_dir() -> Path:
+    # The same per-user state folder as the transfer journals (``_transfer.journal``): the
+    # store layer cannot import that one, and the rule is three lines.
+    if os.environ.get("MODELHAUL_STATE_DIR"):
+        return Path(os.environ["MODELHAUL_STATE_DIR"]).expanduser() / "servers"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "modelhaul" / "servers"
+
+
+def _registry_entry(data_dir: Path) -> Path:
+    return _registry_dir() / (hashlib.sha256(str(data_dir).encode()).hexdigest()[:16] + ".json")
+
+
+def _remember(data_dir: Path) -> None:
+    entry = _registry_entry(data_dir)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    # Written aside and renamed: a reader never sees half an entry.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"data_dir": str(data_dir), "started": time.time()}, fh)
+    os.replace(tmp, entry)
+
+
+def _forget(data_dir: Path) -> None:
+    _registry_entry(data_dir).unlink(missing_ok=True)
+
+
+def remembered_servers() -> list[EmbeddedServer]:
+    """The running servers started with ``remember=True``, most recently started first.
+
+    Entries whose server no longer runs are removed on the way.
+    """
+    found: list[tuple[float, EmbeddedServer]] = []
+    try:
+        entries = sorted(_registry_dir().glob("*.json"))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            data = json.loads(entry.read_text())
+            data_dir, started = Path(data["data_dir"]), float(data.get("started", 0))
+        except (OSError, ValueError, KeyError, TypeError):
+            entry.unlink(missing_ok=True)
+            continue
+        server = _read_state(data_dir)
+        if server is None or not server.is_running():
+            entry.unlink(missing_ok=True)
+            continue
+        found.append((started, server))
+    return [server for _, server in sorted(found, key=lambda f: -f[0])]
+
+
+def resolve_server_dir(data_dir: Path | None = None) -> Path:
+    """The data dir a command about "the" server means.
+
+    In order: ``data_dir``; ``$MODELHAUL_SERVER_DIR``; the one running server that
+    ``start_server(remember=True)`` recorded; :func:`default_server_dir`.
+
+    Raises:
+        ConfigError: ``data_dir`` is None and several recorded servers run.
+    """
+    if data_dir is not None:
+        return data_dir.expanduser().resolve()
+    if not os.environ.get("MODELHAUL_SERVER_DIR"):
+        running = remembered_servers()
+        if len(running) > 1:
+            dirs = ", ".join(s.data_dir for s in running)
+            raise ConfigError(
+                f"{len(running)} embedded servers are running ({dirs})",
+                hint=f"say which one: --data-dir {running[0].data_dir}",
+            )
+        if running:
+            return Path(running[0].data_dir)
+    return default_server_dir().expanduser().resolve()
+
+
+def _command_line(pid: int) -> str | None:
+    """The command line of process ``pid``, arguments joined by spaces; None if unknown."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        if Path("/proc/self/cmdline").exists():
+            return None  # Linux, and the process is gone
+    except OSError:
+        return None
+    else:
+        return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+    # No /proc (macOS, the BSDs): ask ps.
+    try:
+        out = subprocess.run(
+            ["ps", "-ww", "-o", "args=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
 
 
 def weed_binary() -> str:
@@ -179,6 +319,7 @@ def start_server(
     secret_access_key: str | None = None,
     buckets: Sequence[str] = (),
     timeout: float = 60.0,
+    remember: bool = False,
 ) -> EmbeddedServer:
     """Start SeaweedFS in the background and wait until its S3 gateway answers.
 
@@ -193,6 +334,10 @@ def start_server(
         secret_access_key: the secret to accept.
         buckets: buckets to create at start.
         timeout: seconds to wait for the server.
+        remember: record ``data_dir`` in the per-user state folder, so that
+            :func:`resolve_server_dir` (``modelhaul server env`` without ``--data-dir``)
+            finds this server. Off for servers a program starts for itself (tests,
+            benchmarks, ``modelhaul demo``), which are nobody's "the server".
 
     Raises:
         ServerStartError: the binary is missing, the port is taken, or it did not start.
@@ -200,6 +345,8 @@ def start_server(
     data_dir = (data_dir or default_server_dir()).expanduser().resolve()
     running = server_status(data_dir)
     if running is not None:
+        if remember:
+            _remember(data_dir)
         return running
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
@@ -291,29 +438,87 @@ def start_server(
         if not _bucket_ready(server, b, timeout=max(5.0, deadline - time.monotonic())):
             stop_server(data_dir)
             raise ServerStartError(f"bucket {b} was not created", hint=f"read {log_path}")
+    if remember:
+        _remember(data_dir)
     return server
 
 
-def server_status(data_dir: Path | None = None) -> EmbeddedServer | None:
-    """The server started from ``data_dir`` if it is running, else None."""
-    data_dir = (data_dir or default_server_dir()).expanduser().resolve()
+def _read_state(data_dir: Path) -> EmbeddedServer | None:
     try:
         state = json.loads((data_dir / STATE_FILE).read_text())
-        server = EmbeddedServer(**{**state, "buckets": tuple(state.get("buckets", ()))})
+        return EmbeddedServer(**{**state, "buckets": tuple(state.get("buckets", ()))})
     except (OSError, ValueError, TypeError):
         return None
-    return server if server.is_running() else None
+
+
+def server_status(data_dir: Path | None = None) -> EmbeddedServer | None:
+    """The server started from ``data_dir`` if it is running, else None.
+
+    Args:
+        data_dir: its data folder; None for :func:`resolve_server_dir`'s choice.
+
+    Raises:
+        ConfigError: ``data_dir`` is None and several recorded servers run.
+    """
+    server = _read_state(resolve_server_dir(data_dir))
+    return server if server is not None and server.is_running() else None
+
+
+def discard_stale_state(data_dir: Path | None = None) -> str | None:
+    """Remove the state of ``data_dir`` if it names a live process that is not its ``weed``.
+
+    After a reboot, or once its pid has been reused, the state file names somebody else's
+    process: signalling that pid would kill it.
+
+    Args:
+        data_dir: its data folder; None for :func:`resolve_server_dir`'s choice.
+
+    Returns:
+        What was wrong, for a message, if the state was stale and is now removed; else None
+        (no state, a dead pid, or our own server).
+
+    Raises:
+        ConfigError: ``data_dir`` is None and several recorded servers run.
+    """
+    data_dir = resolve_server_dir(data_dir)
+    server = _read_state(data_dir)
+    if server is None or not pid_alive(server.pid):
+        return None
+    stranger = server._stranger()
+    if stranger is None:
+        return None
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    _forget(data_dir)
+    return (
+        f"the state file {data_dir / STATE_FILE} named pid {server.pid}, which is not this "
+        f"server's weed but {stranger!r}; it was removed and nothing was signalled"
+    )
 
 
 def stop_server(data_dir: Path | None = None, *, timeout: float = 15.0) -> bool:
-    """Stop the server started from ``data_dir``; return whether one was running."""
-    data_dir = (data_dir or default_server_dir()).expanduser().resolve()
-    state_path = data_dir / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text())
-        pid = int(state["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    """Stop the server started from ``data_dir``; return whether one was running.
+
+    A state file that names a live process other than this server's ``weed`` is stale: it
+    is removed with a warning and nothing is signalled (see :func:`discard_stale_state`).
+
+    Args:
+        data_dir: its data folder; None for :func:`resolve_server_dir`'s choice.
+        timeout: seconds to wait after SIGTERM before SIGKILL.
+
+    Raises:
+        ConfigError: ``data_dir`` is None and several recorded servers run.
+    """
+    data_dir = resolve_server_dir(data_dir)
+    stale = discard_stale_state(data_dir)
+    if stale is not None:
+        log.warning("%s", stale)
         return False
+    state_path = data_dir / STATE_FILE
+    server = _read_state(data_dir)
+    _forget(data_dir)
+    if server is None:
+        return False
+    pid = server.pid
     was_running = pid_alive(pid)
     if was_running:
         with contextlib.suppress(ProcessLookupError):

@@ -197,6 +197,7 @@ class S3Store(ObjectStore):
         self._clients: dict[str, S3Client] = {}
         self._bucket_region: dict[str, str] = {}
         self._session: botocore.session.Session | None = None
+        self._hasty: dict[float, S3Store] = {}
 
     # -- clients -------------------------------------------------------------------
 
@@ -206,12 +207,29 @@ class S3Store(ObjectStore):
     def __getstate__(self) -> dict[str, Any]:
         # Clients and locks do not cross process boundaries; the child makes its own.
         state = self.__dict__.copy()
-        state.update(_lock=None, _pid=-1, _clients={}, _session=None)
+        state.update(_lock=None, _pid=-1, _clients={}, _session=None, _hasty={})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    def with_timeout(self, seconds: float) -> S3Store:
+        if seconds >= self._read_timeout and seconds >= self._connect_timeout:
+            return self
+        store = self._hasty.get(seconds)
+        if store is None:
+            # A few connections of its own, so a stalled request never holds one that a
+            # transfer is waiting for; regions learnt by either store serve both.
+            store = S3Store(
+                self.profile,
+                max_connections=4,
+                connect_timeout=min(seconds, self._connect_timeout),
+                read_timeout=min(seconds, self._read_timeout),
+            )
+            store._bucket_region = self._bucket_region
+            store = self._hasty.setdefault(seconds, store)
+        return store
 
     def _region_for(self, bucket: str | None) -> str:
         if bucket is not None and bucket in self._bucket_region:

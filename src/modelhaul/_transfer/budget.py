@@ -41,10 +41,15 @@ class Bandwidth:
     Args:
         rate: bytes per second; None means no limit (``consume`` returns at once).
         burst: seconds of traffic that may pass at once after an idle spell.
+        cancelled: when set, every wait ends at once (Ctrl-C must not wait out a
+            worker's share of a low limit, which grows with the number of workers).
     """
 
-    def __init__(self, rate: float | None, burst: float = 0.25) -> None:
+    def __init__(
+        self, rate: float | None, burst: float = 0.25, *, cancelled: threading.Event | None = None
+    ) -> None:
         self.rate = rate
+        self._cancelled = cancelled or threading.Event()
         self._capacity = (rate or 0) * burst
         self._tokens = self._capacity
         self._last = time.monotonic()
@@ -60,4 +65,4 @@ class Bandwidth:
             self._tokens -= n
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait > 0:
-            time.sleep(wait)
+            self._cancelled.wait(wait)

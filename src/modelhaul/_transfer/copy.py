@@ -199,6 +199,7 @@ def _plan(
     into_dir = dst_text.endswith("/") or (isinstance(target, Path) and target.is_dir())
     jobs: list[Job] = []
     if isinstance(source, Path):
+        # Narrowing: copy() refused local-to-local and opened a store for each s3:// side.
         assert isinstance(target, S3URI)
         assert store_out is not None
         if not source.exists():
@@ -217,7 +218,7 @@ def _plan(
         dest = target.child(source.name) if target.is_prefix else target
         return [UploadJob(store_out, dest.bucket, dest.key, LocalSource(source))]
 
-    assert store_in is not None
+    assert store_in is not None  # narrowing: the source is s3://, and copy() opened its store
     if recursive:
         prefix = source.key if source.is_prefix else source.key + "/"
         objects = [o for o in store_in.list(source.bucket, prefix) if not o.key.endswith("/")]
@@ -239,7 +240,7 @@ def _plan(
                     )
                 )
             else:
-                assert store_out is not None
+                assert store_out is not None  # narrowing: an s3:// target has its store
                 dest = _dir_target(target).child(rel)
                 jobs.append(
                     UploadJob(
@@ -259,7 +260,7 @@ def _plan(
     if isinstance(target, Path):
         dest_path = target / name if into_dir else target
         return [DownloadJob(store_in, source.bucket, source.key, dest_path)]
-    assert store_out is not None
+    assert store_out is not None  # narrowing: an s3:// target has its store
     dest = target.child(name) if target.is_prefix else target
     return [
         UploadJob(

@@ -114,6 +114,21 @@ def write_at(
         raise
 
 
+def _segments(raw: object, where: Path) -> list[tuple[int, int, int]]:
+    """A journal's finished ranges ``(start, end, crc)``, sorted; none if they are not
+    well-formed (a journal is only a shortcut: a damaged one means starting over)."""
+    if isinstance(raw, list) and all(
+        isinstance(seg, list)
+        and len(seg) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in seg)
+        and 0 <= seg[0] < seg[1]
+        for seg in raw
+    ):
+        return sorted((seg[0], seg[1], seg[2]) for seg in raw)
+    log.warning("ignoring the damaged ranges in resume journal %s: starting over", where)
+    return []
+
+
 def _fill(reader: RangeReader, view: memoryview) -> tuple[int, ModelhaulError | None]:
     """Read until ``view`` is full or the body ends; return the count and, if the
     connection broke, its error — the bytes before the break are kept, not lost.
@@ -187,6 +202,7 @@ class DownloadJob(Job):
                 lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
             )
         info = self.info
+        self.check_source(info)
         if self.dest.is_dir():
             raise ConfigError(
                 f"{self.dest} is a folder; cannot write {self.label} over it",
@@ -220,6 +236,14 @@ class DownloadJob(Job):
         if done:
             log.info("resuming %s: %d of %d bytes already here", self.label, done, info.size)
 
+    def check_source(self, info: ObjectInfo) -> None:
+        """Refuse the object before anything is written for it (a hook: the object is
+        taken as it is here).
+
+        Raises:
+            ModelhaulError: the object is not the one wanted.
+        """
+
     def _add_task(self, start: int, end: int) -> Task:
         self._numbers += 1
         task = Task(self, self._numbers, start, end)
@@ -237,9 +261,13 @@ class DownloadJob(Job):
             and journal.get("size") == info.size
             and os.fstat(self._fd).st_size == info.size
         ):
-            for start, end, crc in journal.get("segments", []):
-                if 0 <= start < end <= info.size and self._crc_of(start, end) == crc:
+            end_kept = 0
+            for start, end, crc in _segments(journal.get("segments"), self.journal_path):
+                # Sorted, so a range overlapping one already kept is the only kind that
+                # could break the tiling of the object (a damaged or edited journal).
+                if start >= end_kept and end <= info.size and self._crc_of(start, end) == crc:
                     keep.append((start, end, crc))
+                    end_kept = end
                 else:
                     log.warning(
                         "%s: bytes %d-%d on disk do not match the journal; fetching them again",
@@ -249,7 +277,6 @@ class DownloadJob(Job):
                     )
         if not keep:
             os.ftruncate(self._fd, 0)
-        keep.sort()
         return keep
 
     def _crc_of(self, start: int, end: int) -> int:
@@ -382,7 +409,7 @@ class DownloadJob(Job):
         Saved every ``JOURNAL_EVERY`` bytes of a range as well as when it ends, so a kill
         costs at most that much per stream to fetch again.
         """
-        assert self.info is not None
+        assert self.info is not None  # set by prepare(), before any range exists
         with self._journal_lock:
             with self._lock:
                 segments = list(self._segments)
@@ -409,7 +436,7 @@ class DownloadJob(Job):
     # -- moving bytes ------------------------------------------------------------------------
 
     def run_task(self, task: Task, engine: Engine) -> None:
-        assert self.info is not None
+        assert self.info is not None  # set by prepare(), before any task exists
         etag = self.info.etag or None
         size = self.info.size
         chunk = engine.config.chunk_size
@@ -474,15 +501,25 @@ class DownloadJob(Job):
 
     def finish(self, engine: Engine) -> None:
         info = self.info
-        assert info is not None
+        assert info is not None  # set by prepare(), which the engine always runs first
         segments = sorted(self._segments)
         cursor = 0
         for start, end, _ in segments:
             if start != cursor:
-                raise AssertionError(f"{self.label}: ranges do not tile the object at {cursor}")
+                break
             cursor = end
         if cursor != info.size:
-            raise AssertionError(f"{self.label}: {cursor} of {info.size} bytes written")
+            # Cannot happen by design (the resumed ranges are checked not to overlap, and
+            # every task runs to its end); if it does, the file is not the object.
+            self._discard()
+            raise ChecksumMismatch(
+                self.label,
+                algorithm="size",
+                expected=f"{info.size} bytes in one run",
+                actual=f"ranges covering only bytes 0-{cursor}",
+                hint="nothing was kept; run the same command again, and if it fails the "
+                "same way, report it with the output of -vv",
+            )
         if engine.config.verify and info.crc32c is not None:
             actual = combine_segments(segments)
             if actual != info.crc32c:

@@ -47,6 +47,11 @@ log = logging.getLogger("modelhaul.transfer")
 
 T = TypeVar("T")
 
+# After Ctrl-C (or any error in the caller), how long the workers get, all together, to
+# stop: they notice at their next chunk or wait; one stuck in a request is left behind
+# (they are daemons) rather than holding the exit.
+CANCEL_GRACE = 5.0
+
 # Errors that every other file of the command would hit too: stop at once.
 _FATAL = (
     AccessDenied,
@@ -197,9 +202,9 @@ class Engine:
         self.concurrency = concurrency
         self.subscribers = list(subscribers)
         self.budget = MemoryBudget(memory_budget or config.memory_budget or 1 << 62)
-        self.bandwidth = Bandwidth(config.bandwidth_limit)
         self.stats = TransferStats()
         self.cancelled = threading.Event()
+        self.bandwidth = Bandwidth(config.bandwidth_limit, cancelled=self.cancelled)
         self.policy = RetryPolicy(
             max_attempts=config.max_attempts,
             backoff_base=config.backoff_base,
@@ -286,8 +291,11 @@ class Engine:
                     w.join(0.2)
         except BaseException:
             self.cancelled.set()
+            # One deadline for all of them: joining each for 5 s in turn made Ctrl-C take
+            # up to 40 s with 8 workers asleep under a bandwidth limit.
+            deadline = time.monotonic() + CANCEL_GRACE
             for w in workers:
-                w.join(5)
+                w.join(max(0.0, deadline - time.monotonic()))
             raise
         finally:
             self._abort_leftovers()

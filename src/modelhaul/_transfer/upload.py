@@ -97,7 +97,7 @@ class LocalSource(Source):
         self.size = self._stat.st_size
 
     def identity(self) -> dict[str, Any]:
-        assert self._stat is not None
+        assert self._stat is not None  # set by open(), which prepare() runs first
         return {
             "path": str(self.path.resolve()),
             "size": self._stat.st_size,
@@ -120,7 +120,7 @@ class LocalSource(Source):
         return True
 
     def check_unchanged(self) -> None:
-        assert self._stat is not None
+        assert self._stat is not None  # set by open(), which prepare() runs first
         now = os.stat(self.path)
         if (now.st_size, now.st_mtime_ns, now.st_ino) != (
             self._stat.st_size,
@@ -158,11 +158,11 @@ class ObjectSource(Source):
         self.size = self.info.size
 
     def identity(self) -> dict[str, Any]:
-        assert self.info is not None
+        assert self.info is not None  # given, or found by open(), which prepare() runs first
         return {"source": self.label, "size": self.info.size, "etag": self.info.etag}
 
     def read_into(self, offset: int, view: memoryview, engine: Retrying, part: int) -> None:
-        assert self.info is not None
+        assert self.info is not None  # given, or found by open(), which prepare() runs first
         etag = self.info.etag or None
         size = self.info.size
         got = [0]
@@ -198,6 +198,26 @@ class _Buffers(threading.local):
 
 
 _buffers = _Buffers()
+
+
+def _journal_parts(raw: object, where: Path) -> list[tuple[int, str, int]]:
+    """A journal's sent parts ``(number, etag, crc)``; none if they are not well-formed
+    (a journal is only a shortcut: a damaged one means sending every part again)."""
+    parts: list[tuple[int, str, int]] = []
+    if isinstance(raw, dict):
+        for number, value in raw.items():
+            if not (isinstance(number, str) and number.isdigit() and int(number) >= 1):
+                break
+            if not (isinstance(value, list) and len(value) == 2):
+                break
+            etag, crc = value
+            if not (isinstance(etag, str) and isinstance(crc, int)):
+                break
+            parts.append((int(number), etag, crc))
+        else:
+            return parts
+    log.warning("ignoring the damaged parts in resume journal %s: sending them again", where)
+    return []
 
 
 class UploadJob(Job):
@@ -284,7 +304,7 @@ class UploadJob(Job):
 
     def _resume(self, engine: Engine) -> set[int]:
         """Parts of an earlier run that the store still holds and the source still matches."""
-        assert self._journal_path is not None
+        assert self._journal_path is not None  # set by prepare() just before it calls this
         journal = read_journal(self._journal_path)
         if journal is None:
             return set()
@@ -316,8 +336,7 @@ class UploadJob(Job):
             return set()
         on_store = {p.number: p for p in listed}
         kept: set[int] = set()
-        for number_text, (etag, crc) in journal.get("parts", {}).items():
-            number = int(number_text)
+        for number, etag, crc in _journal_parts(journal.get("parts"), self._journal_path):
             start = (number - 1) * self.part_size
             length = min(self.part_size, self.source.size - start)
             held = on_store.get(number)
@@ -416,7 +435,7 @@ class UploadJob(Job):
                     part=task.number,
                 )
             else:
-                assert self.upload_id is not None
+                assert self.upload_id is not None  # multipart: prepare() created the upload
                 upload_id = self.upload_id
                 task.etag = engine.retry(
                     lambda: self.store.upload_part(
@@ -442,7 +461,7 @@ class UploadJob(Job):
             self.source.close()
 
     def _complete(self, engine: Engine) -> None:
-        assert self.upload_id is not None
+        assert self.upload_id is not None  # only called for a multipart upload, created
         assert self._journal_path is not None
         size = self.source.size
         parts, crc = completion(

@@ -1,0 +1,73 @@
+"""``modelhaul serve``: the Hugging Face Hub download API over a mirror bucket."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from .._core.errors import MissingExtra
+from .options import State, common_options, pass_state
+
+__all__ = ["serve_command"]
+
+
+def _require_serve_extra() -> None:
+    """Fail before the "serving ..." line, not after it, when the extra is missing."""
+    for package in ("starlette", "uvicorn"):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise MissingExtra(package, "modelhaul serve", "serve") from None
+
+
+@click.command("serve")
+@click.option("--mirror", help="s3://BUCKET/PREFIX to serve (MODELHAUL_SERVE_MIRROR).")
+@click.option(
+    "--origin",
+    help="hf (default: HF_ENDPOINT or huggingface.co), a hub's URL, "
+    "or none (MODELHAUL_SERVE_ORIGIN).",
+)
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8090).")
+@click.option("--token", help="Require this bearer token (better: MODELHAUL_SERVE_TOKEN).")
+@click.option(
+    "--spool-dir",
+    type=click.Path(path_type=Path),
+    help="Local folder for files in flight from the origin.",
+)
+@common_options(quiet="No startup line, and uvicorn logs warnings only.")
+@pass_state
+def serve_command(
+    state: State,
+    mirror: str | None,
+    origin: str | None,
+    host: str | None,
+    port: int | None,
+    token: str | None,
+    spool_dir: Path | None,
+) -> None:
+    """Serve the mirror over the Hugging Face Hub download API.
+
+    Clients set HF_ENDPOINT=http://HOST:PORT; transformers, vLLM, huggingface_hub and
+    `hf download` then read from the mirror, and what it lacks is fetched from the
+    origin once, streamed, and written through. A status page is at /.
+    """
+    _require_serve_extra()
+    from .._server.settings import load_serve_settings, serve_mirror
+
+    settings = load_serve_settings(mirror=mirror, origin=origin, host=host, port=port, token=token)
+    if spool_dir is not None:
+        settings = replace(settings, spool_dir=spool_dir)
+    if not state.quiet:
+        where = settings.origin or "none"
+        click.echo(
+            f"serving {settings.mirror} on http://{settings.host}:{settings.port} "
+            f"(origin: {where}{', token required' if settings.token else ''})",
+            err=True,
+        )
+    serve_mirror(
+        settings, profile=state.profile_name, log_level="warning" if state.quiet else "info"
+    )
