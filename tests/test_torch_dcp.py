@@ -105,3 +105,31 @@ def test_save_on_4_load_on_2(
     assert again[0] == "DELETE .metadata", again
     assert again[-1] == "PUT .metadata", again
     assert sorted(again[1:-1]) == [f"PUT __{rank}_0.distcp" for rank in range(2)], again
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_a_shard_from_another_save_is_named(store: S3Store, bucket: str) -> None:
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    import modelhaul
+    from modelhaul.torch import S3StorageReader, S3StorageWriter
+
+    dcp.save({"w": torch.ones(4, 4)}, storage_writer=S3StorageWriter(f"s3://{bucket}/a"))
+    other = {"w": torch.arange(16.0).reshape(2, 8)}
+    dcp.save(other, storage_writer=S3StorageWriter(f"s3://{bucket}/b"))
+    # a's .metadata, b's shard: what a save over a that died midway could leave.
+    store.put(bucket, "a/__0_0.distcp", store.get_bytes(bucket, "b/__0_0.distcp"))
+    state = {"w": torch.zeros(4, 4)}
+    with pytest.raises(CheckpointException) as failed:
+        dcp.load(state, storage_reader=S3StorageReader(f"s3://{bucket}/a"))
+    error, _ = failed.value.failures[0]  # torch wraps each rank's error with its traceback
+    assert isinstance(error, modelhaul.IntegrityError), repr(error)
+    assert f"item 'w' of s3://{bucket}/a/__0_0.distcp" in str(error)
+    assert (
+        "holds a tensor of shape (2, 4), where the .metadata and the state dict expect (4, 4)"
+        in str(error)
+    )
+    assert "save the checkpoint again" in str(error)
+    assert torch.equal(state["w"], torch.zeros(4, 4))
