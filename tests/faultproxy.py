@@ -34,6 +34,8 @@ records the region each request was signed for.
 The cut falls 10-90% (seeded) into the body; where a response has no body (HEAD,
 UploadPart, 204), in the middle of the headers; with ``Fault.cut_after``, right after
 given bytes of the head.
+With ``body_rate``, every response body with a Content-Length is relayed at that many
+bytes per second (a slow link), in pieces sent every 50 ms.
 Everything stays on loopback; :meth:`FaultProxy.stop` closes every socket and joins every
 thread.
 """
@@ -208,6 +210,7 @@ class FaultProxy:
             docstring); None forwards requests signed for any region.
         wrong_region_answer: what a request signed for another region gets, one of
             :data:`WRONG_REGION_ANSWERS`.
+        body_rate: relay each response body at most this many bytes per second.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -222,6 +225,7 @@ class FaultProxy:
         stall_seconds: float = 3.0,
         bucket_region: str | None = None,
         wrong_region_answer: str = "PermanentRedirect",
+        body_rate: float | None = None,
     ) -> None:
         if upstream_host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fault proxy only forwards to loopback")
@@ -232,6 +236,7 @@ class FaultProxy:
         self._signed: list[tuple[str, str, str | None]] = []
         self.upstream = (upstream_host, upstream_port)
         self.stall_seconds = stall_seconds
+        self.body_rate = body_rate
         self._faults: tuple[Fault, ...] = tuple(faults)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -605,10 +610,18 @@ class FaultProxy:
         return False
 
     def _stream(self, up: _Reader, client: socket.socket, left: int) -> None:
+        rate = self.body_rate
+        piece = _CHUNK if rate is None else max(1, min(_CHUNK, int(rate / 20)))
+        began, sent = time.monotonic(), 0
         while left > 0:
-            data = up.some(min(left, _CHUNK))
+            data = up.some(min(left, piece))
             client.sendall(data)
             left -= len(data)
+            sent += len(data)
+            if rate is not None:
+                ahead = began + sent / rate - time.monotonic()
+                if ahead > 0 and self._stopping.wait(ahead):
+                    raise _Closed
 
     def _drain(self, sock: socket.socket, timeout: float = 2.0) -> None:
         """Wait (bounded) until the peer has acknowledged everything sent (Linux only)."""

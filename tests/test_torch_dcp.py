@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from modelhaul import S3Store
+from modelhaul import EmbeddedServer, S3Store
+from tests.faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,11 +60,23 @@ def run_ranks(action: str, uri: str, world: int, env: dict[str, str], tmp_path: 
 
 
 def test_save_on_4_load_on_2(
-    env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
 ) -> None:
     uri = f"s3://{bucket}/dcp/step-100"
-    run_ranks("save", uri, 4, env, tmp_path)
-    keys = sorted(o.key for o in store.list(bucket))
+    prefix = f"/{bucket}/dcp/step-100/"
+    # Every rank's requests go through one proxy, whose log is the order they arrived in.
+    with FaultProxy(server.host, server.port) as proxy:
+        via = {**env, "AWS_ENDPOINT_URL": proxy.url}
+        run_ranks("save", uri, 4, via, tmp_path)
+        first = proxy.log
+        keys = sorted(o.key for o in store.list(bucket))
+        run_ranks("load", uri, 2, via, tmp_path)
+        # Saved again over itself, on 2 ranks: still loads (the old metadata was withdrawn
+        # first).
+        mark = len(proxy.log)
+        run_ranks("save", uri, 2, via, tmp_path)
+        second = proxy.log[mark:]
+        run_ranks("load", uri, 2, via, tmp_path)
     assert keys == [
         "dcp/step-100/.metadata",
         "dcp/step-100/__0_0.distcp",
@@ -72,10 +85,51 @@ def test_save_on_4_load_on_2(
         "dcp/step-100/__3_0.distcp",
     ]
     assert store.list_uploads(bucket) == []
-    metadata = store.head(bucket, "dcp/step-100/.metadata")
-    shards = [store.head(bucket, k) for k in keys[1:]]
-    assert all(s.last_modified <= metadata.last_modified for s in shards)
-    run_ranks("load", uri, 2, env, tmp_path)
-    # Saved again over itself, on 2 ranks: still loads (the old metadata was withdrawn first).
-    run_ranks("save", uri, 2, env, tmp_path)
-    run_ranks("load", uri, 2, env, tmp_path)
+
+    def writes(log: list[tuple[str, str, str | None]]) -> list[str]:
+        """What was written or deleted under the checkpoint, in arrival order."""
+        out = []
+        for method, target, _ in log:
+            path = target.split("?", 1)[0]
+            if method in ("PUT", "POST", "DELETE") and path.startswith(prefix):
+                out.append(f"{method} {path[len(prefix) :]}")
+        return out
+
+    # The commit comes last: .metadata is written once, after every rank's shard (each
+    # small enough for one PUT), and nothing goes under a temporary name.
+    saved = writes(first)
+    assert saved[-1] == "PUT .metadata", saved
+    assert sorted(saved[:-1]) == [f"PUT __{rank}_0.distcp" for rank in range(4)], saved
+    # Overwriting withdraws the old commit before the first new shard is written.
+    again = writes(second)
+    assert again[0] == "DELETE .metadata", again
+    assert again[-1] == "PUT .metadata", again
+    assert sorted(again[1:-1]) == [f"PUT __{rank}_0.distcp" for rank in range(2)], again
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_a_shard_from_another_save_is_named(store: S3Store, bucket: str) -> None:
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    import modelhaul
+    from modelhaul.torch import S3StorageReader, S3StorageWriter
+
+    dcp.save({"w": torch.ones(4, 4)}, storage_writer=S3StorageWriter(f"s3://{bucket}/a"))
+    other = {"w": torch.arange(16.0).reshape(2, 8)}
+    dcp.save(other, storage_writer=S3StorageWriter(f"s3://{bucket}/b"))
+    # a's .metadata, b's shard: what a save over a that died midway could leave.
+    store.put(bucket, "a/__0_0.distcp", store.get_bytes(bucket, "b/__0_0.distcp"))
+    state = {"w": torch.zeros(4, 4)}
+    with pytest.raises(CheckpointException) as failed:
+        dcp.load(state, storage_reader=S3StorageReader(f"s3://{bucket}/a"))
+    error, _ = failed.value.failures[0]  # torch wraps each rank's error with its traceback
+    assert isinstance(error, modelhaul.IntegrityError), repr(error)
+    assert f"item 'w' of s3://{bucket}/a/__0_0.distcp" in str(error)
+    assert (
+        "holds a tensor of shape (2, 4), where the .metadata and the state dict expect (4, 4)"
+        in str(error)
+    )
+    assert "save the checkpoint again" in str(error)
+    assert torch.equal(state["w"], torch.zeros(4, 4))

@@ -4,7 +4,9 @@ or a local folder; bad input gets distinct errors."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,71 @@ def test_wrong_credentials_are_named(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-0000")
     with pytest.raises(modelhaul.AccessDenied, match="secret key is wrong"):
         load_safetensors(f"s3://{bucket}/model.safetensors")
+
+
+# -- failing fast, and leaving nothing behind -----------------------------------------
+
+
+def test_a_failing_chunk_stops_the_load_at_once(
+    server: modelhaul.EmbeddedServer, env: dict[str, str], bucket: str, tmp_path: Path
+) -> None:
+    from tests.faultproxy import Fault, FaultProxy
+
+    path = tmp_path / "big.safetensors"
+    st.save_file({"w": torch.randn(8 * MiB)}, str(path))  # 32 MiB: 8 chunks of 4 MiB
+    S3Store(modelhaul.load_profile()).put(bucket, "big.safetensors", path.read_bytes())
+    # Requests come as HEAD, the header's GET, then 4 chunk GETs at once: pick a seed
+    # whose one 500 falls on one of those 4 chunks (the draws go in request order).
+    faults = (Fault("error500", 0.3, method="GET", limit=1),)
+    seed = next(
+        s
+        for s in range(10_000)
+        if (plan := FaultProxy.plan(faults, s, 6))[:2] == [None, None] and "error500" in plan
+    )
+    # 2 MiB/s per response: the header takes 0.5 s, each chunk 2 s.
+    with FaultProxy(server.host, server.port, faults, seed=seed, body_rate=2 * MiB) as proxy:
+        via = S3Store(modelhaul.load_profile(endpoint_url=proxy.url))
+        config = TransferConfig(concurrency=4, max_attempts=1)
+        began = time.monotonic()
+        with pytest.raises(modelhaul.ServerError, match="InternalError") as failed:
+            load_safetensors(
+                f"s3://{bucket}/big.safetensors", store=via, config=config, chunk_size=4 * MiB
+            )
+        took = time.monotonic() - began
+        seen = proxy.log
+        time.sleep(1.0)
+        later = proxy.log
+    assert failed.value.status == 500
+    # Waiting for the 3 chunks in flight, then the 4 not started, would take >= 4.5 s.
+    assert took < 2.0, f"{took:.2f} s"
+    gets = [target for method, target, _ in seen if method == "GET"]
+    assert len(gets) <= 1 + 4, seen  # the header and the chunks in flight; no new chunk
+    assert later == seen  # nothing went on in the background once it raised
+
+
+def test_a_missing_shard_leaves_no_file_open(tmp_path: Path) -> None:
+    write_sharded(tmp_path / "m", shards=3)
+    (tmp_path / "m" / "model-00003-of-00003.safetensors").unlink()  # the last one fails
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(modelhaul.LocalFileNotFound, match="model-00003-of-00003"):
+        load_safetensors(tmp_path / "m")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_tensors_byte_view_keeps_it_alive() -> None:
+    import gc
+    import weakref
+
+    from modelhaul.torch._common import byte_view
+
+    tensor = torch.arange(1000, dtype=torch.int32)
+    expected = struct.pack("<1000i", *range(1000))
+    view = byte_view(tensor)
+    alive = weakref.ref(tensor)
+    del tensor
+    gc.collect()
+    # Allocations of the same size would now reuse freed memory: the view must not see them.
+    others = [torch.full((1000,), -1, dtype=torch.int32) for _ in range(64)]
+    assert alive() is not None
+    assert bytes(view) == expected
+    del others

@@ -1,22 +1,23 @@
 """PyTorch on object storage: checkpoints, datasets and safetensors streamed straight to and
 from a bucket, with no local disk.
 
-Needs the ``torch`` extra: ``pip install 'modelhaul[torch]'``. The Lightning plugin and the
-``torch.distributed.checkpoint`` storage classes are imported on first use, so
-``import modelhaul.torch`` pays for neither Lightning nor ``torch.distributed``.
+Needs the ``torch`` extra: ``pip install 'modelhaul[torch]'``; without PyTorch, importing
+this raises :class:`~modelhaul.MissingExtra` (an ``ImportError``) that says so. The Lightning
+plugin and the ``torch.distributed.checkpoint`` storage classes are imported on first use,
+so ``import modelhaul.torch`` pays for neither Lightning nor ``torch.distributed`` (and
+raises the same for Lightning or fsspec only when the plugin is asked for).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._core.errors import MissingExtra
+
 try:
     import torch as _torch  # noqa: F401 - fail early, with the fix in the message
-except ImportError as exc:  # pragma: no cover - exercised in a process without torch
-    raise ImportError(
-        "modelhaul.torch needs PyTorch, which is not installed\n"
-        "  hint: pip install 'modelhaul[torch]'"
-    ) from exc
+except ImportError:
+    raise MissingExtra("torch", "modelhaul.torch", "torch") from None
 
 from ._checkpoint import Checkpoint, CheckpointManager
 from ._datasets import S3IterableDataset, S3MapDataset

@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 
 from .._core.config import Profile, TransferConfig, load_profile
-from .._core.errors import InvalidURI
+from .._core.errors import ConfigError, InvalidURI
 from .._core.retry import RetriesExhausted, RetryPolicy
 from .._core.uri import S3URI, parse_s3
 from .._store.base import ObjectInfo, ObjectStore
@@ -128,13 +128,33 @@ class Retrier:
         except RetriesExhausted as exc:
             raise exc.cause from exc
 
+    @property
+    def stop(self) -> threading.Event:
+        """Set by :meth:`cancel`; long reads check it between receives and stop."""
+        return self._cancelled
+
     def cancel(self) -> None:
         """Stop waiting between attempts; calls in progress fail with a cancellation."""
         self._cancelled.set()
 
 
 def byte_view(tensor: torch.Tensor) -> memoryview:
-    """The tensor's own memory as a writable memoryview (no numpy needed)."""
+    """The tensor's own memory as a writable memoryview (no numpy needed).
+
+    The view keeps the tensor alive: a ctypes array made ``from_address`` does not own
+    the memory it points at, so it holds the tensor itself, and the memoryview holds the
+    array. Without that, a view outliving its tensor reads (and writes) freed memory.
+
+    Raises:
+        ConfigError: the tensor is not contiguous, or not in host memory.
+    """
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        raise ConfigError(
+            f"a {tensor.device.type} tensor{'' if tensor.is_contiguous() else ' (strided)'} "
+            "has no contiguous host memory to view",
+            hint="pass a contiguous CPU tensor (tensor.contiguous().cpu())",
+        )
     nbytes = tensor.numel() * tensor.element_size()
     raw = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
+    raw._tensor = tensor  # type: ignore[attr-defined]
     return memoryview(raw).cast("B")

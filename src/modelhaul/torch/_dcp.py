@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future as TorchFuture
 
 from .._core.config import MiB, Profile, TransferConfig
-from .._core.errors import NoSuchKey
+from .._core.errors import IntegrityError, NoSuchKey
 from .._core.uri import parse_s3
 from .._store.base import ObjectStore
 from ._common import Retrier, object_uri, resolve_store
@@ -51,6 +51,10 @@ from ._writer import ObjectWriter
 __all__ = ["S3StorageReader", "S3StorageWriter"]
 
 DEFAULT_READ_WINDOW = 256 * MiB
+_MIXED_HINT = (
+    "its shard objects and its .metadata come from different saves (a save over it that "
+    "did not finish, or objects copied in by hand): save the checkpoint again"
+)
 
 
 class _ObjectFileSystem(FileSystemBase):
@@ -214,7 +218,12 @@ class S3StorageReader(FileSystemReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> TorchFuture[None]:
         """Fetch every item's bytes with parallel ranged GETs; hand them to the planner
-        in plan order, holding at most ``read_window`` bytes at once."""
+        in plan order, holding at most ``read_window`` bytes at once.
+
+        Raises:
+            IntegrityError: an item's bytes are not the tensor the .metadata describes.
+            NoSuchKey: a shard object is missing.
+        """
         fs = self._objects
         in_flight: deque[tuple[Any, Any, Future[bytes]]] = deque()
         held = 0
@@ -242,13 +251,23 @@ class S3StorageReader(FileSystemReader):
             return int(info.length)
         if not stream.seekable():
             stream = io.BytesIO(stream.read())
-        tensor = cast(torch.Tensor, torch.load(stream, map_location="cpu", weights_only=True))
-        tensor = narrow_tensor_by_index(tensor, req.storage_offsets, req.lengths)
+        where = f"{self.path}/{info.relative_path}"
+        what = f"item {req.storage_index.fqn!r} of {where} (bytes {info.offset}+{info.length})"
+        try:
+            tensor = cast(torch.Tensor, torch.load(stream, map_location="cpu", weights_only=True))
+            tensor = narrow_tensor_by_index(tensor, req.storage_offsets, req.lengths)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, IndexError) as exc:
+            # The .metadata says which bytes hold the item; those bytes are not it.
+            raise IntegrityError(
+                f"{what} is not the tensor the checkpoint's .metadata describes ({exc})",
+                hint=_MIXED_HINT,
+            ) from exc
         target = planner.resolve_tensor(req).detach()
         if target.size() != tensor.size():
-            raise ValueError(
-                f"checkpoint item {req.storage_index} has shape {tuple(tensor.size())}, "
-                f"the state dict expects {tuple(target.size())}"
+            raise IntegrityError(
+                f"{what} holds a tensor of shape {tuple(tensor.size())}, where the "
+                f".metadata and the state dict expect {tuple(target.size())}",
+                hint=_MIXED_HINT,
             )
         target.copy_(tensor)
         planner.commit_tensor(req, target)

@@ -9,6 +9,9 @@ bytes, each fetched by one ranged GET whose body is read *into the tensors' own 
 one tensor after the other (a chunk may end inside a tensor; the next chunk goes on from
 there). Chunks of every file go to one pool of ``concurrency`` threads, so a sharded model
 loads all its shards at once. Every GET is pinned to the ETag the header was read from.
+The first chunk that fails stops the rest: chunks not yet started are dropped, chunks in
+flight stop at their next read (one ``recv``), and then the error is raised, so a failed
+load neither waits for the whole model nor makes another request.
 
 With ``device="cuda"`` a chunk lands in a pinned host buffer and is copied to the GPU
 tensors it covers as soon as it is complete; the buffers hold at most ``max_memory``
@@ -22,17 +25,18 @@ import json
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .._core.config import MiB, Profile, TransferConfig
 from .._core.errors import (
+    Cancelled,
     ConfigError,
     InvalidSafetensors,
     LocalFileNotFound,
@@ -73,6 +77,8 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_CUDA_STAGING = 1024 * MiB
 INDEX_SUFFIX = ".safetensors.index.json"
 
+T = TypeVar("T")
+
 
 # -- where the bytes come from ------------------------------------------------------------
 
@@ -83,8 +89,12 @@ class _Source:
     where: str
     size: int
 
-    def read(self, start: int, views: list[memoryview]) -> None:
-        """Fill ``views`` one after the other from the bytes at ``start`` onward."""
+    def read(self, start: int, views: list[memoryview], stop: threading.Event) -> None:
+        """Fill ``views`` one after the other from the bytes at ``start`` onward.
+
+        Raises:
+            Cancelled: ``stop`` was set (another chunk failed); checked between reads.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -100,7 +110,7 @@ class _ObjectSource(_Source):
         self.where = f"s3://{bucket}/{info.key}"
         self.size = info.size
 
-    def read(self, start: int, views: list[memoryview]) -> None:
+    def read(self, start: int, views: list[memoryview], stop: threading.Event) -> None:
         ends = []
         total = 0
         for v in views:
@@ -118,6 +128,8 @@ class _ObjectSource(_Source):
                 if_match=self.info.etag or None,
             ) as body:
                 while got[0] < total:
+                    if stop.is_set():
+                        raise _stopped(self.where)
                     i = bisect.bisect_right(ends, got[0])
                     inner = got[0] - (ends[i] - len(views[i]))
                     n = body.readinto(views[i][inner:])
@@ -144,13 +156,19 @@ class _LocalSource(_Source):
             self.fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as exc:
             raise LocalFileNotFound(f"{path} does not exist", hint="check the path") from exc
-        self.size = os.fstat(self.fd).st_size
+        try:
+            self.size = os.fstat(self.fd).st_size
+        except BaseException:
+            os.close(self.fd)
+            raise
 
-    def read(self, start: int, views: list[memoryview]) -> None:
+    def read(self, start: int, views: list[memoryview], stop: threading.Event) -> None:
         offset = start
         for view in views:
             got = 0
             while got < len(view):
+                if stop.is_set():
+                    raise _stopped(self.where)
                 n = os.preadv(self.fd, [view[got:]], offset + got)
                 if n == 0:
                     raise TruncatedObject(self.where, size=self.size, expected=offset + len(view))
@@ -159,6 +177,10 @@ class _LocalSource(_Source):
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _stopped(where: str) -> Cancelled:
+    return Cancelled(f"{where}: stopped, because another part of the load failed")
 
 
 # -- the header ---------------------------------------------------------------------------
@@ -173,12 +195,12 @@ class _Entry:
     end: int
 
 
-def _read_header(source: _Source) -> list[_Entry]:
+def _read_header(source: _Source, stop: threading.Event) -> list[_Entry]:
     where = source.where
     if source.size < 8:
         raise InvalidSafetensors(where, f"it holds {source.size} bytes, too few for a header")
     probe = bytearray(min(source.size, HEADER_PROBE))
-    source.read(0, [memoryview(probe)])
+    source.read(0, [memoryview(probe)], stop)
     (length,) = struct.unpack("<Q", probe[:8])
     if length < 2 or length > MAX_HEADER or probe[8:9] != b"{":
         raise InvalidSafetensors(where, "it does not start with a safetensors header")
@@ -188,7 +210,7 @@ def _read_header(source: _Source) -> list[_Entry]:
         raw = bytes(probe[8 : 8 + length])
     else:
         rest = bytearray(8 + length - len(probe))
-        source.read(len(probe), [memoryview(rest)])
+        source.read(len(probe), [memoryview(rest)], stop)
         raw = bytes(probe[8:]) + bytes(rest)
     try:
         header = json.loads(raw)
@@ -327,9 +349,9 @@ def _local_sources(path: Path) -> tuple[list[_Source], dict[str, str] | None]:
     if path.is_file() and path.name.endswith(".json"):
         weight_map = _weight_map(str(path), path.read_bytes())
         shards = sorted(set(weight_map.values()))
-        return [_LocalSource(path.parent / s) for s in shards], weight_map
+        return _open_local([path.parent / s for s in shards]), weight_map
     if path.is_file():
-        return [_LocalSource(path)], None
+        return _open_local([path]), None
     index = _pick_index(p.name for p in path.iterdir())
     if index is not None:
         return _local_sources(path / index)
@@ -338,7 +360,20 @@ def _local_sources(path: Path) -> tuple[list[_Source], dict[str, str] | None]:
         raise LocalFileNotFound(
             f"no .safetensors files in {path}", hint="check the folder, or name the file itself"
         )
-    return [_LocalSource(p) for p in files], None
+    return _open_local(files), None
+
+
+def _open_local(paths: Sequence[Path]) -> list[_Source]:
+    """Open every file, or none: a file that cannot be opened closes those opened before."""
+    opened: list[_Source] = []
+    try:
+        for p in paths:
+            opened.append(_LocalSource(p))
+    except BaseException:
+        for source in opened:
+            source.close()
+        raise
+    return opened
 
 
 # -- moving the bytes ---------------------------------------------------------------------
@@ -433,7 +468,7 @@ def load_safetensors(
     else:
         sources, weight_map = _local_sources(Path(text))
     try:
-        return _load(sources, weight_map, target, max_memory, config, chunk_size)
+        return _load(sources, weight_map, target, max_memory, config, chunk_size, retrier)
     finally:
         for s in sources:
             s.close()
@@ -446,10 +481,14 @@ def _load(
     max_memory: int | None,
     config: TransferConfig,
     chunk_size: int,
+    retrier: Retrier,
 ) -> dict[str, torch.Tensor]:
     concurrency = config.concurrency or DEFAULT_CONCURRENCY
+    stop = retrier.stop
     with ThreadPoolExecutor(concurrency, thread_name_prefix="modelhaul-st") as pool:
-        headers = list(pool.map(_read_header, sources))
+        headers = _all_or_none(
+            retrier, [pool.submit(_job, retrier, _read_header, source, stop) for source in sources]
+        )
         tensors: dict[str, torch.Tensor] = {}
         owner: dict[str, str] = {}
         for source, entries in zip(sources, headers, strict=True):
@@ -471,11 +510,60 @@ def _load(
         for source, entries in zip(sources, headers, strict=True):
             for pieces in _chunks([e for e in entries if e.end > e.begin], chunk_size):
                 jobs.append(
-                    pool.submit(_fetch_chunk, source, pieces, tensors, views, budget, staging)
+                    pool.submit(
+                        _job,
+                        retrier,
+                        _fetch_chunk,
+                        source,
+                        pieces,
+                        tensors,
+                        views,
+                        budget,
+                        staging,
+                        stop,
+                    )
                 )
-        for job in jobs:
-            job.result()
+        _all_or_none(retrier, jobs)
     return tensors
+
+
+def _job(retrier: Retrier, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``; if it fails, throw the stop switch before this thread can take the
+    next job, so no request starts after a failure."""
+    try:
+        return fn(*args)
+    except BaseException:
+        retrier.cancel()
+        raise
+
+
+def _all_or_none(retrier: Retrier, jobs: list[Future[T]]) -> list[T]:
+    """Every job's result; at the first failure, stop the others and raise it.
+
+    Jobs not yet started are cancelled; jobs running see the retrier's stop switch at
+    their next read and end with :class:`Cancelled`. All of them have ended before this
+    raises, so no thread still writes into a tensor the caller is about to drop.
+
+    Raises:
+        ModelhaulError: the error that stopped the jobs (not the cancellations it caused).
+    """
+    try:
+        done, _ = wait(jobs, return_when=FIRST_EXCEPTION)
+    except BaseException:  # Ctrl-C while waiting: stop the jobs before going
+        _stop(retrier, jobs)
+        raise
+    if not any(job.exception() is not None for job in done):
+        return [job.result() for job in jobs]
+    _stop(retrier, jobs)
+    errors = [e for job in jobs if not job.cancelled() and (e := job.exception()) is not None]
+    raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+
+
+def _stop(retrier: Retrier, jobs: list[Future[T]]) -> None:
+    retrier.cancel()
+    for job in jobs:
+        job.cancel()
+    wait(jobs)
 
 
 def _fetch_chunk(
@@ -485,6 +573,7 @@ def _fetch_chunk(
     views: dict[str, memoryview],
     budget: MemoryBudget,
     staging: _Staging | None,
+    stop: threading.Event,
 ) -> None:
     length = pieces[-1].end - pieces[0].begin
     budget.acquire(length)
@@ -493,11 +582,12 @@ def _fetch_chunk(
             source.read(
                 pieces[0].begin,
                 [views[p.entry.name][p.offset : p.offset + p.end - p.begin] for p in pieces],
+                stop,
             )
             return
         host = staging.take()
         try:
-            source.read(pieces[0].begin, [memoryview(staging.view(host))[:length]])
+            source.read(pieces[0].begin, [memoryview(staging.view(host))[:length]], stop)
             at = 0
             for p in pieces:
                 n = p.end - p.begin
