@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SAMPLE = '''
+SAMPLE = """
 import pytest
 
 def test_runs():
@@ -28,7 +28,7 @@ def test_needs_root(root):
 @pytest.mark.soak
 def test_long():
     pass
-'''
+"""
 
 
 def _pytest(tmp: Path, no_skip: str | None) -> subprocess.CompletedProcess[str]:
