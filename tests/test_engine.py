@@ -1,5 +1,5 @@
-"""Engine behaviour a user relies on: fork safety, refreshed credentials, no stall at 99%,
-a bounded memory budget."""
+"""Engine behaviour a user relies on: fork safety, credentials from ~/.aws (refreshed when
+they expire), no stall at 99%, a bounded memory budget."""
 
 from __future__ import annotations
 
@@ -41,6 +41,29 @@ def test_store_is_safe_across_fork(tmp_path: Path, store: S3Store, bucket: str) 
             assert own_client, f"a {method}ed child reused its parent's client"
             assert data == b"payload" * 1000
     assert store.get_bytes(bucket, "k.bin") == b"payload" * 1000  # parent still fine
+
+
+def test_aws_profile_credentials_are_used(
+    env: dict[str, str], bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A modelhaul profile named like a ~/.aws/credentials profile signs with that
+    profile's keys: its requests go through, and a profile with the wrong secret is
+    refused by the store."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    aws = Path(env["HOME"]) / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text(
+        f"[team]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        f"[stale]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = not-the-secret\n"
+    )
+    team = load_profile("team")
+    assert team.aws_profile == "team" and team.access_key_id is None
+    store = S3Store(team)
+    store.put(bucket, "team.bin", b"signed with the team keys")
+    assert store.get_bytes(bucket, "team.bin") == b"signed with the team keys"
+    with pytest.raises(modelhaul.AccessDenied, match=r"profile 'stale'.*the secret key is wrong"):
+        S3Store(load_profile("stale")).get_bytes(bucket, "team.bin")
 
 
 # botocore refreshes RefreshableCredentials once fewer than this many seconds are left
