@@ -12,7 +12,6 @@ import pytest
 import modelhaul
 from modelhaul import S3Store, TransferConfig
 from modelhaul._repo.cache import Cache
-from modelhaul._repo.manifest import RepoId
 from modelhaul._repo.mirror import Mirror
 from tests.conftest import make_file, run_cli
 
@@ -213,4 +212,7 @@ def test_cli_push_pull_last_line_is_path(tmp_path: Path, bucket: str, env: dict[
     kinds = {e["event"] for e in events}
     assert {"plan", "file_start", "file_done", "done"} <= kinds
     assert all(e["source"] == "mirror" for e in events if e["event"] == "file_done")
-    assert RepoId("acme", "toy")
+    (plan,) = [e for e in events if e["event"] == "plan"]
+    assert (plan["repo"], plan["revision"]) == ("acme/toy", "v1")
+    assert sorted(f["path"] for f in plan["files"]) == sorted(tree(src))
+    assert sorted(e["path"] for e in events if e["event"] == "file_done") == sorted(tree(src))
