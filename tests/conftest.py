@@ -8,7 +8,7 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,48 @@ from modelhaul import EmbeddedServer, S3Store, load_profile
 ACCESS_KEY = "mhtestaccesskey"
 SECRET_KEY = "mh-test-secret-0123456789abcdefXYZ"
 _counter = itertools.count()
+# CI sets this (scripts/test.sh, .ci/run): there every test must run, so a skip (no
+# chromium, nftables, root, torch...) fails the run instead of passing unseen.
+NO_SKIP = os.environ.get("MODELHAUL_NO_SKIP") == "1"
+_forbidden_skips: list[tuple[str, str]] = []
+
+
+def _as_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip into a failure that names its reason."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    _forbidden_skips.append((report.nodeid, reason))
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and MODELHAUL_NO_SKIP=1 forbids skips: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if NO_SKIP and report.skipped and not hasattr(report, "wasxfail"):
+        _as_failure(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    # A module-level skip (pytest.importorskip("torch")) happens while collecting.
+    report = yield
+    if NO_SKIP and report.skipped:
+        _as_failure(report)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _forbidden_skips:
+        terminalreporter.section("skips (failures: MODELHAUL_NO_SKIP=1)", red=True)
+        for nodeid, reason in _forbidden_skips:
+            terminalreporter.line(f"{nodeid}: {reason}")
 
 
 @pytest.fixture(scope="session")

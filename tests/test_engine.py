@@ -1,16 +1,18 @@
-"""Engine behaviour a user relies on: fork safety, refreshed credentials, no stall at 99%,
-a bounded memory budget."""
+"""Engine behaviour a user relies on: fork safety, credentials from ~/.aws (refreshed when
+they expire), no stall at 99%, a bounded memory budget."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
-import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from botocore.credentials import RefreshableCredentials
 
 import modelhaul
 from modelhaul import S3Store, TransferConfig, load_profile
@@ -41,34 +43,88 @@ def test_store_is_safe_across_fork(tmp_path: Path, store: S3Store, bucket: str) 
     assert store.get_bytes(bucket, "k.bin") == b"payload" * 1000  # parent still fine
 
 
-def test_temporary_credentials_are_refreshed(
-    tmp_path: Path, env: dict[str, str], bucket: str, monkeypatch: pytest.MonkeyPatch
+def test_aws_profile_credentials_are_used(
+    env: dict[str, str], bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Credentials from a ~/.aws profile that expire soon are fetched again, not reused
-    until they fail: a long transfer outlives one-hour tokens."""
-    counter = tmp_path / "calls"
+    """A modelhaul profile named like a ~/.aws/credentials profile signs with that
+    profile's keys: its requests go through, and a profile with the wrong secret is
+    refused by the store."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    aws = Path(env["HOME"]) / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text(
+        f"[team]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        f"[stale]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = not-the-secret\n"
+    )
+    team = load_profile("team")
+    assert team.aws_profile == "team" and team.access_key_id is None
+    store = S3Store(team)
+    store.put(bucket, "team.bin", b"signed with the team keys")
+    assert store.get_bytes(bucket, "team.bin") == b"signed with the team keys"
+    with pytest.raises(modelhaul.AccessDenied, match=r"profile 'stale'.*the secret key is wrong"):
+        S3Store(load_profile("stale")).get_bytes(bucket, "team.bin")
+
+
+# botocore refreshes RefreshableCredentials once fewer than this many seconds are left
+# (its advisory window; a credential_process gets the default), without blocking the other
+# threads, which go on with the old ones meanwhile.
+ADVISORY = RefreshableCredentials._advisory_refresh_timeout
+# How long each set of credentials the test hands out stays outside that window.
+LIFETIME = 2.0
+
+
+def test_temporary_credentials_are_refreshed(
+    tmp_path: Path,
+    env: dict[str, str],
+    store: S3Store,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Credentials from a ~/.aws profile that expire soon are fetched again during one
+    transfer, not reused until they fail: a long transfer outlives one-hour tokens.
+
+    The profile's credential_process logs when it runs and hands out credentials that enter
+    botocore's refresh window LIFETIME seconds later; one throttled download outlasts
+    several lifetimes. A second call that comes only once the first credentials are due
+    shows a refresh (a new session per request or per file would call it at once, and
+    credentials frozen at the start would never call it again).
+    """
+    calls = tmp_path / "calls"
     script = tmp_path / "creds.py"
     script.write_text(
-        "import datetime, json, sys\n"
-        f"open({str(counter)!r}, 'a').write('x')\n"
-        "exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)\n"
+        "import datetime, json, time\n"
+        f"with open({str(calls)!r}, 'a') as fh:\n"
+        "    fh.write(f'{time.time()}\\n')\n"
+        "exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(\n"
+        f"    seconds={ADVISORY + LIFETIME})\n"
         f"print(json.dumps({{'Version': 1, 'AccessKeyId': {ACCESS_KEY!r}, "
         f"'SecretAccessKey': {SECRET_KEY!r}, 'Expiration': exp.isoformat()}}))\n"
     )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    config = tmp_path / "aws-config"
-    config.write_text(f"[profile rotating]\ncredential_process = {sys.executable} {script}\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    aws = Path(env["HOME"]) / ".aws"
+    aws.mkdir()
+    (aws / "config").write_text(
+        f"[profile rotating]\ncredential_process = {sys.executable} {script}\n"
+    )
+    src = make_file(tmp_path / "r.bin", 16 * MiB)
+    store.put(bucket, "r.bin", src.read_bytes())  # with the test's own static keys
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     profile = load_profile("rotating")
     assert profile.aws_profile == "rotating" and profile.access_key_id is None
-    src = make_file(tmp_path / "r.bin", 12 * MiB)
-    cfg = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB, concurrency=2)
-    modelhaul.copy(src, f"s3://{bucket}/r.bin", profile=profile, config=cfg)
+    cfg = TransferConfig(part_size=MiB, concurrency=2, bandwidth_limit=2 * MiB)
+
+    started = time.time()
     modelhaul.copy(f"s3://{bucket}/r.bin", tmp_path / "r.out", profile=profile, config=cfg)
+    finished = time.time()
+
     assert (tmp_path / "r.out").read_bytes() == src.read_bytes()
-    assert len(counter.read_text()) >= 2  # fetched again as they neared expiry
+    times = [float(line) for line in calls.read_text().split()]
+    assert finished - started > 3 * LIFETIME, "the download was too short to need a refresh"
+    assert started <= times[0] < started + LIFETIME
+    assert len(times) >= 3 and times[-1] < finished, times  # refreshed during the transfer
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= LIFETIME, gaps  # each time because the last ones were due
 
 
 def test_idle_workers_split_the_tail(tmp_path: Path, store: S3Store, bucket: str) -> None:

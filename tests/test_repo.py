@@ -232,4 +232,7 @@ def test_cli_push_pull_last_line_is_path(tmp_path: Path, bucket: str, env: dict[
     assert all(e["source"] == "mirror" for e in events if e["event"] == "file_done")
     done = [e for e in events if e["event"] == "done"][-1]
     assert done["id"] == rev and done["pinned"] is False
-    assert RepoId("acme", "toy")
+    (plan,) = [e for e in events if e["event"] == "plan"]
+    assert (plan["repo"], plan["revision"]) == ("acme/toy", rev)
+    assert sorted(f["path"] for f in plan["files"]) == sorted(tree(src))
+    assert sorted(e["path"] for e in events if e["event"] == "file_done") == sorted(tree(src))

@@ -4,6 +4,7 @@ HTTP API: per-file fallback, write-back, the Hugging Face cache layout, hub erro
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,16 +255,18 @@ def test_token_is_sent_and_never_shown(tmp_path: Path, env: dict[str, str],
         assert (folder / "config.json").read_bytes() == b"{}"
 
 
-def test_modelscope_without_its_package(tmp_path: Path, env: dict[str, str]) -> None:
-    pytest.importorskip  # noqa: B018 - modelscope is not a test dependency
-    try:
-        import modelscope  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("modelscope is installed here")
+def test_modelscope_without_its_package(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not installed, even where it is: a None in sys.modules makes `import modelscope` (and
+    # of any of its modules) raise ImportError, as it does without the package.
+    for name in ["modelscope", *(n for n in sys.modules if n.startswith("modelscope."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(modelhaul.SourcesFailed) as info:
         modelhaul.pull(REPO, cache_dir=tmp_path / "c", origins=["modelscope"])
-    assert "MissingExtra" in info.value.tried[0] and "modelscope" in info.value.tried[0]
+    assert info.value.tried == [
+        "ModelScope at https://modelscope.cn: MissingExtra: pulling from ModelScope needs the "
+        "modelscope package, which is not installed"
+    ]
     err = modelhaul.MissingExtra("modelscope", "pulling from ModelScope", "modelscope")
     assert "pip install 'modelhaul[modelscope]'" in err.hint and isinstance(err, ImportError)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -105,12 +108,30 @@ def test_single_file_and_local_folder(store: S3Store, bucket: str, tmp_path: Pat
 
 
 def test_cuda_without_cuda_says_so(tmp_path: Path) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+    """device="cuda" where torch sees no GPU is a ConfigError that says so. In a child that
+    hides every GPU (CUDA_VISIBLE_DEVICES=""), so it runs on a machine with CUDA too."""
     path = tmp_path / "m.safetensors"
     st.save_file({"a": torch.ones(2)}, str(path))
-    with pytest.raises(modelhaul.ConfigError, match=r"cuda.*is_available\(\) is False"):
-        load_safetensors(path, device="cuda")
+    code = (
+        "import sys, torch, modelhaul\n"
+        "from modelhaul.torch import load_safetensors\n"
+        "print('cuda available:', torch.cuda.is_available())\n"
+        "try:\n"
+        "    load_safetensors(sys.argv[1], device='cuda')\n"
+        "except modelhaul.ConfigError as exc:\n"
+        "    print('ConfigError:', exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "cuda available: False"
+    assert re.fullmatch(r"ConfigError: .*cuda.*is_available\(\) is False.*", lines[1]), lines
 
 
 def test_bad_objects_get_distinct_errors(store: S3Store, bucket: str, tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_aws_endpoint_url_s3_wins_over_generic() -> None:
     ("provider", "region", "endpoint", "style", "checksums"),
     [
         ("aws", "us-east-1", None, "virtual", True),
-        ("seaweedfs", "us-east-1", None, "virtual", True),
+        ("seaweedfs", "us-east-1", None, "path", True),
         ("minio", "us-east-1", None, "path", False),
         ("oss", "cn-hangzhou", "https://oss-cn-hangzhou.aliyuncs.com", "virtual", False),
         ("obs", "cn-north-4", "https://obs.cn-north-4.myhuaweicloud.com", "virtual", False),
@@ -92,9 +92,12 @@ def test_presets(
     provider: str, region: str, endpoint: str | None, style: str, checksums: bool
 ) -> None:
     p = load_profile(provider=provider, env={}, config_file=Path(os.devnull))
-    assert (p.region, p.endpoint_url, p.checksums) == (region, endpoint, checksums)
-    if provider != "seaweedfs":  # seaweedfs preset is path style, but only with an endpoint
-        assert p.addressing_style == style
+    assert (p.region, p.endpoint_url, p.checksums, p.addressing_style) == (
+        region,
+        endpoint,
+        checksums,
+        style,
+    )
 
 
 def test_loopback_endpoint_forces_path_style() -> None:
@@ -129,14 +132,6 @@ def test_config_errors(tmp_path: Path) -> None:
         load_profile(endpoint_url="minio:9000", env={}, config_file=Path(os.devnull))
     with pytest.raises(ConfigError):
         TransferConfig(concurrency=0)
-
-
-def test_aws_profile_credentials_are_used(tmp_path: Path) -> None:
-    creds = tmp_path / "credentials"
-    creds.write_text("[team]\naws_access_key_id = AKTEAM\naws_secret_access_key = s\n")
-    env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_CONFIG_FILE": str(tmp_path / "c")}
-    p = load_profile("team", env=env, config_file=Path(os.devnull))
-    assert p.aws_profile == "team" and p.access_key_id is None
 
 
 @given(
