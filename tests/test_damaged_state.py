@@ -102,7 +102,7 @@ def test_damaged_cache_records(tmp_path: Path, env: dict[str, str], bucket: str)
     cache = tmp_path / "cache"
     args = ["pull", "acme/toy@v1", "--mirror", uri, "--origin", "none", "--cache-dir", str(cache)]
     run_cli(*args, env=env)
-    (record,) = cache.rglob("records/v1.json")
+    (record,) = cache.rglob("records/*.json")  # keyed by the content id v1 names
     for damaged in ({"files": ["config.json"], "last_used": "yesterday"},
                     {"files": {"config.json": 5}, "last_used": None}):  # fmt: skip
         record.write_text(json.dumps(damaged))
