@@ -453,12 +453,17 @@ class MissingExtra(ConfigError, ImportError):
         package: the package to install.
     """
 
-    def __init__(self, package: str, purpose: str, extra: str | None = None) -> None:
+    def __init__(
+        self, package: str, purpose: str, extra: str | None = None, *, alternative: str = ""
+    ) -> None:
         self.package = package
         install = f"pip install 'modelhaul[{extra}]'" if extra else f"pip install {package}"
+        # The install command is in the message itself, not only in the hint: a pull that
+        # tries several sources lists each one's message, and a line that says what is
+        # missing without saying how to get it sends the reader to the docs.
         super().__init__(
-            f"{purpose} needs the {package} package, which is not installed",
-            hint=f"{install}, or leave that source out",
+            f"{purpose} needs the {package} package, which is not installed ({install})",
+            hint=f"{install}, or {alternative}" if alternative else install,
         )
 
 

@@ -44,6 +44,8 @@ log = logging.getLogger("modelhaul.hub")
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 MS_DEFAULT_ENDPOINT = "https://modelscope.cn"
+# What a MissingExtra for a hub says besides installing it: pulls try other sources too.
+_LEAVE_OUT = "leave that source out (pull --origin, or origins=[...])"
 
 # The hubs' own environment variables, the ones their client libraries read too; no config
 # file holds them.
@@ -145,7 +147,9 @@ class HuggingFaceHub(OriginHub):
         try:
             from huggingface_hub import HfApi
         except ImportError:
-            raise MissingExtra("huggingface_hub", "pulling from Hugging Face") from None
+            raise MissingExtra(
+                "huggingface_hub", "pulling from Hugging Face", alternative=_LEAVE_OUT
+            ) from None
         return HfApi(endpoint=self.endpoint, token=self._token, library_name="modelhaul")
 
     def _translate(self, exc: BaseException, repo: RepoId, revision: str) -> ModelhaulError:
@@ -218,7 +222,9 @@ class HuggingFaceHub(OriginHub):
         try:
             from huggingface_hub import hf_hub_download
         except ImportError:
-            raise MissingExtra("huggingface_hub", "pulling from Hugging Face") from None
+            raise MissingExtra(
+                "huggingface_hub", "pulling from Hugging Face", alternative=_LEAVE_OUT
+            ) from None
         try:
             got = hf_hub_download(
                 str(repo),
@@ -255,7 +261,9 @@ class ModelScopeHub(OriginHub):
         try:
             from modelscope.hub.api import HubApi
         except ImportError:
-            raise MissingExtra("modelscope", "pulling from ModelScope", "modelscope") from None
+            raise MissingExtra(
+                "modelscope", "pulling from ModelScope", "modelscope", alternative=_LEAVE_OUT
+            ) from None
         api = HubApi(endpoint=self.endpoint)
         if self._token:
             api.login(self._token)
@@ -285,7 +293,9 @@ class ModelScopeHub(OriginHub):
         try:
             from modelscope.hub.file_download import model_file_download
         except ImportError:
-            raise MissingExtra("modelscope", "pulling from ModelScope", "modelscope") from None
+            raise MissingExtra(
+                "modelscope", "pulling from ModelScope", "modelscope", alternative=_LEAVE_OUT
+            ) from None
         try:
             got = model_file_download(str(repo), path, revision=commit, local_dir=str(folder))
         except Exception as exc:
