@@ -43,6 +43,7 @@ PUBLIC = [
     "PartFailure",
     "PartInfo",
     "PreconditionFailed",
+    "RankFailed",
     "Preset",
     "Profile",
     "ProgressSubscriber",
