@@ -1,7 +1,7 @@
 """Model repository benchmark: ``modelhaul push`` / ``pull`` against ``s5cmd cp`` of the same
 folder and prefix, on one embedded SeaweedFS, in one run.
 
-Run:  .venv/bin/python bench/repo.py [--size-mib 4096] [--files 4] [--repeat 1] [--json-out PATH]
+Run:  .venv/bin/python bench/repo.py [--size-mib 4096] [--files 4] [--repeat 3] [--json-out PATH]
 
 What it does (see ../shared/DESIGN.md, "Speed"):
 
@@ -16,7 +16,8 @@ What it does (see ../shared/DESIGN.md, "Speed"):
 * cached re-pull: the same ``modelhaul pull`` again (a child process, start-up included),
   and the Python call ``modelhaul.pull`` in this process;
 * every tool runs as a child process; the wall time is measured around it and its peak RSS
-  comes from ``wait4``; ``sync`` runs before each timing; tool order alternates each repeat.
+  comes from GNU time in a fresh child; ``sync`` runs before each timing; tool order
+  alternates each repeat; medians of the repeats, with min and max.
 
 Targets (the issue "Model repositories"): pull <= 1.15x s5cmd, push <= 1.15x s5cmd,
 cached re-pull < 0.5 s. Figures on a shared machine are noisy (~20%): compare within a run.
@@ -65,25 +66,39 @@ def write_model(folder: Path, files: int, total_mib: int) -> None:
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``cmd`` to the end; its wall time and peak RSS (MiB)."""
+    """Run ``cmd`` to the end; its wall time and peak RSS (MiB).
+
+    The peak RSS comes from GNU time (``/usr/bin/time -f %M``), a small fresh process
+    between us and the tool: Linux carries the high-water RSS across ``exec``, so our own
+    ``wait4`` on a child forked from this parent would report at least the parent's RSS.
+    """
     subprocess.run(["sync"], check=False)
+    with tempfile.NamedTemporaryFile(prefix="rss-", delete=False) as fh:
+        rss_path = Path(fh.name)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(rss_path), *cmd],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
     seconds = time.perf_counter() - started
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{out}\n{err}")
-    return {"seconds": seconds, "rss_mib": usage.ru_maxrss / 1024, "stdout": out}
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    try:
+        rss_mib = int(rss_path.read_text().split()[-1]) / 1024
+    except (OSError, ValueError, IndexError):
+        rss_mib = -1.0
+    rss_path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out}\n{err}")
+    return {"seconds": seconds, "rss_mib": rss_mib, "stdout": out}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=4096, help="model size (default 4096)")
     ap.add_argument("--files", type=int, default=4, help="weight files (default 4)")
-    ap.add_argument("--repeat", type=int, default=1, help="timed repetitions")
+    ap.add_argument("--repeat", type=int, default=3, help="timed repetitions")
     ap.add_argument("--json-out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -160,12 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                            ("s5-down", "s5cmd cp (download)"),
                            ("cached-cli", "modelhaul pull, cached (CLI)")):  # fmt: skip
             secs = med(name)
-            rows.append((what, secs, total / secs / 1e6, rss(name)))
+            times = [r["seconds"] for r in results[name]]
+            rows.append((what, secs, min(times), max(times), total / secs / 1e6, rss(name)))
         print(f"\nmodel: {args.files} files, {total / MiB:.0f} MiB; repeats: {args.repeat}; "
               f"{platform.node()}, {os.cpu_count()} cores")  # fmt: skip
-        print(f"{'tool':<32} {'seconds':>9} {'MB/s':>9} {'peak RSS MiB':>13}")
-        for what, secs, mbs, peak in rows:
-            print(f"{what:<32} {secs:>9.3f} {mbs:>9.0f} {peak:>13.0f}")
+        print(f"{'tool (median of runs)':<32} {'seconds':>9} {'min':>7} {'max':>7} {'MB/s':>9} "
+              f"{'peak RSS MiB':>13}")  # fmt: skip
+        for what, secs, lo, hi, mbs, peak in rows:
+            print(f"{what:<32} {secs:>9.3f} {lo:>7.3f} {hi:>7.3f} {mbs:>9.0f} {peak:>13.0f}")
         api = statistics.median(cached_api)
         print(f"{'modelhaul.pull, cached (API)':<32} {api:>9.3f}")
         pull_ratio = med("pull") / med("s5-down")

@@ -1,7 +1,7 @@
 """Checkpoint and safetensors benchmark: modelhaul.torch against s3torchconnector and
 runai-model-streamer on one embedded SeaweedFS.
 
-Run:  .venv/bin/python bench/torch_ckpt.py [--size-mib 2048] [--repeat 1] [--json-out PATH]
+Run:  .venv/bin/python bench/torch_ckpt.py [--size-mib 2048] [--repeat 3] [--json-out PATH]
 (needs the bench extra: pip install -e '.[bench]')
 
 In one run, so the figures are comparable (see ../shared/DESIGN.md, "Speed"):
@@ -26,9 +26,11 @@ only within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,22 +143,35 @@ def child(kind: str, size_mib: int, uri: str) -> None:
 
 
 def run_child(kind: str, size_mib: int, uri: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run one case in a fresh child under GNU time, whose figure is the peak RSS.
+
+    Linux carries the high-water RSS across fork and exec, so the child's own
+    ``getrusage(RUSAGE_SELF)`` would read at least this (large) parent's; GNU time is a
+    small process, and its child starts from a clean mark.
+    """
+    with tempfile.NamedTemporaryFile(prefix="rss-", delete=False) as fh:
+        rss_path = Path(fh.name)
     proc = subprocess.run(
-        [PY, str(HERE), "_child", kind, str(size_mib), uri],
+        ["/usr/bin/time", "-f", "%M", "-o", str(rss_path),
+         PY, str(HERE), "_child", kind, str(size_mib), uri],
         env=env,
         capture_output=True,
         text=True,
         timeout=1800,
-    )
+    )  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stdout}\n{proc.stderr}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    result = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        result["peak_rss_mib"] = int(rss_path.read_text().split()[-1]) / 1024
+    rss_path.unlink(missing_ok=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=2048)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
@@ -222,16 +237,22 @@ def _prepare_safetensors(size_mib: int, work: Path) -> None:
 
 
 def _best(runs: dict[str, list[dict[str, Any]]], kind: str, key: str) -> float:
+    """The median over the repeats (peak RSS: the highest), never a best-of."""
     values = [r[key] for r in runs[kind]]
-    return max(values) if key == "mb_per_s" else min(values)
+    return max(values) if key == "peak_rss_mib" else statistics.median(values)
+
+
+def _span(runs: dict[str, list[dict[str, Any]]], kind: str, key: str) -> str:
+    values = [r[key] for r in runs[kind]]
+    return f"{min(values):.0f}-{max(values):.0f}"
 
 
 def _report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
-    print(f"\n{args.size_mib} MiB, best of {args.repeat}:")
-    print(f"{'tool':26s} {'MB/s':>8s} {'peak RSS MiB':>13s}")
+    print(f"\n{args.size_mib} MiB, median of {args.repeat} (min-max):")
+    print(f"{'tool':26s} {'MB/s':>8s} {'min-max':>11s} {'peak RSS MiB':>13s}")
     for kind in runs:
         print(
-            f"{kind:26s} {_best(runs, kind, 'mb_per_s'):8.0f} "
+            f"{kind:26s} {_best(runs, kind, 'mb_per_s'):8.0f} {_span(runs, kind, 'mb_per_s'):>11s} "
             f"{_best(runs, kind, 'peak_rss_mib'):13.0f}"
         )
     checks = [

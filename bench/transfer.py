@@ -18,7 +18,11 @@ What it does, all in one run so the figures are comparable (see ../shared/DESIGN
 * kills a modelhaul download, then an upload, at ~50% (SIGKILL), reruns each to the end and
   reports the bytes moved by both runs over the file size (target <= 1.15), then checks the
   results byte for byte;
-* prints a table, the ratios against the peers and PASS/FAIL per target.
+* prints a table, the ratios against the peers and PASS/FAIL per target;
+* many small files (``--only small`` for these alone): 1,000 x 64 KiB in 20 folders and
+  10,000 x 4 KiB, ``modelhaul -q cp -r`` against ``s5cmd cp`` up and down, each run a
+  child under GNU time (peak RSS of that child alone), medians of ``--repeat`` with min
+  and max; every upload is checked by listing, every download file by file.
 
 Figures from a machine shared with other work are noisy (up to ~20% run to run): compare
 only within one run.
@@ -70,6 +74,10 @@ TARGET_DOWN_VS_BOTO3 = 1.5
 TARGET_UP_VS_S5CMD = 1.0
 TARGET_RESUME = 1.15
 RSS_BASE_MIB = 64
+
+# Many small files: (name, files, bytes each, folders). Targets: >= 1.0x s5cmd, up and down.
+SMALL_CASES = [("1000x64KiB", 1000, 64 * 1024, 20), ("10000x4KiB", 10000, 4 * 1024, 20)]
+TARGET_SMALL_VS_S5CMD = 1.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -429,6 +437,7 @@ class Bench:
         self.runs: list[dict[str, Any]] = []
         self.resume: dict[str, Any] = {}
         self.problems: list[str] = []
+        self.small_runs: list[dict[str, Any]] = []
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -660,6 +669,162 @@ class Bench:
         )
         return out
 
+    # -- many small files ----------------------------------------------------------------
+
+    def small_tree(self, name: str, files: int, size: int, folders: int) -> Path:
+        """``files`` random files of ``size`` bytes spread over ``folders`` folders."""
+        root = self.work / f"tree-{name}"
+        for i in range(files):
+            folder = root / f"d{i % folders:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"f{i:05d}.bin").write_bytes(os.urandom(size))
+        return root
+
+    def small_command(self, tool: str, direction: str, prefix: str, path: Path) -> list[str]:
+        s3 = f"s3://{BUCKET}/{prefix}/"
+        if tool == "modelhaul":
+            a, b = (str(path), s3) if direction == "up" else (s3, str(path))
+            # As a user runs it: the CLI, start-up included (like s5cmd's).
+            return [PY, "-m", "modelhaul", "-q", "cp", "-r", a, b]
+        if direction == "up":
+            return [str(BIN / "s5cmd"), "--endpoint-url", self.endpoint, "cp", f"{path}/", s3]
+        return [str(BIN / "s5cmd"), "--endpoint-url", self.endpoint, "cp", s3 + "*", f"{path}/"]
+
+    def _tree_listing(self, prefix: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=prefix + "/"
+        ):
+            for o in page.get("Contents", []):
+                out[o["Key"][len(prefix) + 1 :]] = int(o["Size"])
+        return out
+
+    def _delete_prefix(self, prefix: str) -> None:
+        keys = list(self._tree_listing(prefix))
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(
+                Bucket=BUCKET,
+                Delete={"Objects": [{"Key": f"{prefix}/{k}"} for k in keys[i : i + 1000]]},
+            )
+
+    def small_files(self) -> None:
+        for case, files, size, folders in SMALL_CASES:
+            if self.args.small_only and case not in self.args.small_only:
+                continue
+            log(f"small files: {case} ({files} x {size} B in {folders} folders)")
+            tree = self.small_tree(case, files, size, folders)
+            want = {
+                str(p.relative_to(tree)): p.stat().st_size for p in tree.rglob("*") if p.is_file()
+            }
+            ref = f"small-ref/{case}"
+            # The tree every download reads, uploaded once by modelhaul (full-object CRC32C).
+            seed = run_child(
+                self.small_command("modelhaul", "up", ref, tree), self.mh_env, self.logs
+            )
+            if seed.rc != 0:
+                self.problems.append(f"small {case}: seeding failed: {seed.err[-800:]}")
+                continue
+            tools = ["modelhaul", "s5cmd"]
+            for rep in range(self.args.repeat):
+                for direction in ("up", "down"):
+                    order = tools if rep % 2 == 0 else tools[::-1]
+                    for tool in order:
+                        self._small_timed(case, rep + 1, tool, direction, tree, ref, want)
+            self._delete_prefix(ref)
+            shutil.rmtree(tree, ignore_errors=True)
+
+    def _small_timed(
+        self,
+        case: str,
+        rep: int,
+        tool: str,
+        direction: str,
+        tree: Path,
+        ref: str,
+        want: dict[str, int],
+    ) -> None:
+        if direction == "up":
+            prefix, path = f"small-up/{case}/{tool}", tree
+            self._delete_prefix(prefix)
+        else:
+            prefix, path = ref, self.work / f"small-down-{case}-{tool}"
+            shutil.rmtree(path, ignore_errors=True)
+        env = self.mh_env if tool == "modelhaul" else self.env
+        run = run_child(self.small_command(tool, direction, prefix, path), env, self.logs)
+        total = sum(want.values())
+        row: dict[str, Any] = {
+            "case": case,
+            "rep": rep,
+            "tool": tool,
+            "direction": direction,
+            "wall_s": round(run.wall, 4),
+            "files_per_s": round(len(want) / run.wall, 1),
+            "mb_per_s": round(total / run.wall / 1e6, 2),
+            "peak_rss_mib": round(run.rss_mib, 1),
+            "rc": run.rc,
+        }
+        ok = run.rc == 0
+        if ok and direction == "up":
+            got = self._tree_listing(prefix)
+            ok = got == want
+            if not ok:
+                row["error"] = f"{len(got)} objects listed, {len(want)} files expected"
+            self._delete_prefix(prefix)
+        elif ok:
+            got = {
+                str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*") if p.is_file()
+            }
+            ok = got == want
+            if ok and self.args.verify:
+                ok = all((path / k).read_bytes() == (tree / k).read_bytes() for k in want)
+            if not ok:
+                row["error"] = f"downloaded tree differs ({len(got)} files, {len(want)} expected)"
+            shutil.rmtree(path, ignore_errors=True)
+        if run.rc != 0:
+            row["error"] = f"exit {run.rc}: {run.err.strip()[-800:]}"
+        row["ok"] = ok
+        if not ok:
+            self.problems.append(f"small {case} {tool} {direction} rep {rep}: {row.get('error')}")
+        self.small_runs.append(row)
+        status = "" if ok else f"  FAILED: {row.get('error')}"
+        log(
+            f"  rep {rep} {case} {direction:4} {tool:10} {run.wall:7.2f} s "
+            f"{row['files_per_s']:8.0f} files/s  rss {run.rss_mib:6.1f} MiB{status}"
+        )
+
+    def small_summary(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for case, *_ in SMALL_CASES:
+            for direction in ("up", "down"):
+                med: dict[str, float] = {}
+                for tool in ("modelhaul", "s5cmd"):
+                    runs = [
+                        r
+                        for r in self.small_runs
+                        if (r["case"], r["tool"], r["direction"]) == (case, tool, direction)
+                        and r["ok"]
+                    ]
+                    if not runs:
+                        continue
+                    walls = [r["wall_s"] for r in runs]
+                    med[tool] = statistics.median(walls)
+                    rows.append(
+                        {
+                            "case": case,
+                            "direction": direction,
+                            "tool": tool,
+                            "runs": len(runs),
+                            "median_s": round(med[tool], 3),
+                            "min_s": min(walls),
+                            "max_s": max(walls),
+                            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                        }
+                    )
+                if len(med) == 2:
+                    rows[-1]["modelhaul_vs_s5cmd"] = None
+                    rows[-2]["modelhaul_vs_s5cmd"] = round(med["s5cmd"] / med["modelhaul"], 3)
+        return rows
+
     # -- the whole run -------------------------------------------------------------------
 
     def run(self) -> None:
@@ -873,6 +1038,46 @@ def format_report(summary: dict[str, Any], size_mib: int, repeat: int) -> str:
     return "\n".join(lines)
 
 
+def small_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        if r.get("modelhaul_vs_s5cmd") is None:
+            continue
+        value = r["modelhaul_vs_s5cmd"]
+        out.append(
+            {
+                "target": f"{r['case']} {r['direction']}: s5cmd time / modelhaul time",
+                "value": value,
+                "limit": TARGET_SMALL_VS_S5CMD,
+                "op": ">=",
+                "verdict": "PASS" if value >= TARGET_SMALL_VS_S5CMD else "FAIL",
+            }
+        )
+    return out
+
+
+def format_small(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
+    lines = [
+        "",
+        "Many small files (`cp -r` of a tree; wall time of the child, start-up included):",
+        f"{'case':12} {'dir':5} {'tool':10} {'runs':>4} {'median s':>9} {'min':>7} {'max':>7}"
+        f" {'rss MiB':>8} {'x s5cmd':>8}",
+    ]
+    for r in rows:
+        ratio = r.get("modelhaul_vs_s5cmd")
+        lines.append(
+            f"{r['case']:12} {r['direction']:5} {r['tool']:10} {r['runs']:>4} {r['median_s']:>9.3f}"
+            f" {r['min_s']:>7.3f} {r['max_s']:>7.3f} {r['peak_rss_mib']:>8.1f}"
+            f" {'' if ratio is None else f'{ratio:.2f}':>8}"
+        )
+    for c in checks:
+        if str(c["target"]).startswith(tuple(r["case"] for r in rows)):
+            lines.append(
+                f"  {c['target']}: {c['value']:.2f} (target {c['op']} {c['limit']}) {c['verdict']}"
+            )
+    return "\n".join(lines)
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "nproc": os.cpu_count(),
@@ -944,6 +1149,20 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the sha256 check of every download",
     )
     parser.add_argument("--no-resume", action="store_true", help="skip the kill-and-resume test")
+    parser.add_argument(
+        "--only",
+        choices=["large", "small"],
+        default=None,
+        help="run only the large-file cases or only the many-small-files cases",
+    )
+    parser.add_argument(
+        "--small-case",
+        dest="small_only",
+        action="append",
+        default=[],
+        choices=[c[0] for c in SMALL_CASES],
+        help="small-file case to run (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     if args.size_mib < 64:
         parser.error("--size-mib must be at least 64 (multipart needs a few parts)")
@@ -955,12 +1174,22 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     try:
         bench.start()
-        bench.run()
+        if args.only != "small":
+            bench.run()
+        if args.only != "large":
+            bench.small_files()
     finally:
         bench.stop()
-    summary = bench.summary()
-    report = format_report(summary, args.size_mib, args.repeat)
-    print(report)
+    summary = bench.summary() if args.only != "small" else {"checks": []}
+    small = bench.small_summary()
+    summary["small_files"] = small
+    summary["checks"].extend(small_checks(small))
+    if args.only != "small":
+        print(format_report(summary, args.size_mib, args.repeat))
+    if small:
+        print(format_small(small, summary["checks"]))
+    if bench.problems:
+        print("problems:\n  " + "\n  ".join(bench.problems))
     if args.json_out is not None:
         path = (
             Path(args.json_out)
