@@ -250,6 +250,7 @@ class FaultProxy:
         self._injected: Counter[str] = Counter()
         self._fired: Counter[int] = Counter()
         self._log: list[tuple[str, str, str | None]] = []
+        self._body_bytes = 0
         self.port = 0
 
     # -- configuration and counters ------------------------------------------------------
@@ -290,6 +291,16 @@ class FaultProxy:
                 "by_method": dict(self._by_method),
                 "injected": dict(self._injected),
             }
+
+    @property
+    def body_bytes(self) -> int:
+        """Response body bytes relayed to clients so far (what the store served)."""
+        with self._lock:
+            return self._body_bytes
+
+    def _served(self, n: int) -> None:
+        with self._lock:
+            self._body_bytes += n
 
     @property
     def log(self) -> list[tuple[str, str, str | None]]:
@@ -595,6 +606,7 @@ class FaultProxy:
             keep = False
         if fault is None:
             client.sendall(head + body)
+            self._served(len(body))
             self._stream(up, client, length - len(body))
             return keep
         # The cut: inside the headers when there is no body, else 10-90% into the body.
@@ -616,6 +628,7 @@ class FaultProxy:
         while left > 0:
             data = up.some(min(left, piece))
             client.sendall(data)
+            self._served(len(data))
             left -= len(data)
             sent += len(data)
             if rate is not None:

@@ -48,6 +48,7 @@ PUBLIC = [
     "ProgressSubscriber",
     "PushResult",
     "RangeReader",
+    "RankFailed",
     "RevisionConflict",
     "RevisionIdMismatch",
     "RevisionTampered",

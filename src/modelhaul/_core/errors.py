@@ -53,6 +53,7 @@ and ``except modelhaul.NotFound`` both work::
     ├── TransferFailed                      parts failed after all retries
     ├── TransferBusy                        another process writes the same destination
     ├── Cancelled                           Ctrl-C, or a fatal error in another file
+    ├── RankFailed                          a rank of a distributed load failed or left
     └── ServerStartError                    the embedded SeaweedFS would not start
 
 Every message says what happened and what to do next. Errors carry the fields a
@@ -102,6 +103,7 @@ __all__ = [
     "ObjectChanged",
     "PartFailure",
     "PreconditionFailed",
+    "RankFailed",
     "RevisionConflict",
     "RevisionIdMismatch",
     "RevisionTampered",
@@ -432,6 +434,25 @@ class Cancelled(ModelhaulError):
             hint=hint
             or "run the same command again: finished parts are kept and "
             "only the rest is transferred",
+        )
+
+
+class RankFailed(ModelhaulError):
+    """A load shared across the ranks of a ``torch.distributed`` process group stopped,
+    because one rank failed (its reason is in the message) or left the group; every rank
+    raises this with the same message.
+
+    Attributes:
+        rank: the rank that failed first, or None when the group itself broke (a rank
+            died, or the group's timeout passed).
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None, hint: str = "") -> None:
+        self.rank = rank
+        super().__init__(
+            message,
+            hint=hint
+            or "fix what the failing rank reports (or why it died), then start the job again",
         )
 
 

@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -48,6 +48,9 @@ from .._core.uri import S3URI, parse_s3
 from .._store.base import ObjectInfo, ObjectStore
 from .._transfer.budget import MemoryBudget
 from ._common import Retrier, byte_view, resolve_store
+
+if TYPE_CHECKING:
+    from ._distributed import Group, Share
 
 __all__ = ["load_safetensors"]
 
@@ -418,6 +421,7 @@ def load_safetensors(
     store: ObjectStore | None = None,
     config: TransferConfig | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    process_group: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file, or of a sharded model, from a bucket or a
     local folder.
@@ -438,6 +442,12 @@ def load_safetensors(
         store: an already-open store (overrides ``profile``).
         config: concurrency (default 8) and retries.
         chunk_size: bytes per ranged GET.
+        process_group: a ``torch.distributed`` process group (such as
+            ``torch.distributed.group.WORLD``) whose ranks all load the same model: every
+            rank calls this alike, fetches a disjoint, balanced part of the bytes and
+            broadcasts it to the others over the group's backend, so the store serves each
+            byte once per job (see :mod:`modelhaul.torch._distributed`). Each broadcast is
+            one chunk. None (the default): this process loads everything itself.
 
     Returns:
         Tensor names to tensors, on ``device``.
@@ -448,6 +458,8 @@ def load_safetensors(
         NoSuchKey, NoSuchBucket, AccessDenied, LocalFileNotFound: the model is not there,
             or the store refuses.
         ConfigError: a CUDA device was asked for and CUDA is not available.
+        RankFailed: with ``process_group``, on every rank alike: a rank failed (the reason
+            it gave is in the message), died, or the group's timeout passed.
     """
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -461,14 +473,32 @@ def load_safetensors(
     config = config or TransferConfig()
     retrier = Retrier(config)
     text = os.fspath(location)
-    if text.startswith("s3://"):
-        sources, weight_map = _object_sources(
-            parse_s3(text), resolve_store(store, profile, config), retrier
-        )
-    else:
-        sources, weight_map = _local_sources(Path(text))
+    group = None
+    if process_group is not None:
+        from ._distributed import Group  # torch.distributed only for those who share loads
+
+        group = Group(process_group)
     try:
-        return _load(sources, weight_map, target, max_memory, config, chunk_size, retrier)
+        if text.startswith("s3://"):
+            sources, weight_map = _object_sources(
+                parse_s3(text), resolve_store(store, profile, config), retrier
+            )
+        else:
+            sources, weight_map = _local_sources(Path(text))
+    except Exception as exc:
+        if group is None:
+            raise
+        group.agree(exc, f"finding {text}")
+        raise  # not reached: agree raised
+    if group is not None:
+        try:
+            group.agree(None, f"finding {text}")
+        except BaseException:
+            for s in sources:
+                s.close()
+            raise
+    try:
+        return _load(sources, weight_map, target, max_memory, config, chunk_size, retrier, group)
     finally:
         for s in sources:
             s.close()
@@ -482,13 +512,19 @@ def _load(
     config: TransferConfig,
     chunk_size: int,
     retrier: Retrier,
+    group: Group | None = None,
 ) -> dict[str, torch.Tensor]:
     concurrency = config.concurrency or DEFAULT_CONCURRENCY
     stop = retrier.stop
     with ThreadPoolExecutor(concurrency, thread_name_prefix="modelhaul-st") as pool:
-        headers = _all_or_none(
-            retrier, [pool.submit(_job, retrier, _read_header, source, stop) for source in sources]
-        )
+
+        def read_headers() -> list[list[_Entry]]:
+            return _all_or_none(
+                retrier,
+                [pool.submit(_job, retrier, _read_header, source, stop) for source in sources],
+            )
+
+        headers = read_headers() if group is None else _shared_headers(group, read_headers)
         tensors: dict[str, torch.Tensor] = {}
         owner: dict[str, str] = {}
         for source, entries in zip(sources, headers, strict=True):
@@ -506,6 +542,16 @@ def _load(
         budget = MemoryBudget(max(max_memory or default_budget, chunk_size))
         views = {} if cuda else {n: byte_view(t) for n, t in tensors.items() if t.numel()}
         staging = _Staging(chunk_size) if cuda else None
+        if group is not None:
+            from ._distributed import exchange
+
+            shares = _shares(sources, headers, chunk_size, tensors, views, budget, staging, stop)
+
+            def submit(fetch: Callable[[], None]) -> Future[None]:
+                return pool.submit(_job, retrier, fetch)
+
+            exchange(group, shares, submit, retrier.cancel)
+            return tensors
         jobs = []
         for source, entries in zip(sources, headers, strict=True):
             for pieces in _chunks([e for e in entries if e.end > e.begin], chunk_size):
@@ -525,6 +571,51 @@ def _load(
                 )
         _all_or_none(retrier, jobs)
     return tensors
+
+
+def _shared_headers(
+    group: Group, read_headers: Callable[[], list[list[_Entry]]]
+) -> list[list[_Entry]]:
+    """Rank 0 reads the headers and gives them to the others (a header probe reads up to
+    a MiB of each file: read on every rank, that alone would be served once per rank)."""
+    headers: list[list[_Entry]] | None = None
+    error: BaseException | None = None
+    if group.rank == 0:
+        try:
+            headers = read_headers()
+        except Exception as exc:
+            error = exc
+    group.agree(error, "reading the safetensors headers")
+    shared: list[list[_Entry]] = group.share_object(headers, 0, "sharing the headers")
+    return shared
+
+
+def _shares(
+    sources: list[_Source],
+    headers: list[list[_Entry]],
+    chunk_size: int,
+    tensors: dict[str, torch.Tensor],
+    views: dict[str, memoryview],
+    budget: MemoryBudget,
+    staging: _Staging | None,
+    stop: threading.Event,
+) -> list[Share]:
+    """The chunks of every file, each with where its bytes land, for :func:`exchange`."""
+    from ._distributed import Share
+
+    shares = []
+    for source, entries in zip(sources, headers, strict=True):
+        for pieces in _chunks([e for e in entries if e.end > e.begin], chunk_size):
+            parts = [
+                tensors[p.entry.name]
+                .reshape(-1)
+                .view(torch.uint8)[p.offset : p.end - p.begin + p.offset]
+                for p in pieces
+            ]
+            fetch = partial(_fetch_chunk, source, pieces, tensors, views, budget, staging, stop)
+            where = f"{source.where} bytes {pieces[0].begin}-{pieces[-1].end}"
+            shares.append(Share(fetch, parts, where))
+    return shares
 
 
 def _job(retrier: Retrier, fn: Callable[..., T], *args: Any) -> T:

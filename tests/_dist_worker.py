@@ -1,0 +1,87 @@
+"""One rank of a load shared across a gloo process group, run by test_torch_distributed
+(and bench/distributed.py) with ``torch.multiprocessing``: :func:`run_rank` is the target."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+MiB = 1024 * 1024
+
+
+def model_shard(i: int) -> dict[str, torch.Tensor]:
+    """Shard ``i`` of the test model (~35 MiB): one large tensor spanning many chunks and
+    small ones that share a chunk, of several dtypes."""
+    gen = torch.Generator().manual_seed(100 + i)
+    return {
+        f"layer{i}.w": torch.randn(2816, 3072, generator=gen),
+        f"layer{i}.h": torch.randn(1024, 700, generator=gen).to(torch.bfloat16),
+        f"layer{i}.b": torch.randn(3072, generator=gen),
+        f"layer{i}.ids": torch.randint(0, 1 << 40, (33,), generator=gen, dtype=torch.int64),
+        f"layer{i}.mask": torch.rand(517, generator=gen) > 0.5,
+        f"layer{i}.scalar": torch.tensor(float(i) + 0.5),
+    }
+
+
+def run_rank(
+    rank: int,
+    world: int,
+    port: int,
+    env: dict[str, str],
+    uri: str,
+    shards: int,
+    die_rank: int | None,
+    die_after: float,
+    results: Any,
+    shared: bool = True,
+) -> None:
+    """Load ``uri`` on this rank and put ``(rank, outcome, detail, seconds)`` on ``results``.
+
+    ``die_rank`` leaves the job with ``os._exit(3)`` ``die_after`` seconds into the load.
+    """
+    os.environ.update(env)
+    torch.set_num_threads(1)
+    from modelhaul import RankFailed
+    from modelhaul.torch import load_safetensors
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=20),
+    )
+    try:
+        dist.barrier()
+        if rank == die_rank:
+            threading.Timer(die_after, os._exit, (3,)).start()
+        began = time.monotonic()
+        try:
+            got = load_safetensors(uri, process_group=dist.group.WORLD if shared else None)
+        except RankFailed as exc:
+            results.put((rank, "RankFailed", str(exc), time.monotonic() - began))
+            return
+        except BaseException:
+            results.put((rank, "error", traceback.format_exc(), time.monotonic() - began))
+            return
+        took = time.monotonic() - began
+        want: dict[str, torch.Tensor] = {}
+        for i in range(shards):
+            want.update(model_shard(i))
+        bad = [
+            n
+            for n, t in want.items()
+            if n not in got or got[n].dtype != t.dtype or not torch.equal(got[n], t)
+        ]
+        extra = sorted(set(got) - set(want))
+        results.put((rank, "ok" if not bad and not extra else "wrong", bad + extra, took))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,142 @@
+"""load_safetensors(process_group=...) on 4 real ranks (gloo, torch.multiprocessing): every
+rank gets every tensor, the store serves each byte once per job (counted by a proxy), and a
+rank that dies mid-load makes the others fail with RankFailed, not hang."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("safetensors.torch")
+mp = pytest.importorskip("torch.multiprocessing")
+
+from modelhaul import EmbeddedServer, S3Store  # noqa: E402
+from tests._dist_worker import model_shard, run_rank  # noqa: E402
+from tests.faultproxy import FaultProxy  # noqa: E402
+
+WORLD = 4
+SHARDS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def upload_model(store: S3Store, bucket: str, tmp_path: Path, prefix: str) -> int:
+    """The sharded test model under ``prefix``; returns its size in bytes."""
+    weight_map = {}
+    size = 0
+    for i in range(SHARDS):
+        name = f"model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"
+        tensors = model_shard(i)
+        path = tmp_path / name
+        st.save_file(tensors, str(path))
+        data = path.read_bytes()
+        size += len(data)
+        store.put(bucket, f"{prefix}/{name}", data)
+        weight_map.update(dict.fromkeys(tensors, name))
+    index = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    store.put(bucket, f"{prefix}/model.safetensors.index.json", index)
+    return size + len(index)
+
+
+def run_job(
+    env: dict[str, str],
+    uri: str,
+    *,
+    die_rank: int | None = None,
+    die_after: float = 0.0,
+    shared: bool = True,
+) -> tuple[dict[int, tuple[str, Any, float]], dict[int, int | None]]:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(
+            target=run_rank,
+            args=(rank, WORLD, port, env, uri, SHARDS, die_rank, die_after, results, shared),
+        )
+        for rank in range(WORLD)
+    ]
+    for p in procs:
+        p.start()
+    got: dict[int, tuple[str, Any, float]] = {}
+    deadline = time.monotonic() + 120
+    expected = WORLD - (die_rank is not None)
+    try:
+        while len(got) < expected and time.monotonic() < deadline:
+            try:
+                rank, outcome, detail, took = results.get(timeout=1)
+            except Exception:  # queue.Empty: a rank may have died; keep waiting to the deadline
+                if all(not p.is_alive() for p in procs) and results.empty():
+                    break
+                continue
+            got[rank] = (outcome, detail, took)
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return got, {rank: p.exitcode for rank, p in enumerate(procs)}
+
+
+def test_four_ranks_share_one_read(
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
+) -> None:
+    size = upload_model(store, bucket, tmp_path, "org/shared")
+    with FaultProxy(server.host, server.port) as proxy:
+        got, codes = run_job({**env, "AWS_ENDPOINT_URL": proxy.url}, f"s3://{bucket}/org/shared/")
+        served = proxy.body_bytes
+    assert codes == dict.fromkeys(range(WORLD), 0), got
+    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    # Each byte once per job (plus rank 0's header probes, up to 1 MiB a shard, the listing
+    # and each rank's copy of the index), not once per rank.
+    assert size < served <= 1.05 * size, (served, size)
+
+
+def test_independent_ranks_read_four_times(
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
+) -> None:
+    """The same count without process_group: the proxy sees every byte once per rank, so the
+    bound above measures the sharing, not the counter."""
+    size = upload_model(store, bucket, tmp_path, "org/alone")
+    with FaultProxy(server.host, server.port) as proxy:
+        got, codes = run_job(
+            {**env, "AWS_ENDPOINT_URL": proxy.url}, f"s3://{bucket}/org/alone/", shared=False
+        )
+        served = proxy.body_bytes
+    assert codes == dict.fromkeys(range(WORLD), 0), got
+    assert served >= WORLD * size * 0.99, (served, size)
+
+
+def test_rank_killed_mid_load_fails_every_rank(
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
+) -> None:
+    upload_model(store, bucket, tmp_path, "org/killed")
+    # 1 MB/s a response: the load takes several seconds, so rank 2 dies in its middle.
+    with FaultProxy(server.host, server.port, body_rate=1_000_000) as proxy:
+        got, codes = run_job(
+            {**env, "AWS_ENDPOINT_URL": proxy.url},
+            f"s3://{bucket}/org/killed/",
+            die_rank=2,
+            die_after=1.5,
+        )
+    assert codes[2] == 3, (codes, got)
+    survivors = [0, 1, 3]
+    assert sorted(got) == survivors, got
+    for rank in survivors:
+        outcome, message, took = got[rank]
+        assert outcome == "RankFailed", (rank, got[rank])
+        assert "process group broke" in message, message
+        assert took < 20 + 5, took  # within the group's timeout, not a hang
+    assert codes[0] == codes[1] == codes[3] == 0, codes
