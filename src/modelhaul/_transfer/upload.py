@@ -43,6 +43,9 @@ __all__ = ["LocalSource", "ObjectSource", "Source", "UploadJob"]
 
 log = logging.getLogger("modelhaul.upload")
 
+# Bodies up to this size are sent as bytes in one send with the headers.
+SMALL_BODY = 1 << 20
+
 
 class Source(abc.ABC):
     """Where an upload's bytes come from."""
@@ -416,6 +419,11 @@ class UploadJob(Job):
                 # A fresh reader per attempt: a failed attempt leaves the last one at its end.
                 # Never the bare buffer: one sendall of a whole part times out on a slow
                 # link (see _store.SEND_BLOCK).
+                if length <= SMALL_BODY:
+                    # Bytes, not a reader: botocore sends a file-like body behind
+                    # "Expect: 100-continue", a round trip more than the object itself
+                    # costs; bytes go out with the headers in one send.
+                    return bytes(view)
                 return ViewBody(view)
 
             engine.check_cancelled()
