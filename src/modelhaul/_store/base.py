@@ -137,6 +137,10 @@ class UploadInfo:
 class RangeReader(abc.ABC):
     """The body of a ranged GET, read into caller-owned buffers."""
 
+    #: the object's full-object CRC32C as the store sent it with the answer (only when
+    #: asked for with ``checksum=True`` on a read of the whole object), else None.
+    crc32c: int | None = None
+
     @abc.abstractmethod
     def readinto(self, buffer: memoryview) -> int:
         """Fill up to ``len(buffer)`` bytes; return how many, 0 at the end of the range."""
@@ -189,11 +193,15 @@ class ObjectStore(abc.ABC):
         *,
         if_match: str | None = None,
         object_size: int | None = None,
+        checksum: bool = False,
     ) -> RangeReader:
         """Start reading bytes ``[start, end)``.
 
         ``if_match`` pins the object's ETag; ``object_size`` is the size the caller
         believes the object has: if the store says otherwise, :class:`ObjectChanged`.
+        ``checksum`` with ``[0, object_size)``: read the whole object in one plain GET
+        and take the store's full-object CRC32C from its answer (``RangeReader.crc32c``),
+        which saves a HEAD for an object that fits in one request.
         """
 
     def get_bytes(

@@ -622,8 +622,14 @@ class S3Store(ObjectStore):
         *,
         if_match: str | None = None,
         object_size: int | None = None,
+        checksum: bool = False,
     ) -> RangeReader:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+        whole = checksum and self.checksums and start == 0 and end == object_size
+        if whole:
+            # Stores send the full-object checksum only with a GET of the whole object.
+            del kwargs["Range"]
+            kwargs["ChecksumMode"] = "ENABLED"
         if if_match:
             kwargs["IfMatch"] = if_match
         try:
@@ -641,6 +647,15 @@ class S3Store(ObjectStore):
                 operation="GetObject",
             ) from exc
         length = int(r.get("ContentLength", -1))
+        if whole and length != end:
+            r["Body"].close()
+            raise ObjectChanged(
+                f"s3://{bucket}/{key} is {length} bytes, not the {end} expected",
+                hint="the download restarts from a fresh look at the object",
+                bucket=bucket,
+                key=key,
+                operation="GetObject",
+            )
         if length != end - start:
             r["Body"].close()
             raise ServerError(
@@ -664,7 +679,10 @@ class S3Store(ObjectStore):
                 key=key,
                 operation="GetObject",
             )
-        return _S3RangeReader(self, r["Body"], bucket, key)
+        reader = _S3RangeReader(self, r["Body"], bucket, key)
+        if whole:
+            reader.crc32c = _unb64(r.get("ChecksumCRC32C"))
+        return reader
 
     def put(
         self,

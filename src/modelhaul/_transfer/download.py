@@ -14,6 +14,7 @@ never holds a half-written or unverified file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -157,7 +158,8 @@ class DownloadJob(Job):
         key: its key.
         dest: the local file to create or replace.
         info: what a listing already said about the object (saves a HEAD when it has the
-            ETag and size); a HEAD is made anyway when checksums are on.
+            ETag and size). With checksums on, a HEAD is made anyway for an object of more
+            than one request; one that fits in one takes its CRC32C from the GET's answer.
         label: the name shown in progress and errors.
     """
 
@@ -192,12 +194,20 @@ class DownloadJob(Job):
         self._lock = threading.Lock()
         self._journal_lock = threading.Lock()
         self._engine: Engine | None = None
+        # One plain GET of the whole object, its CRC32C from the answer; no journal.
+        self._single = False
 
     # -- planning ------------------------------------------------------------------------
 
     def prepare(self, engine: Engine) -> None:
         self._engine = engine
-        if self.info is None or self.store.checksums:
+        given = self.info
+        self._single = (
+            given is not None
+            and bool(given.etag)
+            and given.size <= download_part_size(given.size, engine.concurrency, engine.config)
+        )
+        if self.info is None or (self.store.checksums and not self._single):
             self.info = engine.retry(
                 lambda: self.store.head(self.bucket, self.key), label=self.label, part=0
             )
@@ -400,8 +410,10 @@ class DownloadJob(Job):
         with self._lock:
             self._running.remove(task)
             self._segments.append((task.start, task.pos, task.crc))
-        self._save_journal()
-        return not self._queue and not self._running
+            last = not self._queue and not self._running
+        if not (self._single and last):
+            self._save_journal()
+        return last
 
     def _save_journal(self) -> None:
         """Record finished ranges and the finished start of each running one.
@@ -454,8 +466,16 @@ class DownloadJob(Job):
             if task.pos >= end:
                 return
             with self.store.open_range(
-                self.bucket, self.key, task.pos, end, if_match=etag, object_size=size
+                self.bucket,
+                self.key,
+                task.pos,
+                end,
+                if_match=etag,
+                object_size=size,
+                checksum=self._single,
             ) as r:
+                if r.crc32c is not None and self.info is not None:
+                    self.info = dataclasses.replace(self.info, crc32c=r.crc32c)
                 while True:
                     if self.failed is not None:
                         raise Cancelled("another part of this file failed")
