@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st_
 
 torch = pytest.importorskip("torch")
 st = pytest.importorskip("safetensors.torch")
@@ -140,3 +142,20 @@ def test_rank_killed_mid_load_fails_every_rank(
         assert "process group broke" in message, message
         assert took < 20 + 5, took  # within the group's timeout, not a hang
     assert codes[0] == codes[1] == codes[3] == 0, codes
+
+
+@given(
+    sizes=st_.lists(st_.integers(min_value=1, max_value=8 << 20), max_size=200),
+    world=st_.integers(min_value=1, max_value=16),
+)
+def test_plan_is_balanced_and_rounds_cover_every_chunk(sizes: list[int], world: int) -> None:
+    from modelhaul.torch._distributed import ROUND, plan, rounds
+
+    owners = plan(sizes, world)
+    load = [sum(s for s, o in zip(sizes, owners, strict=True) if o == r) for r in range(world)]
+    # Greedy to the least loaded: no rank ends more than one chunk ahead of another.
+    assert max(load) - min(load) <= max(sizes, default=0)
+    runs = rounds(sizes, ROUND)
+    assert [i for first, last in runs for i in range(first, last)] == list(range(len(sizes)))
+    for first, last in runs:
+        assert last - first == 1 or sum(sizes[first:last]) <= ROUND

@@ -6,13 +6,14 @@ distributed mode, on the group the job already runs: gloo on CPU, NCCL on GPU).
 The bytes are cut into the loader's chunks (about ``chunk_size`` each); chunk ``i`` goes to
 the rank that holds the fewest bytes so far (every rank computes the same plan). Each rank
 fetches its own chunks on its thread pool, straight into the destination tensors, while the
-main thread walks the chunks in order: for every chunk, one all-reduce of a failure flag per
-rank, then one broadcast of the chunk from its owner. So memory stays bounded by what the
-loader already holds in flight (plus one chunk-sized buffer when a chunk spans several small
-tensors, or the tensors are not on the backend's device), and no broadcast is larger than a
-chunk.
+main thread walks the chunks in rounds of about :data:`ROUND` bytes (64 MiB): for every
+round, each rank waits for its own chunks of the round, one all-reduce of a failure flag per
+rank, then the round's broadcasts, one per chunk from its owner, in flight together. So
+memory stays bounded by what the loader already holds in flight (plus chunk-sized buffers
+for chunks that span several small tensors, or tensors not on the backend's device: at most
+one round), and no broadcast is larger than a chunk.
 
-Failures: a rank whose fetch failed raises its flag at the next chunk, the first such
+Failures: a rank whose fetch failed raises its flag at the next round, the first such
 rank broadcasts its reason, and every rank raises :class:`~modelhaul.RankFailed` with the
 same message. A rank that dies breaks the group's next collective (gloo notices the closed
 connection at once); the group's own timeout (``init_process_group(timeout=...)``) bounds
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -32,9 +34,13 @@ import torch.distributed as dist
 
 from .._core.errors import Cancelled, ConfigError, ModelhaulError, RankFailed
 
-__all__ = ["Group", "Share", "exchange", "plan"]
+__all__ = ["ROUND", "Group", "Share", "exchange", "plan", "rounds"]
 
 T = TypeVar("T")
+
+# Bytes broadcast between two failure checks: bounds how long a failure goes unnoticed and
+# how much is in flight on the group at once (the bytes land in the tensors themselves).
+ROUND = 64 * 1024 * 1024
 
 
 class Group:
@@ -109,29 +115,36 @@ class Group:
         )
         return box[0]
 
-    def broadcast(self, parts: Sequence[torch.Tensor], src: int, what: str) -> None:
-        """Copy the uint8 tensors ``parts`` of rank ``src`` into those of every rank."""
-        if len(parts) == 1 and parts[0].device == self.device:
-            part = parts[0]
-            self._collective(
-                lambda: dist.broadcast(part, src=self._global(src), group=self.group), what
-            )
-            return
-        total = sum(p.numel() for p in parts)
-        buffer = torch.empty(total, dtype=torch.uint8, device=self.device)
-        if self.rank == src:
-            at = 0
-            for p in parts:
-                buffer[at : at + p.numel()].copy_(p)
-                at += p.numel()
-        self._collective(
-            lambda: dist.broadcast(buffer, src=self._global(src), group=self.group), what
-        )
-        if self.rank != src:
-            at = 0
-            for p in parts:
-                p.copy_(buffer[at : at + p.numel()])
-                at += p.numel()
+    def broadcast_many(
+        self, items: Sequence[tuple[Sequence[torch.Tensor], int]], what: str
+    ) -> None:
+        """For each ``(parts, src)``: copy the uint8 tensors ``parts`` of rank ``src`` into
+        those of every rank. The broadcasts are in flight together."""
+        pending: list[tuple[Any, torch.Tensor | None, Sequence[torch.Tensor]]] = []
+        for parts, src in items:
+            if len(parts) == 1 and parts[0].device == self.device:
+                buffer, copy_out = parts[0], False
+            else:
+                total = sum(p.numel() for p in parts)
+                buffer = torch.empty(total, dtype=torch.uint8, device=self.device)
+                copy_out = self.rank != src
+                if self.rank == src:
+                    at = 0
+                    for p in parts:
+                        buffer[at : at + p.numel()].copy_(p)
+                        at += p.numel()
+            work = self._collective(partial(self._start_broadcast, buffer, src), what)
+            pending.append((work, buffer if copy_out else None, parts))
+        for work, out, parts in pending:
+            self._collective(work.wait, what)
+            if out is not None:
+                at = 0
+                for p in parts:
+                    p.copy_(out[at : at + p.numel()])
+                    at += p.numel()
+
+    def _start_broadcast(self, buffer: torch.Tensor, src: int) -> Any:
+        return dist.broadcast(buffer, src=self._global(src), group=self.group, async_op=True)
 
 
 @dataclass
@@ -159,6 +172,21 @@ def plan(sizes: Sequence[int], world: int) -> list[int]:
     return owners
 
 
+def rounds(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """Consecutive runs ``[first, last)`` of chunks of at most ``limit`` bytes (at least one
+    chunk each): one failure check per run, and the run's broadcasts in flight together."""
+    out = []
+    first, total = 0, 0
+    for i, size in enumerate(sizes):
+        if i > first and total + size > limit:
+            out.append((first, i))
+            first, total = i, 0
+        total += size
+    if first < len(sizes):
+        out.append((first, len(sizes)))
+    return out
+
+
 def exchange(
     group: Group,
     shares: list[Share],
@@ -178,20 +206,17 @@ def exchange(
         i: submit(s.fetch) for i, s in enumerate(shares) if owners[i] == group.rank
     }
     try:
-        for i, share in enumerate(shares):
-            what = f"loading {share.where}"
-            error: BaseException | None = None
-            job = mine.get(i)
-            if job is not None:
-                wait([job])
-            # Report any failure of this rank so far, not only this chunk's: the others
+        for first, last in rounds([s.size for s in shares], ROUND):
+            batch = range(first, last)
+            what = f"loading {shares[first].where}"
+            wait([mine[i] for i in batch if i in mine])
+            # Report any failure of this rank so far, not only this round's: the others
             # stop at once rather than at the failed chunk's turn.
             done = [j for j in mine.values() if j.done() and not j.cancelled()]
             errors = [e for j in done if (e := j.exception()) is not None]
-            if errors:
-                error = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
-            group.agree(error, what)
-            group.broadcast(share.parts, owners[i], what)
+            error = next((e for e in errors if not isinstance(e, Cancelled)), None)
+            group.agree(error or (errors[0] if errors else None), what)
+            group.broadcast_many([(shares[i].parts, owners[i]) for i in batch], what)
     except BaseException:
         cancel()
         for j in mine.values():
