@@ -196,6 +196,7 @@ class DownloadJob(Job):
         self._engine: Engine | None = None
         # One plain GET of the whole object, its CRC32C from the answer; no journal.
         self._single = False
+        self._had_journal = False
 
     # -- planning ------------------------------------------------------------------------
 
@@ -264,6 +265,7 @@ class DownloadJob(Job):
     def _resume(self, info: ObjectInfo) -> list[tuple[int, int, int]]:
         """Ranges a previous run finished that still check out; truncate if none can be kept."""
         journal = read_journal(self.journal_path)
+        self._had_journal = journal is not None or self.journal_path.exists()
         keep: list[tuple[int, int, int]] = []
         if (
             journal is not None
@@ -559,7 +561,11 @@ class DownloadJob(Job):
             )
         # Rename only now, after verification: the destination never holds a bad file.
         os.replace(self.partial, self.dest)
-        remove_journal(self.journal_path)
+        if not self._single or self._had_journal:
+            # (Its clean-up lists the folder for stale temporaries: once per file of a
+            # folder of thousands is quadratic, and a one-request download of this run
+            # wrote no journal.)
+            remove_journal(self.journal_path)
         self._close()
 
     def abort(self, error: BaseException) -> None:
