@@ -49,7 +49,7 @@ def run_rank(
     os.environ.update(env)
     torch.set_num_threads(1)
     from modelhaul import RankFailed
-    from modelhaul.torch import load_safetensors
+    from modelhaul.torch import load, load_safetensors
 
     dist.init_process_group(
         "gloo",
@@ -64,7 +64,11 @@ def run_rank(
             threading.Timer(die_after, os._exit, (3,)).start()
         began = time.monotonic()
         try:
-            got = load_safetensors(uri, process_group=dist.group.WORLD if shared else None)
+            group = dist.group.WORLD if shared else None
+            if uri.endswith(".pt"):  # a torch.save checkpoint of the same tensors
+                got = load(uri, process_group=group)
+            else:
+                got = load_safetensors(uri, process_group=group)
         except RankFailed as exc:
             results.put((rank, "RankFailed", str(exc), time.monotonic() - began))
             return

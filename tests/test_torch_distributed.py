@@ -1,4 +1,4 @@
-"""load_safetensors(process_group=...) on 4 real ranks (gloo, torch.multiprocessing): every
+"""load_safetensors(process_group=...) and load(process_group=...) on 4 real ranks (gloo, torch.multiprocessing): every
 rank gets every tensor, the store serves each byte once per job (counted by a proxy), and a
 rank that dies mid-load makes the others fail with RankFailed, not hang."""
 
@@ -104,6 +104,29 @@ def test_four_ranks_share_one_read(
     # Each byte once per job (plus rank 0's header probes, up to 1 MiB a shard, the listing
     # and each rank's copy of the index), not once per rank.
     assert size < served <= 1.05 * size, (served, size)
+
+
+def test_four_ranks_share_one_checkpoint_read(
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str
+) -> None:
+    import io
+
+    state: dict[str, Any] = {}
+    for i in range(SHARDS):
+        state.update(model_shard(i))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    store.put(bucket, "ckpt/step-1.pt", data)
+    with FaultProxy(server.host, server.port) as proxy:
+        got, codes = run_job(
+            {**env, "AWS_ENDPOINT_URL": proxy.url}, f"s3://{bucket}/ckpt/step-1.pt"
+        )
+        served = proxy.body_bytes
+    assert codes == dict.fromkeys(range(WORLD), 0), got
+    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    # The records once per job; each rank reads the zip's directory and pickle itself.
+    assert len(data) * 0.95 < served <= 1.05 * len(data), (served, len(data))
 
 
 def test_independent_ranks_read_four_times(

@@ -24,14 +24,19 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, cast
+from functools import partial
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import torch
 
 from .._core.config import MiB, Profile, TransferConfig
+from .._core.errors import Cancelled, ConfigError
 from .._store.base import ObjectStore
 from ._common import byte_view, object_uri, resolve_store
-from ._reader import ObjectReader
+from ._reader import DEFAULT_BLOCK_SIZE, ObjectReader
+
+if TYPE_CHECKING:
+    from ._distributed import Group
 
 __all__ = ["load", "load_from_reader"]
 
@@ -50,6 +55,7 @@ def load(
     profile: Profile | str | None = None,
     store: ObjectStore | None = None,
     config: TransferConfig | None = None,
+    process_group: Any = None,
     **pickle_load_args: Any,
 ) -> Any:
     """``torch.load`` the checkpoint at ``s3://bucket/key``, fetching all its tensors in
@@ -64,6 +70,11 @@ def load(
         profile: the profile to reach the store with.
         store: an already-open store (overrides ``profile``).
         config: concurrency and retries.
+        process_group: a ``torch.distributed`` process group whose ranks all load this
+            checkpoint: each rank fetches a balanced part of the tensor records and
+            broadcasts it to the others, so the store serves those bytes once per job (as
+            :func:`load_safetensors` does; every rank still reads the zip's directory and
+            pickle itself). None (the default): this process fetches everything.
         pickle_load_args: passed to the unpickler, as ``torch.load`` does.
 
     Returns:
@@ -74,29 +85,57 @@ def load(
             refuses.
         ObjectChanged: the object was replaced while it was being read.
         pickle.UnpicklingError: with ``weights_only``, the file holds more than weights.
+        RankFailed: with ``process_group``, on every rank alike: a rank failed to fetch
+            its part (its reason is in the message), died, or the group's timeout passed.
     """
+    group = None
+    if process_group is not None:
+        from ._distributed import Group  # torch.distributed only for those who share loads
+
+        group = Group(process_group)
     where = object_uri(uri)
     target = resolve_store(store, profile, config)
-    with ObjectReader(target, where.bucket, where.key, config=config, readahead=0) as reader:
+    # Shared: every rank reads the directory and the pickle itself, so in small blocks (the
+    # default 8 MiB would serve the first and last 8 MiB once per rank); the records are
+    # fetched whole, whatever the block size.
+    block = DEFAULT_BLOCK_SIZE if group is None else 64 * 1024
+    with ObjectReader(
+        target, where.bucket, where.key, config=config, readahead=0, block_size=block
+    ) as reader:
         return load_from_reader(
-            reader, map_location=map_location, weights_only=weights_only, **pickle_load_args
+            reader,
+            map_location=map_location,
+            weights_only=weights_only,
+            group=group,
+            **pickle_load_args,
         )
 
 
 def load_from_reader(
-    reader: ObjectReader, *, map_location: Any = None, weights_only: bool = True, **args: Any
+    reader: ObjectReader,
+    *,
+    map_location: Any = None,
+    weights_only: bool = True,
+    group: Group | None = None,
+    **args: Any,
 ) -> Any:
     """:func:`load` through an open :class:`ObjectReader` (a reader made with
     ``readahead=0`` fetches nothing twice)."""
     loader = getattr(torch.serialization, "_load", None)
     zip_file = _torch_zip(reader) if loader is not None else None
+    if zip_file is None and group is not None:
+        raise ConfigError(
+            f"{reader.uri}: process_group needs a checkpoint saved by torch.save (a zip), "
+            "not a legacy pickle or TorchScript file",
+            hint="load it without process_group, or save it again with torch.save",
+        )
     if zip_file is None:
         reader.seek(0)
         return torch.load(
             cast(IO[bytes], reader), map_location=map_location, weights_only=weights_only, **args
         )
     assert loader is not None
-    fetch = _Fetch(reader, zip_file)
+    fetch = _Fetch(reader, zip_file, group)
     try:
         view = _PrefetchedZip(zip_file, fetch)
         args.setdefault("encoding", "utf-8")
@@ -139,10 +178,13 @@ class _Record:
     done: Future[None] = field(default_factory=Future)
 
 
+_Job = tuple[int, int, list[tuple["_Record", int, int]]]
+
+
 class _Fetch:
     """Fetches every ``data/*`` record of the zip into a fresh uint8 tensor, in file order."""
 
-    def __init__(self, reader: ObjectReader, zip_file: Any) -> None:
+    def __init__(self, reader: ObjectReader, zip_file: Any, group: Group | None = None) -> None:
         self._reader = reader
         alignment = 64
         if zip_file.has_record(".storage_alignment"):
@@ -162,8 +204,35 @@ class _Fetch:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="modelhaul-load")
         self._local = threading.local()
         self._closed = False
-        for job in _plan(records):
-            self._pool.submit(self._run, job)
+        jobs = _plan(records)
+        if group is None:
+            for job in jobs:
+                self._pool.submit(self._run, job)
+            return
+        try:
+            self._exchange(group, jobs)
+        except BaseException:
+            self.close()
+            raise
+        for record in records:
+            if not record.done.done():
+                record.done.set_result(None)
+
+    def _exchange(self, group: Group, jobs: list[_Job]) -> None:
+        from ._distributed import Share, exchange
+
+        def cancel() -> None:
+            self._closed = True
+
+        shares = [
+            Share(
+                partial(self._copy, job),
+                [r.tensor[at : at + n] for r, at, n in job[2]],
+                f"{self._reader.uri} bytes {job[0]}-{job[1]}",
+            )
+            for job in jobs
+        ]
+        exchange(group, shares, partial(self._pool.submit), cancel)
 
     def wait(self, name: str) -> _Record | None:
         record = self.records.get(name)
@@ -177,25 +246,32 @@ class _Fetch:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _run(self, job: tuple[int, int, list[tuple[_Record, int, int]]]) -> None:
-        start, end, parts = job
+    def _run(self, job: _Job) -> None:
+        parts = job[2]
         if self._closed or any(r.done.done() for r, _, _ in parts):
             self._finish(parts, None)
             return
         try:
-            if len(parts) == 1 and parts[0][2] == end - start:
-                record, at, _ = parts[0]
-                self._reader._fetch(start, byte_view(record.tensor)[at : at + end - start])
-            else:
-                scratch = self._scratch(end - start)
-                self._reader._fetch(start, scratch)
-                for record, at, n in parts:
-                    lo = record.offset + at - start
-                    byte_view(record.tensor)[at : at + n] = scratch[lo : lo + n]
+            self._copy(job)
         except BaseException as exc:  # handed to whoever waits on the record
             self._finish(parts, exc)
             return
         self._finish(parts, None)
+
+    def _copy(self, job: _Job) -> None:
+        """Fetch one GET of the plan into its records' tensors."""
+        start, end, parts = job
+        if self._closed:
+            raise Cancelled(f"{self._reader.uri}: stopped, because another part failed")
+        if len(parts) == 1 and parts[0][2] == end - start:
+            record, at, _ = parts[0]
+            self._reader._fetch(start, byte_view(record.tensor)[at : at + end - start])
+        else:
+            scratch = self._scratch(end - start)
+            self._reader._fetch(start, scratch)
+            for record, at, n in parts:
+                lo = record.offset + at - start
+                byte_view(record.tensor)[at : at + n] = scratch[lo : lo + n]
 
     def _scratch(self, n: int) -> memoryview:
         buf: bytearray | None = getattr(self._local, "buffer", None)
