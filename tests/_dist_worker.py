@@ -65,7 +65,11 @@ def run_rank(
         began = time.monotonic()
         try:
             group = dist.group.WORLD if shared else None
-            if uri.endswith(".pt"):  # a torch.save checkpoint of the same tensors
+            if uri.endswith("/run/"):  # a CheckpointManager run of the same tensors
+                from modelhaul.torch import CheckpointManager
+
+                got = CheckpointManager(uri).load_latest(process_group=group)
+            elif uri.endswith(".pt"):  # a torch.save checkpoint of the same tensors
                 got = load(uri, process_group=group)
             else:
                 got = load_safetensors(uri, process_group=group)

@@ -129,6 +129,26 @@ def test_four_ranks_share_one_checkpoint_read(
     assert len(data) * 0.95 < served <= 1.05 * len(data), (served, len(data))
 
 
+def test_four_ranks_share_load_latest(
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str
+) -> None:
+    from modelhaul.torch import CheckpointManager
+
+    state: dict[str, Any] = {}
+    for i in range(SHARDS):
+        state.update(model_shard(i))
+    manager = CheckpointManager(f"s3://{bucket}/exp/run/")
+    saved = manager.save(state, step=5)
+    assert saved is not None
+    size = store.head(bucket, manager.prefix + saved.key).size
+    with FaultProxy(server.host, server.port) as proxy:
+        got, codes = run_job({**env, "AWS_ENDPOINT_URL": proxy.url}, f"s3://{bucket}/exp/run/")
+        served = proxy.body_bytes
+    assert codes == dict.fromkeys(range(WORLD), 0), got
+    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    assert size * 0.95 < served <= 1.05 * size, (served, size)
+
+
 def test_independent_ranks_read_four_times(
     server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
 ) -> None:

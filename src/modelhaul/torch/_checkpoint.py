@@ -31,7 +31,7 @@ from .._core.config import Profile, TransferConfig
 from .._core.errors import ConfigError, IntegrityError, NoSuchKey
 from .._store.base import ObjectStore
 from ._common import Retrier, prefix_uri, resolve_store
-from ._load import load_from_reader
+from ._load import load_from_reader, reader_block, shared_group
 from ._reader import ObjectReader
 from ._writer import ObjectWriter
 
@@ -340,13 +340,33 @@ class CheckpointManager:
 
     # -- loading -------------------------------------------------------------------------
 
-    def load_latest(self, *, map_location: Any = None, weights_only: bool = True) -> Any:
+    def load_latest(
+        self, *, map_location: Any = None, weights_only: bool = True, process_group: Any = None
+    ) -> Any:
         """``torch.load`` the checkpoint ``latest`` names.
+
+        With ``process_group``, every rank of the group calls this alike: rank 0 reads
+        ``latest`` and tells the others (so a save in between cannot make ranks load
+        different checkpoints), then the ranks share the fetch as
+        :func:`modelhaul.torch.load` does.
 
         Raises:
             NoSuchKey: the run has no checkpoint yet.
+            RankFailed: with ``process_group``: a rank failed or died.
         """
-        checkpoint = self.latest()
+        group = shared_group(process_group)
+        if group is None:
+            checkpoint = self.latest()
+        else:
+            found: Checkpoint | None = None
+            error: BaseException | None = None
+            if group.rank == 0:
+                try:
+                    found = self.latest()
+                except Exception as exc:
+                    error = exc
+            group.agree(error, f"reading {self.uri}{LATEST}")
+            checkpoint = group.share_object(found, 0, f"sharing {self.uri}{LATEST}")
         if checkpoint is None:
             raise NoSuchKey(
                 f"no checkpoint has been saved under {self.uri} yet",
@@ -355,7 +375,10 @@ class CheckpointManager:
                 key=self.prefix + LATEST,
             )
         return self.load_checkpoint(
-            checkpoint, map_location=map_location, weights_only=weights_only
+            checkpoint,
+            map_location=map_location,
+            weights_only=weights_only,
+            process_group=process_group,
         )
 
     def load(
@@ -390,13 +413,27 @@ class CheckpointManager:
         )
 
     def load_checkpoint(
-        self, checkpoint: Checkpoint, *, map_location: Any = None, weights_only: bool = True
+        self,
+        checkpoint: Checkpoint,
+        *,
+        map_location: Any = None,
+        weights_only: bool = True,
+        process_group: Any = None,
     ) -> Any:
-        """``torch.load`` one checkpoint from :meth:`list` or :meth:`latest`."""
+        """``torch.load`` one checkpoint from :meth:`list` or :meth:`latest`; with
+        ``process_group``, its ranks share the fetch (see :func:`modelhaul.torch.load`)."""
+        group = shared_group(process_group)
         with ObjectReader(
-            self.store, self.bucket, self.prefix + checkpoint.key, config=self.config, readahead=0
+            self.store,
+            self.bucket,
+            self.prefix + checkpoint.key,
+            config=self.config,
+            readahead=0,
+            block_size=reader_block(group),
         ) as reader:
-            return load_from_reader(reader, map_location=map_location, weights_only=weights_only)
+            return load_from_reader(
+                reader, map_location=map_location, weights_only=weights_only, group=group
+            )
 
     # -- retention -----------------------------------------------------------------------
 

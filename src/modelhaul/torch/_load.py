@@ -38,7 +38,7 @@ from ._reader import DEFAULT_BLOCK_SIZE, ObjectReader
 if TYPE_CHECKING:
     from ._distributed import Group
 
-__all__ = ["load", "load_from_reader"]
+__all__ = ["load", "load_from_reader", "reader_block", "shared_group"]
 
 log = logging.getLogger("modelhaul.torch")
 
@@ -88,19 +88,11 @@ def load(
         RankFailed: with ``process_group``, on every rank alike: a rank failed to fetch
             its part (its reason is in the message), died, or the group's timeout passed.
     """
-    group = None
-    if process_group is not None:
-        from ._distributed import Group  # torch.distributed only for those who share loads
-
-        group = Group(process_group)
+    group = shared_group(process_group)
     where = object_uri(uri)
     target = resolve_store(store, profile, config)
-    # Shared: every rank reads the directory and the pickle itself, so in small blocks (the
-    # default 8 MiB would serve the first and last 8 MiB once per rank); the records are
-    # fetched whole, whatever the block size.
-    block = DEFAULT_BLOCK_SIZE if group is None else 64 * 1024
     with ObjectReader(
-        target, where.bucket, where.key, config=config, readahead=0, block_size=block
+        target, where.bucket, where.key, config=config, readahead=0, block_size=reader_block(group)
     ) as reader:
         return load_from_reader(
             reader,
@@ -109,6 +101,22 @@ def load(
             group=group,
             **pickle_load_args,
         )
+
+
+def shared_group(process_group: Any) -> Group | None:
+    """The :class:`Group` a load is shared across, or None for ``process_group=None``."""
+    if process_group is None:
+        return None
+    from ._distributed import Group  # torch.distributed only for those who share loads
+
+    return Group(process_group)
+
+
+def reader_block(group: Group | None) -> int:
+    """The reader's block size. Shared, every rank reads the zip's directory and pickle
+    itself, so in small blocks (the default 8 MiB would serve the first and last 8 MiB once
+    per rank); the records are fetched whole, whatever the block size."""
+    return DEFAULT_BLOCK_SIZE if group is None else 64 * 1024
 
 
 def load_from_reader(
