@@ -465,3 +465,47 @@ def test_multi_chunk_files_stream_byte_identical(
             t.join(120)
         assert got["whole"] == data
         assert got["tail"] == data[CHUNK - 7 :]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "mirror.example.com"])
+def test_off_loopback_without_a_token_refuses_to_start(
+    host: str, tmp_path: Path, env: dict[str, str]
+) -> None:
+    from tests.conftest import run_cli
+    from tests.servefixture import free_port
+
+    port = free_port()
+    started = time.monotonic()
+    proc = run_cli("serve", "--mirror", "s3://mirror-bucket/p", "--origin", "none", "--host", host,
+                   "--port", str(port), env=env, check=False, timeout=60)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"refusing to serve on {host} without a client token" in proc.stderr
+    for fix in ("MODELHAUL_SERVE_TOKEN", "--token", "--allow-anonymous", "127.0.0.1"):
+        assert fix in proc.stderr
+    assert "serving" not in proc.stderr  # it never got as far as starting
+    assert time.monotonic() - started < 30
+    import socket
+
+    with socket.socket() as s:  # nothing was bound
+        s.bind(("127.0.0.1", port))
+
+
+def test_loopback_token_or_allow_anonymous_may_start(env: dict[str, str]) -> None:
+    from modelhaul import ConfigError
+    from modelhaul._server.settings import check_exposure, is_loopback, load_serve_settings
+
+    for host in ("127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+        load_serve_settings(mirror="s3://mirror-bucket/p", host=host, env={})
+    for host in ("0.0.0.0", "::", "192.168.0.1", "example.com", "127.0.0.1.example.com"):
+        assert not is_loopback(host), host
+        with pytest.raises(ConfigError, match="without a client token"):
+            load_serve_settings(mirror="s3://mirror-bucket/p", host=host, env={})
+        load_serve_settings(mirror="s3://mirror-bucket/p", host=host, token="t0ken", env={})
+        load_serve_settings(mirror="s3://mirror-bucket/p", host=host, allow_anonymous=True, env={})
+        got = load_serve_settings(mirror="s3://mirror-bucket/p", host=host,
+                                  env={"MODELHAUL_SERVE_ALLOW_ANONYMOUS": "1"})  # fmt: skip
+        assert got.allow_anonymous
+        got = load_serve_settings(mirror="s3://mirror-bucket/p", env={"MODELHAUL_SERVE_HOST": host,
+                                                          "MODELHAUL_SERVE_TOKEN": "t0ken"})  # fmt: skip
+        check_exposure(got)

@@ -34,6 +34,13 @@ def _require_serve_extra() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8090).")
 @click.option("--token", help="Require this bearer token (better: MODELHAUL_SERVE_TOKEN).")
 @click.option(
+    "--allow-anonymous",
+    is_flag=True,
+    default=None,
+    help="Serve clients without a token, off loopback too; they only read what the "
+    "mirror holds (MODELHAUL_SERVE_ALLOW_ANONYMOUS).",
+)
+@click.option(
     "--spool-dir",
     type=click.Path(path_type=Path),
     help="Local folder for files in flight from the origin.",
@@ -47,6 +54,7 @@ def serve_command(
     host: str | None,
     port: int | None,
     token: str | None,
+    allow_anonymous: bool | None,
     spool_dir: Path | None,
 ) -> None:
     """Serve the mirror over the Hugging Face Hub download API.
@@ -58,7 +66,10 @@ def serve_command(
     _require_serve_extra()
     from .._server.settings import load_serve_settings, serve_mirror
 
-    settings = load_serve_settings(mirror=mirror, origin=origin, host=host, port=port, token=token)
+    settings = load_serve_settings(
+        mirror=mirror, origin=origin, host=host, port=port, token=token,
+        allow_anonymous=allow_anonymous,
+    )  # fmt: skip
     if spool_dir is not None:
         settings = replace(settings, spool_dir=spool_dir)
     if not state.quiet:

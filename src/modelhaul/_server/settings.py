@@ -9,11 +9,17 @@ the precedence explicit argument > environment > default (no config file)::
     --origin hf|URL|none            MODELHAUL_SERVE_ORIGIN   hf: HF_ENDPOINT or huggingface.co
     --host / --port                 MODELHAUL_SERVE_HOST / _PORT   127.0.0.1 / 8090
     --token                         MODELHAUL_SERVE_TOKEN    clients must send it as a bearer
+    --allow-anonymous               MODELHAUL_SERVE_ALLOW_ANONYMOUS   clients without a token
     (origin token)                  HF_TOKEN                 sent to the origin only
+
+Safe by default: bound to anything but loopback (127.0.0.0/8, ``::1``, ``localhost``),
+``serve`` refuses to start without a client token unless anonymous clients are allowed
+explicitly.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -24,7 +30,7 @@ from typing import Any
 
 from .._core.config import TransferConfig
 from .._core.errors import ConfigError, NoSuchKey, NoSuchModel, NoSuchRevision
-from .._core.settings import Resolver, Setting, as_port, as_text, as_url
+from .._core.settings import Resolver, Setting, as_bool, as_port, as_text, as_url
 from .._core.uri import parse_s3
 from .._repo.hub import HF_ENDPOINT, HF_TOKEN, HubFile, HubRevision, HuggingFaceHub
 from .._repo.manifest import Manifest, RepoId
@@ -38,6 +44,8 @@ __all__ = [
     "ServeSettings",
     "ServedFile",
     "ServedRevision",
+    "check_exposure",
+    "is_loopback",
     "load_serve_settings",
     "serve_mirror",
 ]
@@ -63,6 +71,8 @@ class ServeSettings:
             immutable and kept.
         spool_dir: local folder for files in flight from the origin (default: a
             temporary folder). Needs room for the files being fetched at one time.
+        allow_anonymous: clients without a token are served (read rights only: what the
+            mirror holds) even off loopback (``MODELHAUL_SERVE_ALLOW_ANONYMOUS``).
     """
 
     mirror: str
@@ -73,6 +83,7 @@ class ServeSettings:
     token: str | None = field(default=None, repr=False)
     ref_ttl: float = 10.0
     spool_dir: Path | None = None
+    allow_anonymous: bool = False
 
 
 def _origin_choice(value: Any) -> str:
@@ -102,7 +113,39 @@ _PORT = Setting(
 _TOKEN: Setting[str | None] = Setting(
     name="token", parse=as_text, default=None, env=("MODELHAUL_SERVE_TOKEN",), key=None
 )
-SERVE_SETTINGS = (_MIRROR, _ORIGIN, _HOST, _PORT, _TOKEN, HF_ENDPOINT, HF_TOKEN)
+_ANONYMOUS = Setting(
+    name="allow_anonymous", parse=as_bool, default=False,
+    env=("MODELHAUL_SERVE_ALLOW_ANONYMOUS",), key=None,
+)  # fmt: skip
+SERVE_SETTINGS = (_MIRROR, _ORIGIN, _HOST, _PORT, _TOKEN, _ANONYMOUS, HF_ENDPOINT, HF_TOKEN)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name, or "0.0.0.0"/"::" (every interface)
+
+
+def check_exposure(settings: ServeSettings) -> None:
+    """Refuse to serve off loopback with no client token, unless anonymous clients are
+    allowed explicitly.
+
+    Raises:
+        ConfigError: saying how to set a token or allow anonymous clients.
+    """
+    if is_loopback(settings.host) or settings.token or settings.allow_anonymous:
+        return
+    raise ConfigError(
+        f"refusing to serve on {settings.host} without a client token: anyone who can reach "
+        "it could read the mirror and make it fetch from the origin",
+        hint="set MODELHAUL_SERVE_TOKEN (or pass --token), or pass --allow-anonymous to "
+        "serve the mirror's contents to anyone (read only); or listen on 127.0.0.1",
+    )
 
 
 def load_serve_settings(
@@ -112,13 +155,15 @@ def load_serve_settings(
     host: str | None = None,
     port: int | None = None,
     token: str | None = None,
+    allow_anonymous: bool | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ServeSettings:
     """Resolve :class:`ServeSettings`; arguments left None come from the environment.
 
     Raises:
-        ConfigError: no mirror, an origin that is not ``hf``, ``none`` or a URL, or a
-            port that is not one.
+        ConfigError: no mirror, an origin that is not ``hf``, ``none`` or a URL, a
+            port that is not one, or a host off loopback with no token (and anonymous
+            clients not allowed).
         InvalidURI: the mirror is not ``s3://BUCKET[/PREFIX]``.
     """
     r = Resolver(SERVE_SETTINGS, env=env)
@@ -135,14 +180,17 @@ def load_serve_settings(
         origin_url = r.get(HF_ENDPOINT).value
     else:
         origin_url = choice
-    return ServeSettings(
+    settings = ServeSettings(
         mirror=uri,
         origin=origin_url,
         origin_token=r.get(HF_TOKEN).value or None,
         host=r.get(_HOST, host).value or DEFAULT_HOST,
         port=r.get(_PORT, port).value,
         token=r.get(_TOKEN, token).value or None,
+        allow_anonymous=r.get(_ANONYMOUS, allow_anonymous).value,
     )
+    check_exposure(settings)
+    return settings
 
 
 @dataclass(frozen=True)
@@ -381,10 +429,12 @@ def serve_mirror(
         MissingExtra: starlette or uvicorn is not installed (``pip install
             'modelhaul[serve]'``).
         InvalidURI: the mirror is not ``s3://BUCKET[/PREFIX]``.
+        ConfigError: off loopback with no token (see :func:`check_exposure`).
     """
     from .._store.factory import open_store
     from .app import remove_spool, run, spool_dir
 
+    check_exposure(settings)
     store = store or open_store(profile)
     spool = spool_dir(settings.spool_dir)
     try:
