@@ -251,7 +251,7 @@ def _open_mirrors(
     settings: RepoSettings, profile: Profile | str | None, config: TransferConfig
 ) -> list[Mirror]:
     return [
-        Mirror.from_uri(open_store(spec.profile or profile, config), spec.uri)
+        Mirror.from_uri(open_store(spec.profile or profile, config, uri=spec.uri), spec.uri)
         for spec in settings.mirrors
     ]
 

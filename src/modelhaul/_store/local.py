@@ -166,8 +166,7 @@ class LocalStore(ObjectStore):
         except PermissionError as exc:
             raise AccessDenied(
                 f"no permission for {operation} in {self.root / bucket}: {exc.strerror}",
-                hint="check the folder's owner and mode (this process runs as uid "
-                f"{os.getuid()})",
+                hint=f"check the folder's owner and mode (this process runs as uid {os.getuid()})",
                 bucket=bucket,
                 key=key,
                 operation=operation,
@@ -218,8 +217,7 @@ class LocalStore(ObjectStore):
                     os.link(tmp, target)  # atomic create-only, on NFS too
                 except FileExistsError:
                     raise PreconditionFailed(
-                        f"{self.location(bucket, key)} exists: a create-only write did not "
-                        "hold",
+                        f"{self.location(bucket, key)} exists: a create-only write did not hold",
                         hint="someone else wrote it at the same time; run the command again",
                         bucket=bucket,
                         key=key,
@@ -249,8 +247,7 @@ class LocalStore(ObjectStore):
 
     def _bad_digest(self, bucket: str, key: str, operation: str) -> StoreError:
         return StoreError(
-            f"{operation} of {self.location(bucket, key)}: the CRC32C sent is not the "
-            "body's",
+            f"{operation} of {self.location(bucket, key)}: the CRC32C sent is not the body's",
             hint="the data changed in memory or on the way; run the command again",
             bucket=bucket,
             key=key,
@@ -309,8 +306,7 @@ class LocalStore(ObjectStore):
                 info = json.loads((folder / "upload.json").read_text())
         if folder is None or info.get("key") != key:
             raise NoSuchUpload(
-                f"the store has no multipart upload {upload_id} for "
-                f"{self.location(bucket, key)}",
+                f"the store has no multipart upload {upload_id} for {self.location(bucket, key)}",
                 hint="it was completed, aborted or expired; the transfer starts that file over",
                 bucket=bucket,
                 key=key,
@@ -396,8 +392,7 @@ class LocalStore(ObjectStore):
             numbers = [n for n, _, _ in parts]
             if not parts or numbers != sorted(set(numbers)):
                 raise StoreError(
-                    "the parts of a multipart upload must be listed in ascending order, "
-                    "each once",
+                    "the parts of a multipart upload must be listed in ascending order, each once",
                     hint="this is a modelhaul bug; please report it",
                     bucket=bucket,
                     key=key,
