@@ -127,3 +127,25 @@ def test_store_uri_forms(tmp_path: Path) -> None:
     for bad in ("file://otherhost/x", "gs://b/k", "file:///", "/"):
         with pytest.raises(InvalidURI):
             parse_store_uri(bad)
+
+
+def test_mirror_sync_into_a_folder(tmp_path: Path, env: dict[str, str]) -> None:
+    import json
+
+    from tests.hubfake import FakeHub
+    from tests.test_sync import REPO, files_v, write_config
+
+    folder = tmp_path / "nfs" / "mirror"
+    folder.mkdir(parents=True)
+    with FakeHub() as hub:
+        v1 = hub.add(REPO, files_v(tmp_path, 1))
+        cfg = write_config(tmp_path, f"file://{folder}", hub.url)
+        report = json.loads(run_cli("mirror", "sync", str(cfg), "--json", env=env).stdout)
+        assert [(a["action"], a["revision"]) for a in report["actions"]] == [
+            ("published", v1.commit)
+        ]
+        again = json.loads(run_cli("mirror", "sync", str(cfg), "--json", env=env).stdout)
+        assert again["bytes_moved"] == 0
+    # The hub is gone: the folder alone serves the pull.
+    got = modelhaul.pull(REPO, cache_dir=tmp_path / "c", mirrors=[str(folder)], origins=[])
+    assert (got / "config.json").read_bytes() == b'{"version": 1}'
