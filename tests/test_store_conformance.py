@@ -34,10 +34,19 @@ class Target:
     kind: str
 
 
-@pytest.fixture(params=["seaweedfs", "local"])
+@pytest.fixture(params=["seaweedfs", "cluster", "local"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if request.param == "seaweedfs":
         yield Target(request.getfixturevalue("store"), request.getfixturevalue("bucket"), "s3")
+    elif request.param == "cluster":
+        from modelhaul._core.config import load_profile
+        from modelhaul._store.s3 import S3Store
+
+        cluster = request.getfixturevalue("cluster")
+        store = S3Store(load_profile(env=cluster.env(), config_file=Path(os.devnull)))
+        name = f"c{os.getpid()}-{next(_n)}"
+        store.client().create_bucket(Bucket=name)
+        yield Target(store, name, "s3")
     else:
         (tmp_path / "root" / "bkt").mkdir(parents=True)
         yield Target(LocalStore(tmp_path / "root"), "bkt", "local")
