@@ -1,8 +1,10 @@
 """A mirror on a folder (``file:///PATH`` or a plain path, e.g. on NFS for an air-gapped team):
-the repository layer runs the same tests against it as against SeaweedFS."""
+the repository layer runs the same tests against it as against SeaweedFS (``weed mini``) and
+a SeaweedFS cluster of separate processes."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from modelhaul._store.local import LocalStore
 from tests.conftest import run_cli
 from tests.test_repo import CONFIG, make_model, pull, tree
 
+_n = itertools.count()
+
 
 @dataclass
 class Where:
@@ -29,11 +33,22 @@ class Where:
     prefix: str
 
 
-@pytest.fixture(params=["seaweedfs", "local"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
+@pytest.fixture(params=["seaweedfs", "cluster", "local"])
+def where(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Where]:
     if request.param == "seaweedfs":
         bucket = request.getfixturevalue("bucket")
         yield Where(request.getfixturevalue("store"), f"s3://{bucket}/m", bucket, "m/")
+    elif request.param == "cluster":
+        request.getfixturevalue("env")
+        cluster = request.getfixturevalue("cluster")
+        for k, v in cluster.env().items():
+            monkeypatch.setenv(k, v)
+        store = open_store()
+        bucket = f"r{os.getpid()}-{next(_n)}"
+        store.client().create_bucket(Bucket=bucket)
+        yield Where(store, f"s3://{bucket}/m", bucket, "m/")
     else:
         request.getfixturevalue("env")
         folder = tmp_path / "nfs" / "mirror"
