@@ -180,18 +180,29 @@ async def tree(service: MirrorService, request: Request) -> Response:
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``Range`` -> [start, end) or None for the whole file; ValueError if unsatisfiable."""
+    """``Range`` -> [start, end) or None for the whole file; ValueError if unsatisfiable.
+
+    RFC 9110 §14.2: a Range that does not parse (``bytes=5-2``, junk) is ignored and the
+    whole file is sent. Several ranges (``bytes=0-1,5-6``) are ignored too: we do not
+    answer multipart/byteranges, and sending the whole file with 200 is allowed.
+    """
     if not header:
         return None
     m = _RANGE.match(header.strip())
     if not m or (not m.group(1) and not m.group(2)):
-        return None  # a form we do not serve (several ranges): the whole file, as allowed
+        return None  # not one range we can parse: ignored, the whole file
     if not m.group(1):
         n = int(m.group(2))
+        if n == 0:
+            raise ValueError  # a suffix of no bytes is never satisfiable
+        if size == 0:
+            return None  # nothing to cut from an empty file: the whole (empty) file
         return max(0, size - n), size
     start = int(m.group(1))
+    if m.group(2) and int(m.group(2)) < start:
+        return None  # last < first: an invalid range, ignored
     end = int(m.group(2)) + 1 if m.group(2) else size
-    if start >= size or end <= start:
+    if start >= size:
         raise ValueError
     return start, min(end, size)
 
