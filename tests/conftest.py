@@ -15,6 +15,7 @@ import pytest
 
 import modelhaul
 from modelhaul import EmbeddedServer, S3Store, load_profile
+from modelhaul._store.cluster import ClusterServer, start_cluster, stop_cluster
 
 ACCESS_KEY = "mhtestaccesskey"
 SECRET_KEY = "mh-test-secret-0123456789abcdefXYZ"
@@ -73,6 +74,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]
         yield srv
     finally:
         modelhaul.stop_server(data)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServer]:
+    """SeaweedFS as a real deployment runs it: master, two volume servers, filer and S3
+    gateway as separate processes (replication 001: each chunk on both volume servers)."""
+    data = tmp_path_factory.mktemp("cluster")
+    srv = start_cluster(data, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    try:
+        yield srv
+    finally:
+        stop_cluster(data)
 
 
 @pytest.fixture

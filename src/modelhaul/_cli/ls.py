@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .._core.units import format_size
-from .._core.uri import parse_s3
+from .._core.uri import parse_s3, parse_store_uri
 from .._repo.manifest import RepoId, parse_repo_id
 from .._repo.mirror import Mirror
 from .._repo.settings import load_repo_settings
@@ -41,7 +41,7 @@ def ls_command(
         return
     repo = None
     uris = list(mirrors)
-    if target is not None and target.startswith("s3://"):
+    if target is not None and target.startswith(("s3://", "file://", "/", "./", "~")):
         uris = [target]
     elif target is not None:
         repo, _ = parse_repo_id(target)
@@ -51,8 +51,8 @@ def ls_command(
         raise click.UsageError("name a mirror: modelhaul ls s3://BUCKET/PREFIX")
     out: list[dict[str, Any]] = []
     for uri in uris:
-        parse_s3(uri)
-        mirror = Mirror.from_uri(open_store(state.profile_name), uri)
+        parse_store_uri(uri)
+        mirror = Mirror.from_uri(open_store(state.profile_name, uri=uri), uri)
         for summary in mirror.repos(repo):
             out.append({
                 "mirror": str(mirror), "repo": summary.repo, "size": summary.size,

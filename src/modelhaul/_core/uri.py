@@ -15,6 +15,7 @@ __all__ = [
     "S3URI",
     "matches_filters",
     "parse_location",
+    "parse_store_uri",
     "safe_join",
     "safe_relpath",
 ]
@@ -24,12 +25,19 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 
 @dataclass(frozen=True)
 class S3URI:
-    """``s3://bucket/key``. A key that is empty or ends in ``/`` names a prefix."""
+    """``s3://bucket/key``. A key that is empty or ends in ``/`` names a prefix.
+
+    With ``root``, a bucket of a local store instead: the folder ``root/bucket``
+    (``file:///nfs/mirror`` is the bucket ``mirror`` under the root ``/nfs``).
+    """
 
     bucket: str
     key: str
+    root: str | None = None
 
     def __str__(self) -> str:
+        if self.root is not None:
+            return f"file://{Path(self.root, self.bucket)}" + (f"/{self.key}" if self.key else "")
         return f"s3://{self.bucket}/{self.key}"
 
     @property
@@ -39,7 +47,7 @@ class S3URI:
     def child(self, relative: str) -> S3URI:
         """The object ``relative`` below this prefix."""
         base = self.key if self.key == "" or self.key.endswith("/") else self.key + "/"
-        return S3URI(self.bucket, base + relative)
+        return S3URI(self.bucket, base + relative, self.root)
 
 
 def parse_s3(text: str) -> S3URI:
@@ -63,6 +71,44 @@ def parse_s3(text: str) -> S3URI:
             hint="bucket names are 3-63 characters: lowercase letters, digits, '.', '-'",
         )
     return S3URI(bucket, key)
+
+
+def parse_store_uri(text: str) -> S3URI:
+    """Where a mirror (or another store location) is: ``s3://BUCKET[/PREFIX]``, or a local
+    folder as ``file:///PATH`` or a plain path (a folder on local disk or NFS, kept by a
+    local store: the bucket is the folder, its parent the store's root).
+
+    Raises:
+        InvalidURI: another scheme, a malformed s3:// URI, or a file:// URI of another host.
+    """
+    if text.startswith("s3://"):
+        return parse_s3(text)
+    if text.startswith("file://"):
+        host, sep, rest = text[7:].partition("/")
+        if host not in ("", "localhost") or not sep:
+            raise InvalidURI(
+                f"{text!r} names the host {host!r}: a file:// mirror is a folder on this "
+                "machine (mount NFS and name the mount point)",
+                hint="write it as file:///PATH (three slashes) or as a plain path",
+            )
+        path = "/" + rest
+    elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://", text):
+        scheme = text.split("://", 1)[0]
+        raise InvalidURI(
+            f"{text!r} uses the scheme {scheme}://, which modelhaul does not know as a store",
+            hint="use s3://BUCKET/PREFIX, file:///PATH or a folder path",
+        )
+    elif not text:
+        raise InvalidURI("an empty location was given", hint="give s3://BUCKET/PREFIX or a path")
+    else:
+        path = text
+    folder = Path(path).expanduser().absolute()
+    if folder.parent == folder or "\x00" in path:
+        raise InvalidURI(
+            f"{text!r} cannot be a local store: it is the filesystem root or malformed",
+            hint="name a folder, e.g. file:///nfs/mirror",
+        )
+    return S3URI(folder.name, "", str(folder.parent))
 
 
 def parse_location(text: str) -> S3URI | Path:

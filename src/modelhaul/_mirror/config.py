@@ -9,7 +9,7 @@ from typing import Any
 
 from .._core.errors import ConfigError
 from .._core.settings import ConfigFile, Resolved, Resolver, Setting, Source, as_count, as_text
-from .._core.uri import parse_s3
+from .._core.uri import parse_store_uri
 from .._repo.manifest import check_revision, parse_repo_id
 
 __all__ = ["SyncConfig", "SyncRepo", "load_sync_config"]
@@ -117,7 +117,7 @@ def load_sync_config(path: str | Path, *, mirror: str | None = None) -> SyncConf
     uri = top.get(_MIRROR, mirror).value
     if uri is None:
         raise ConfigError(f"{file} names no mirror", hint='add mirror = "s3://BUCKET/PREFIX"')
-    parse_s3(uri)
+    parse_store_uri(uri)
     origin = top.get(_ORIGIN)
     keep = top.get(_KEEP)
     inherited = [Resolved(origin.value, Source("inherited", "from the top level"))]

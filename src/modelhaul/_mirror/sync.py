@@ -153,7 +153,7 @@ def sync_mirror(
     env = os.environ if env is None else env
     transfer = transfer or TransferConfig()
     started = time.monotonic()
-    store = store or open_store(profile, transfer)
+    store = store or open_store(profile, transfer, uri=config.mirror)
     mirror = Mirror.from_uri(store, config.mirror)
     report = SyncReport(str(mirror))
     synced: dict[str, dict[str, Any]] = {}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .._core.errors import NoSuchKey, PreconditionFailed, RevisionConflict
 from .._core.retry import retry_call
-from .._core.uri import parse_s3
+from .._core.uri import parse_store_uri
 from .._store.base import ObjectInfo, ObjectStore
 from .manifest import (
     MANIFEST_NAME,
@@ -92,14 +92,17 @@ class Mirror:
 
     @classmethod
     def from_uri(cls, store: ObjectStore, uri: str) -> Mirror:
-        """Raises:
-        InvalidURI: not ``s3://BUCKET[/PREFIX]``.
+        """``s3://BUCKET[/PREFIX]``, or a local folder (``file:///PATH`` or a path) kept by a
+        :class:`~modelhaul._store.local.LocalStore`.
+
+        Raises:
+            InvalidURI: neither.
         """
-        where = parse_s3(uri)
+        where = parse_store_uri(uri)
         return cls(store, where.bucket, where.key.strip("/"))
 
     def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return self.store.location(self.bucket, self.prefix).rstrip("/")
 
     def describe(self) -> str:
         return f"mirror {self}"

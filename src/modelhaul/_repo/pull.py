@@ -4,6 +4,9 @@
    returned at once: no network, no re-reading of weights. ``--offline`` stops here.
 2. **Resolve.** Each mirror, in order, is asked for the ref or revision (its manifest);
    then each origin hub. A hub names a commit; a mirror holding that commit is used.
+   Where other mirrors hold the same revision too, all are probed and the fastest serves
+   (see :mod:`modelhaul._repo.sources`); files a failing mirror did not finish come from
+   the next one.
 3. **Plan, per file.** Already in the cache → nothing; in the mirror → a ranged parallel
    download (one engine for all files); missing from the mirror → the origin.
 4. **Fetch under leases.** Each missing blob is leased before it is fetched, so several
@@ -71,6 +74,7 @@ from .manifest import (
 )
 from .mirror import Mirror
 from .settings import RepoSettings, load_repo_settings
+from .sources import SourceChoice, rank_sources, record_outcome
 
 __all__ = ["Pin", "PlannedFile", "PullPlan", "plan_pull", "pull", "verify_origin_file"]
 
@@ -131,6 +135,9 @@ class PullPlan:
             directory), ``hub`` or ``cache``.
         strict: files are checked by SHA-256 (pinned, signed, or ``--verify sha256``).
         signature: the revision's signature, checked, when one is required.
+        replicas: the mirrors that hold the revision, each with its own manifest (ETags
+            differ between stores), in the order they will be asked: fastest first.
+        sources: how they were ranked (probe rates, errors, why), when there were several.
     """
 
     repo: RepoId
@@ -147,6 +154,8 @@ class PullPlan:
     pinned: bool = False
     strict: bool = False
     signature: bytes | None = None
+    replicas: list[tuple[Mirror, Manifest]] = field(default_factory=list)
+    sources: list[SourceChoice] = field(default_factory=list)
 
     @property
     def fetch_bytes(self) -> int:
@@ -171,6 +180,7 @@ class PullPlan:
             ],
             "fetch_bytes": self.fetch_bytes,
             "total_bytes": sum(f.size or 0 for f in self.files),
+            "sources": [c.summary() for c in self.sources],
         }
 
 
@@ -251,7 +261,7 @@ def _open_mirrors(
     settings: RepoSettings, profile: Profile | str | None, config: TransferConfig
 ) -> list[Mirror]:
     return [
-        Mirror.from_uri(open_store(spec.profile or profile, config), spec.uri)
+        Mirror.from_uri(open_store(spec.profile or profile, config, uri=spec.uri), spec.uri)
         for spec in settings.mirrors
     ]
 
@@ -312,7 +322,36 @@ def plan_pull(
     plan = _resolve(cache, repo_id, name, include, exclude, mirrors, hubs, pin, strict)
     if key is not None:
         _check_signed(plan, key)
+    _choose_sources(plan, mirrors, cache)
     return plan
+
+
+def _choose_sources(plan: PullPlan, mirrors: list[Mirror], cache: Cache) -> None:
+    """Find the other mirrors that hold the revision, and rank them all by measurement."""
+    wanted = [f for f in plan.files if f.source == "mirror"]
+    if plan.mirror is None or plan.manifest is None or not wanted:
+        return
+    replicas = [(plan.mirror, plan.manifest)]
+    for m in mirrors:
+        if m is plan.mirror:
+            continue
+        with contextlib.suppress(ModelhaulError):
+            # Checked against its id: a replica's manifest lists the same content.
+            other = m.manifest(plan.repo, plan.manifest.revision)
+            if other is not None and other.content_id() == plan.manifest.content_id():
+                replicas.append((m, other))
+    plan.replicas = replicas
+    if len(replicas) < 2:
+        return
+    probe = max(wanted, key=lambda f: f.size or 0)
+    keys = {id(m): m.layout(plan.repo).file_key(plan.manifest.revision, probe.path)
+            for m, _ in replicas}  # fmt: skip
+    ranked = rank_sources([m for m, _ in replicas], keys, probe.size or 0, cache.root)
+    by_mirror = {id(m): (m, man) for m, man in replicas}
+    plan.replicas = [by_mirror[id(c.mirror)] for c in ranked]
+    plan.sources = ranked
+    for f in wanted:
+        f.where = str(ranked[0].mirror)
 
 
 def _check_signed(plan: PullPlan, key: Path) -> None:
@@ -615,12 +654,41 @@ class _Fetcher:
             self._from_origin(f)
 
     def _from_mirror(self, files: list[PlannedFile]) -> None:
+        """From the best mirror; what it fails to serve, from the next one that holds the
+        revision."""
         plan = self.plan
         # Narrowing: files come "from the mirror" only in a plan made from its manifest.
         assert plan.mirror is not None
         assert plan.manifest is not None
-        mirror = plan.mirror
-        by_path = plan.manifest.by_path()
+        sources = plan.replicas or [(plan.mirror, plan.manifest)]
+        left = files
+        for i, (mirror, manifest) in enumerate(sources):
+            try:
+                self._from_one_mirror(mirror, manifest, left)
+                return
+            except RevisionTampered:
+                raise
+            except ModelhaulError as exc:
+                left = [f for f in left if not self._present(f)]
+                if i == len(sources) - 1 or not left:
+                    if left:
+                        raise
+                    return
+                record_outcome(self.cache.root, mirror, exc)
+                nxt = sources[i + 1][0]
+                first = str(exc).splitlines()[0]
+                log.warning("%s failed (%s); %d file(s) come from %s", mirror, first,
+                            len(left), nxt)  # fmt: skip
+                _emit(self.progress, "source_failed", mirror=str(mirror), error=first,
+                      next=str(nxt), files=[f.path for f in left])  # fmt: skip
+                for f in left:
+                    f.where = str(nxt)
+
+    def _from_one_mirror(
+        self, mirror: Mirror, manifest: Manifest, files: list[PlannedFile]
+    ) -> None:
+        plan = self.plan
+        by_path = manifest.by_path()
         layout = mirror.layout(plan.repo)
         jobs = []
         for f in files:

@@ -49,7 +49,7 @@ from .._core.errors import (
     UnsafeSymlink,
 )
 from .._core.retry import retry_call
-from .._core.uri import matches_filters, parse_s3, safe_relpath
+from .._core.uri import matches_filters, parse_store_uri, safe_relpath
 from .._store.base import ObjectStore
 from .._store.factory import open_store
 from .._store.lease import Lease, ObjectLeaseBackend
@@ -301,7 +301,7 @@ def push(
         check_revision(name)
     if ref is not None:
         check_revision(ref, "ref")
-    parse_s3(uri)
+    parse_store_uri(uri)
     path = Path(folder).expanduser()
     files = [
         (rel, p)
@@ -314,7 +314,7 @@ def push(
             hint="check the patterns",
         )
     name = name or _default_name(path)
-    store = store or open_store(profile, config)
+    store = store or open_store(profile, config, uri=uri)
     mirror = Mirror.from_uri(store, uri)
     layout = mirror.layout(repo_id)
     if source is None:

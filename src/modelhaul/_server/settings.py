@@ -31,7 +31,7 @@ from typing import Any
 from .._core.config import TransferConfig
 from .._core.errors import ConfigError, NoSuchKey, NoSuchModel, NoSuchRevision
 from .._core.settings import Resolver, Setting, as_bool, as_port, as_text, as_url
-from .._core.uri import parse_s3
+from .._core.uri import parse_store_uri
 from .._repo.hub import HF_ENDPOINT, HF_TOKEN, HubFile, HubRevision, HuggingFaceHub
 from .._repo.manifest import Manifest, RepoId
 from .._repo.mirror import SYNC_STATUS_NAME, Mirror, RepoSummary
@@ -172,7 +172,7 @@ def load_serve_settings(
         raise ConfigError(
             "serve needs a mirror", hint="pass --mirror s3://BUCKET/PREFIX (the synced mirror)"
         )
-    parse_s3(uri)
+    parse_store_uri(uri)
     choice = r.get(_ORIGIN, origin).value
     if choice == "none":
         origin_url = None
@@ -435,7 +435,7 @@ def serve_mirror(
     from .app import remove_spool, run, spool_dir
 
     check_exposure(settings)
-    store = store or open_store(profile)
+    store = store or open_store(profile, uri=settings.mirror)
     spool = spool_dir(settings.spool_dir)
     try:
         run(MirrorService(settings, store, spool), log_level=log_level)

@@ -157,8 +157,8 @@ class RangeReader(abc.ABC):
 
 
 class ObjectStore(abc.ABC):
-    """An S3-like object store. Implementations: :class:`~modelhaul._s3.S3Store`,
-    :class:`~modelhaul._localstore.LocalStore`."""
+    """An S3-like object store. Implementations: :class:`~modelhaul._store.s3.S3Store`,
+    :class:`~modelhaul._store.local.LocalStore`."""
 
     #: whether put/complete honour ``if_none_match`` atomically.
     conditional_writes: bool = True
@@ -168,6 +168,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """Where this store is, for messages (no secrets)."""
+
+    def location(self, bucket: str, key: str = "") -> str:
+        """The URI of ``key`` in ``bucket`` (``s3://BUCKET/KEY``), for messages and
+        listings."""
+        return f"s3://{bucket}/{key}"
 
     def with_timeout(self, seconds: float) -> ObjectStore:
         """This store, with every request given up after ``seconds`` without an answer:
@@ -312,7 +317,9 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, in key order."""
+        """Every object whose key starts with ``prefix``, each once: in key (byte) order on
+        S3 and in a local store; SeaweedFS walks its folders depth-first instead, so no
+        caller may rely on the order across ``/``."""
 
     @abc.abstractmethod
     def delete(self, bucket: str, key: str) -> None:
