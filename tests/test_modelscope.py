@@ -46,6 +46,18 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
+def sdk(code: str, **env: str) -> None:
+    """Run ``code`` with the real SDK in a fresh process: the SDK keeps the endpoint it read
+    from the environment first in a process-wide config, as a user's process would."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.fixture
 def ms(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     FakeModelScope
@@ -60,16 +72,17 @@ def ms(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_fake_speaks_to_the_modelscope_sdk(tmp_path: Path, ms: FakeModelScope) -> None:
-    from modelscope import snapshot_download
-    from modelscope.hub.file_download import model_file_download
-
     files = model_files(tmp_path)
     repo = ms.add(REPO, files)
-    snap = snapshot_download(REPO, cache_dir=str(tmp_path / "sdk"))
-    assert tree(Path(snap)) == files
-    got = model_file_download(REPO, "config.json", revision=repo.commit,
-                              local_dir=str(tmp_path / "one"))  # fmt: skip
-    assert Path(got).read_bytes() == files["config.json"]
+    sdk(f"""
+from modelscope import snapshot_download
+from modelscope.hub.file_download import model_file_download
+snapshot_download({REPO!r}, local_dir={str(tmp_path / "snap")!r})
+model_file_download({REPO!r}, "config.json", revision={repo.commit!r},
+                    local_dir={str(tmp_path / "one")!r})
+""")
+    assert tree(tmp_path / "snap") == files
+    assert (tmp_path / "one" / "config.json").read_bytes() == files["config.json"]
 
 
 def test_pull_master_is_stored_under_its_commit(tmp_path: Path, ms: FakeModelScope) -> None:
@@ -186,3 +199,54 @@ def test_mirror_sync_from_modelscope(tmp_path: Path, ms: FakeModelScope, store: 
     assert tree(folder) == files
     status = json.loads(store.get_bytes(bucket, f"{tmp_path.name}/.modelhaul/sync.json"))
     assert status["repos"][REPO]["refs"] == {"master": repo.commit}
+
+
+def test_serve_answers_the_modelscope_sdk(tmp_path: Path, store: S3Store, env: dict[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The unmodified SDK, MODELSCOPE_ENDPOINT pointed at ``serve``: a model mirrored with
+    the default ref ``main`` is what ``master`` (the SDK's default) gets."""
+    pytest.importorskip("uvicorn")
+    from tests.servefixture import running_serve
+
+    bucket = shared_bucket(store, "msserve")
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    files = model_files(tmp_path)
+    src = tmp_path / "src"
+    for path, data in files.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(data)
+    rev = modelhaul.push(src, uri, REPO, revision="rev-1").revision
+    for name in ("MODELSCOPE_DOMAIN", "MODELSCOPE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "mscache"))
+    with running_serve(store, uri, tmp_path / "spool", token=TOKEN) as (url, service):
+        sdk_env = {"MODELSCOPE_ENDPOINT": url, "MODELSCOPE_API_TOKEN": TOKEN}
+        snap = f"from modelscope import snapshot_download\nsnapshot_download({REPO!r}, cache_dir={str(tmp_path / 'sdk')!r})"
+        sdk(snap, **sdk_env)
+        (got,) = (tmp_path / "sdk").rglob("snapshots/master")
+        assert tree(got) == files
+        hits = service.counters.hits
+        assert hits == len(files) and service.counters.misses == 0
+        # Again: from the SDK's own cache, no file sent.
+        sdk(snap, **sdk_env)
+        assert service.counters.hits == hits
+        sdk(
+            f"""
+from modelscope.hub.file_download import model_file_download
+model_file_download({REPO!r}, "tokenizer/vocab.txt", local_dir={str(tmp_path / "one")!r})
+model_file_download({REPO!r}, "model.safetensors", revision={rev!r},
+                    local_dir={str(tmp_path / "two")!r})
+try:
+    snapshot_download("acme/absent", cache_dir={str(tmp_path / "sdk3")!r})
+except Exception as exc:
+    assert "not" in str(exc).lower() or "404" in str(exc), exc
+else:
+    raise AssertionError("a model the mirror lacks was downloaded")
+""".replace("try:", "from modelscope import snapshot_download\ntry:"),
+            **sdk_env,
+        )
+        # By the revision's id, too; and the hub's listing names it as the commit.
+        assert (tmp_path / "one/tokenizer/vocab.txt").read_bytes() == files["tokenizer/vocab.txt"]
+        assert (tmp_path / "two/model.safetensors").read_bytes() == files["model.safetensors"]
+        resolved = ModelScopeHub(url, TOKEN).resolve(RepoId("acme", "mstiny"), "master")
+        assert resolved.commit == rev and {f.path for f in resolved.files} == set(files)
