@@ -1,0 +1,188 @@
+"""The ModelScope origin through the real ``modelscope`` SDK, against a local fake of
+ModelScope's HTTP API (tests/msfake.py): a ref resolved to its commit, the endpoint and the
+token honoured, per-file SHA-256s kept, ``pull`` and ``mirror sync``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import modelhaul
+from modelhaul import S3Store
+from modelhaul._core.errors import HubError, NoSuchModel, NoSuchRevision, SourcesFailed
+from modelhaul._mirror.config import load_sync_config
+from modelhaul._mirror.sync import sync_mirror
+from modelhaul._repo.hub import ModelScopeHub, make_hub
+from modelhaul._repo.manifest import RepoId
+from modelhaul._repo.mirror import Mirror
+from tests.conftest import make_file
+from tests.msfake import FakeModelScope
+from tests.servefixture import shared_bucket
+
+pytest.importorskip("modelscope")
+
+MiB = 1024 * 1024
+REPO = "acme/mstiny"
+TOKEN = "ms-secret-token-1234"
+
+
+def model_files(tmp: Path) -> dict[str, bytes]:
+    return {
+        "configuration.json": b'{"framework": "pytorch"}',
+        "config.json": b'{"model_type": "toy"}',
+        "model.safetensors": make_file(tmp / "w.bin", 2 * MiB + 5, seed=7).read_bytes(),
+        "tokenizer/vocab.txt": b"a\nb\nc\n" * 300,
+    }
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def ms(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
+    FakeModelScope
+]:  # fmt: skip
+    for name in ("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN", "MODELSCOPE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "mscache"))
+    with FakeModelScope(token=TOKEN) as fake:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
+        monkeypatch.setenv("MODELSCOPE_API_TOKEN", TOKEN)
+        yield fake
+
+
+def test_fake_speaks_to_the_modelscope_sdk(tmp_path: Path, ms: FakeModelScope) -> None:
+    from modelscope import snapshot_download
+    from modelscope.hub.file_download import model_file_download
+
+    files = model_files(tmp_path)
+    repo = ms.add(REPO, files)
+    snap = snapshot_download(REPO, cache_dir=str(tmp_path / "sdk"))
+    assert tree(Path(snap)) == files
+    got = model_file_download(REPO, "config.json", revision=repo.commit,
+                              local_dir=str(tmp_path / "one"))  # fmt: skip
+    assert Path(got).read_bytes() == files["config.json"]
+
+
+def test_pull_master_is_stored_under_its_commit(tmp_path: Path, ms: FakeModelScope) -> None:
+    files = model_files(tmp_path)
+    repo = ms.add(REPO, files)
+    first = repo.commit
+    cache = tmp_path / "c"
+    folder = modelhaul.pull(f"{REPO}@master", cache_dir=cache, mirrors=[], origins=["modelscope"])
+    assert tree(folder) == files
+    # The commit the hub says master is at, never the name "master".
+    assert folder.name == repo.commit != "master"
+    assert not (folder.parent / "master").exists()
+    assert ms.downloads() == len(files)
+    assert ms.requests["GET unauthorized"] == 0
+    # Pinned to the commit, a second pull asks the hub nothing.
+    before = ms.total()
+    again = modelhaul.pull(f"{REPO}@{repo.commit}", cache_dir=cache, origins=["modelscope"])
+    assert again == folder and ms.total() == before
+    # Through the ref: the hub is asked where master is, and nothing is downloaded.
+    assert (
+        modelhaul.pull(REPO, revision="master", cache_dir=cache, origins=["modelscope"]) == folder
+    )
+    assert ms.downloads() == len(files)
+
+    # master moves: the new commit is pulled, the old one stays as it was.
+    changed = dict(files, **{"config.json": b'{"model_type": "toy2"}'})
+    new = repo.push(changed)
+    moved = modelhaul.pull(f"{REPO}@master", cache_dir=cache, origins=["modelscope"])
+    assert moved.name == new != first and tree(moved) == changed
+    assert tree(folder) == files
+
+
+def test_sha256_from_the_hub_is_checked(tmp_path: Path, ms: FakeModelScope) -> None:
+    files = model_files(tmp_path)
+    ms.add(REPO, files)
+    hub = make_hub("modelscope")
+    resolved = hub.resolve(RepoId("acme", "mstiny"), "master")
+    import hashlib
+
+    assert {f.path: f.sha256 for f in resolved.files} == {
+        p: hashlib.sha256(d).hexdigest() for p, d in files.items()
+    }
+    assert {f.path: f.size for f in resolved.files} == {p: len(d) for p, d in files.items()}
+
+
+def test_endpoint_precedence(tmp_path: Path) -> None:
+    dead = "http://127.0.0.1:9"
+    both = make_hub(
+        "modelscope", {"MODELSCOPE_ENDPOINT": "http://a.test", "MODELSCOPE_DOMAIN": dead}
+    )
+    assert isinstance(both, ModelScopeHub) and both.endpoint == "http://a.test"
+    # The deprecated MODELSCOPE_DOMAIN is often a bare host: https then.
+    domain = make_hub("modelscope", {"MODELSCOPE_DOMAIN": "www.modelscope.cn"})
+    assert isinstance(domain, ModelScopeHub) and domain.endpoint == "https://www.modelscope.cn"
+    default = make_hub("modelscope", {})
+    assert isinstance(default, ModelScopeHub) and default.endpoint == "https://modelscope.cn"
+    assert ModelScopeHub("http://b.test/").endpoint == "http://b.test"
+
+
+def test_domain_alone_is_honoured(tmp_path: Path, ms: FakeModelScope,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    repo = ms.add(REPO, model_files(tmp_path))
+    monkeypatch.delenv("MODELSCOPE_ENDPOINT")
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", ms.url)
+    folder = modelhaul.pull(f"{REPO}@master", cache_dir=tmp_path / "c", origins=["modelscope"])
+    assert folder.name == repo.commit and ms.downloads() == 4
+
+
+def test_wrong_token_is_refused_and_never_shown(tmp_path: Path, ms: FakeModelScope,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    ms.add(REPO, model_files(tmp_path))
+    monkeypatch.setenv("MODELSCOPE_API_TOKEN", "wrong-token-5678")
+    with pytest.raises(HubError) as info:
+        make_hub("modelscope").resolve(RepoId("acme", "mstiny"), "master")
+    assert info.value.status == 401 and "MODELSCOPE_API_TOKEN" in info.value.hint
+    assert "wrong-token-5678" not in str(info.value)
+    with pytest.raises(SourcesFailed) as pulled:
+        modelhaul.pull(f"{REPO}@master", cache_dir=tmp_path / "c", origins=["modelscope"])
+    assert "wrong-token-5678" not in str(pulled.value) and ms.downloads() == 0
+
+
+def test_no_such_model_or_revision(tmp_path: Path, ms: FakeModelScope) -> None:
+    ms.add(REPO, model_files(tmp_path))
+    hub = make_hub("modelscope")
+    with pytest.raises(NoSuchModel):
+        hub.resolve(RepoId("acme", "nothere"), "master")
+    with pytest.raises(NoSuchRevision):
+        hub.resolve(RepoId("acme", "mstiny"), "v9")
+
+
+def test_mirror_sync_from_modelscope(tmp_path: Path, ms: FakeModelScope, store: S3Store,
+                                     env: dict[str, str]) -> None:  # fmt: skip
+    bucket = shared_bucket(store, "mssync")
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    cfg = tmp_path / "mirror.toml"
+    cfg.write_text(f'mirror = "{uri}"\norigin = "modelscope"\n\n[[repos]]\n'
+                   f'id = "{REPO}"\nrevisions = ["master"]\n')  # fmt: skip
+    files = model_files(tmp_path)
+    repo = ms.add(REPO, files)
+    report = sync_mirror(load_sync_config(cfg), store=store)
+    assert [(a.action, a.revision) for a in report.actions] == [("published", repo.commit)]
+    rid = RepoId("acme", "mstiny")
+    mirror = Mirror.from_uri(store, uri)
+    manifest, _ = mirror.resolve(rid, "master")
+    assert manifest is not None and manifest.source == {"hub": "modelscope",
+                                                        "revision": repo.commit}  # fmt: skip
+    assert mirror.name(rid, repo.commit) == manifest.revision
+    assert mirror.name(rid, "master") is None
+    downloads = ms.downloads()
+    assert downloads == len(files)
+    again = sync_mirror(load_sync_config(cfg), store=store)
+    assert [a.action for a in again.actions] == ["unchanged"] and ms.downloads() == downloads
+    folder = modelhaul.pull(f"{REPO}@master", cache_dir=tmp_path / "c", mirrors=[uri], origins=[])
+    assert tree(folder) == files
+    status = json.loads(store.get_bytes(bucket, f"{tmp_path.name}/.modelhaul/sync.json"))
+    assert status["repos"][REPO]["refs"] == {"master": repo.commit}
