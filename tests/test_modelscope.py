@@ -16,7 +16,7 @@ from modelhaul._core.errors import HubError, NoSuchModel, NoSuchRevision, Source
 from modelhaul._mirror.config import load_sync_config
 from modelhaul._mirror.sync import sync_mirror
 from modelhaul._repo.hub import ModelScopeHub, make_hub
-from modelhaul._repo.manifest import RepoId
+from modelhaul._repo.manifest import Manifest, RepoId
 from modelhaul._repo.mirror import Mirror
 from tests.conftest import make_file
 from tests.msfake import FakeModelScope
@@ -69,6 +69,10 @@ def ms(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
         monkeypatch.setenv("MODELSCOPE_API_TOKEN", TOKEN)
         yield fake
+
+
+def tree_of_manifest(manifest: Manifest) -> dict[str, int]:
+    return {f.path: f.size for f in manifest.files}
 
 
 def test_fake_speaks_to_the_modelscope_sdk(tmp_path: Path, ms: FakeModelScope) -> None:
@@ -250,3 +254,40 @@ else:
         assert (tmp_path / "two/model.safetensors").read_bytes() == files["model.safetensors"]
         resolved = ModelScopeHub(url, TOKEN).resolve(RepoId("acme", "mstiny"), "master")
         assert resolved.commit == rev and {f.path for f in resolved.files} == set(files)
+
+
+def test_serve_miss_comes_from_a_modelscope_origin_once(
+    tmp_path: Path, ms: FakeModelScope, store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve --origin modelscope``: the SDK asks for a model the mirror lacks; it comes
+    from the ModelScope origin once, is written through under its commit (``master`` a
+    ref to it), and the next client is served from the mirror."""
+    pytest.importorskip("uvicorn")
+    from tests.servefixture import running_serve
+
+    bucket = shared_bucket(store, "msserve")
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    files = model_files(tmp_path)
+    repo = ms.add(REPO, files)
+    client = "client-token-0000"
+    with running_serve(store, uri, tmp_path / "spool", origin=ms.url, origin_token=TOKEN,
+                       origin_hub="modelscope", token=client) as (url, service):  # fmt: skip
+        sdk_env = {"MODELSCOPE_ENDPOINT": url, "MODELSCOPE_API_TOKEN": client}
+        code = "from modelscope import snapshot_download\nsnapshot_download({!r}, local_dir={!r})"
+        sdk(code.format(REPO, str(tmp_path / "a")), **sdk_env)
+        assert tree(tmp_path / "a") == files
+        assert ms.downloads() == len(files) and ms.requests["GET unauthorized"] == 0
+        assert service.write_through is not None
+        service.write_through.wait(30)
+        rid = RepoId("acme", "mstiny")
+        mirror = Mirror.from_uri(store, uri)
+        manifest, _ = mirror.resolve(rid, "master")
+        assert manifest is not None
+        assert manifest.source == {"hub": "modelscope", "revision": repo.commit}
+        assert manifest.revision != "master"
+        assert tree_of_manifest(manifest) == {p: len(d) for p, d in files.items()}
+        # Another client, its own empty cache: all from the mirror.
+        hits = service.counters.hits
+        sdk(code.format(REPO, str(tmp_path / "b")), **sdk_env)
+        assert tree(tmp_path / "b") == files
+        assert ms.downloads() == len(files) and service.counters.hits == hits + len(files)

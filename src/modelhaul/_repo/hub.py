@@ -33,6 +33,8 @@ __all__ = [
     "HF_ENDPOINT",
     "HF_TOKEN",
     "HUB_SETTINGS",
+    "MS_ENDPOINT",
+    "MS_TOKEN",
     "HubFile",
     "HubRevision",
     "HuggingFaceHub",
