@@ -249,6 +249,19 @@ else:
 """.replace("try:", "from modelscope import snapshot_download\ntry:"),
             **sdk_env,
         )
+        # The SDK's command line, with --include.
+        import os
+        import subprocess
+        import sys
+
+        cli = Path(sys.executable).with_name("modelscope")
+        done = subprocess.run(
+            [str(cli), "download", "--model", REPO, "--include", "tokenizer/*",
+             "--local-dir", str(tmp_path / "cli")],
+            env={**os.environ, **sdk_env}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert tree(tmp_path / "cli") == {"tokenizer/vocab.txt": files["tokenizer/vocab.txt"]}
         # By the revision's id, too; and the hub's listing names it as the commit.
         assert (tmp_path / "one/tokenizer/vocab.txt").read_bytes() == files["tokenizer/vocab.txt"]
         assert (tmp_path / "two/model.safetensors").read_bytes() == files["model.safetensors"]
