@@ -11,6 +11,8 @@ The routes the SDK (``modelscope_hub``, behind ``modelscope.hub``) and modelhaul
 * ``GET|HEAD /api/v1/models/{owner}/{name}/repo?Revision=…&FilePath=…`` — the file
   (``Range`` honoured).
 
+Listings stop at 3000 entries, as modelscope.cn's do (``Root`` scopes one to a folder).
+
 Answers are wrapped as the real hub wraps them: ``{"Code": 200, "Data": …, "Success":
 true}``. Every request is counted; a token, when set, must be sent exactly (``Bearer`` or
 the ``m_session_id`` cookie).
@@ -72,6 +74,7 @@ class FakeModelScope:
     def __init__(self, token: str | None = None) -> None:
         self.repos: dict[str, MsRepo] = {}
         self.token = token
+        self.listing_cap = 3000  # modelscope.cn's (REPO_FILES_TRUNCATION_LIMIT in the SDK)
         self.requests: Counter[str] = Counter()
         self.seen: list[str] = []
         self.sent_bytes = 0
@@ -194,11 +197,26 @@ class FakeModelScope:
         files = repo.commits[commit]
         if rest == "/repo/files":
             self._count(f"{h.command} files")
-            listed = [{"Name": p.rsplit("/", 1)[-1], "Path": p, "Type": "blob", "Size": len(d),
-                       "Sha256": hashlib.sha256(d).hexdigest(), "Revision": commit,
-                       "CommittedDate": 1700000000} for p, d in sorted(files.items())]  # fmt: skip
+            root = query.get("Root", "").strip("/")
+            base = f"{root}/" if root else ""
+            recursive = query.get("Recursive", "False").lower() == "true"
+            listed: list[dict[str, object]] = []
+            dirs: set[str] = set()
+            for p, d in sorted(files.items()):
+                if not p.startswith(base):
+                    continue
+                if not recursive and "/" in p[len(base) :]:
+                    dirs.add(base + p[len(base) :].split("/", 1)[0])
+                    continue
+                listed.append({"Name": p.rsplit("/", 1)[-1], "Path": p, "Type": "blob",
+                               "Size": len(d), "Sha256": hashlib.sha256(d).hexdigest(),
+                               "Revision": commit, "CommittedDate": 1700000000})  # fmt: skip
+            listed += [{"Name": d.rsplit("/", 1)[-1], "Path": d, "Type": "tree", "Size": 0}
+                       for d in sorted(dirs)]  # fmt: skip
             committer = {"Id": commit, "Message": "fake", "CommittedDate": 1700000000}
-            return self._json(h, 200, {"Files": listed, "LatestCommitter": committer}, body)
+            # Like modelscope.cn: at most LISTING_CAP entries, silently.
+            answer = {"Files": listed[: self.listing_cap], "LatestCommitter": committer}
+            return self._json(h, 200, answer, body)
         if rest == "/repo":
             path = query.get("FilePath", "")
             data = files.get(path)

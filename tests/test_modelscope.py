@@ -132,6 +132,17 @@ def test_sha256_from_the_hub_is_checked(tmp_path: Path, ms: FakeModelScope) -> N
     assert {f.path: f.size for f in resolved.files} == {p: len(d) for p, d in files.items()}
 
 
+def test_a_listing_cut_at_the_hubs_cap_is_walked(tmp_path: Path, ms: FakeModelScope) -> None:
+    # modelscope.cn answers at most 3000 entries to one listing, silently (so does the fake).
+    files = {f"shards/{i // 1000}/part-{i:04d}.txt": b"%d" % i for i in range(3100)}
+    files["config.json"] = b"{}"
+    repo = ms.add(REPO, files)
+    resolved = make_hub("modelscope").resolve(RepoId("acme", "mstiny"), "master")
+    assert resolved.commit == repo.commit
+    assert sorted(f.path for f in resolved.files) == sorted(files)
+    assert all(f.sha256 for f in resolved.files)
+
+
 def test_endpoint_precedence(tmp_path: Path) -> None:
     dead = "http://127.0.0.1:9"
     both = make_hub(

@@ -48,6 +48,9 @@ log = logging.getLogger("modelhaul.hub")
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 MS_DEFAULT_ENDPOINT = "https://modelscope.cn"
 # What a MissingExtra for a hub says besides installing it: pulls try other sources too.
+# modelscope.cn answers at most this many entries to one listing, silently
+# (REPO_FILES_TRUNCATION_LIMIT in its SDK).
+_MS_LISTING_CAP = 3000
 _LEAVE_OUT = "leave that source out (pull --origin, or origins=[...])"
 
 # The hubs' own environment variables, the ones their client libraries read too; no config
@@ -360,12 +363,37 @@ class ModelScopeHub(OriginHub):
                 hint="the endpoint may not be a ModelScope hub; check MODELSCOPE_ENDPOINT",
             )
         listed = data.get("Files") or []
+        if len(listed) >= _MS_LISTING_CAP:
+            listed = self._list_all(repo, commit)
         files = [
             HubFile(safe_relpath(f["Path"]), f.get("Size"), f.get("Sha256") or None)
             for f in listed
             if isinstance(f, dict) and f.get("Type", "blob") != "tree"
         ]
         return HubRevision(self.name, repo, commit, tuple(sorted(files, key=lambda f: f.path)))
+
+    def _list_all(self, repo: RepoId, commit: str) -> list[dict[str, Any]]:
+        """Every file of ``commit``, where one listing came back at the hub's cap: the SDK
+        walks the tree folder by folder."""
+        try:
+            from modelscope_hub import HubApi
+        except ImportError:
+            raise HubError(
+                f"{repo} has {_MS_LISTING_CAP} files or more, and this modelscope package "
+                "cannot list them all",
+                hub=self.describe(),
+                hint="pip install -U modelscope",
+            ) from None
+        try:
+            api = HubApi(endpoint=self.endpoint, token=self._token)
+            infos = api.list_repo_files(str(repo), "model", revision=commit, recursive=True)
+        except Exception as exc:
+            raise HubError(
+                f"{self.describe()} failed to list {repo}@{commit}: {type(exc).__name__}",
+                hub=self.describe(),
+                hint="run the same command again later",
+            ) from exc
+        return [{"Path": f.path, "Size": f.size, "Sha256": f.sha256, "Type": f.type} for f in infos]
 
     def fetch(self, repo: RepoId, commit: str, path: str, folder: Path) -> Path:
         try:
