@@ -170,7 +170,9 @@ class FakeModelScope:
             return self._json(h, 404, "no acceleration here", body)
         if not self._authorized(h):
             self._count(f"{h.command} unauthorized")
-            return self._json(h, 401, "token required", body)
+            # Hubs do echo what they were sent; the client must not show it.
+            sent = h.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self._json(h, 401, f"token {sent!r} is not valid", body)
         m = re.fullmatch(r"/api/v1/models/([^/]+/[^/]+)(/.*)?", url.path)
         if m is None:
             self._count(f"{h.command} other")

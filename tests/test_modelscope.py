@@ -5,6 +5,7 @@ token honoured, per-file SHA-256s kept, ``pull`` and ``mirror sync``."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from modelhaul._mirror.sync import sync_mirror
 from modelhaul._repo.hub import ModelScopeHub, make_hub
 from modelhaul._repo.manifest import Manifest, RepoId
 from modelhaul._repo.mirror import Mirror
-from tests.conftest import make_file
+from tests.conftest import make_file, run_cli
 from tests.msfake import FakeModelScope
 from tests.servefixture import shared_bucket
 
@@ -177,6 +178,11 @@ def test_wrong_token_is_refused_and_never_shown(tmp_path: Path, ms: FakeModelSco
     with pytest.raises(SourcesFailed) as pulled:
         modelhaul.pull(f"{REPO}@master", cache_dir=tmp_path / "c", origins=["modelscope"])
     assert "wrong-token-5678" not in str(pulled.value) and ms.downloads() == 0
+    # Nor on the command line, at any verbosity.
+    out = run_cli("-vvv", "pull", f"{REPO}@master", "--origin", "modelscope", "--cache-dir",
+                  str(tmp_path / "c2"), env=dict(os.environ), check=False)  # fmt: skip
+    assert out.returncode != 0 and "401" in out.stderr
+    assert "wrong-token-5678" not in out.stdout + out.stderr
 
 
 def test_no_such_model_or_revision(tmp_path: Path, ms: FakeModelScope) -> None:

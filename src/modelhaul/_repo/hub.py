@@ -24,6 +24,7 @@ from .._core.errors import (
     ModelhaulError,
     NoSuchModel,
     NoSuchRevision,
+    redact,
 )
 from .._core.settings import Resolver, Setting, as_text, as_url
 from .._core.uri import safe_join, safe_relpath
@@ -326,7 +327,7 @@ class ModelScopeHub(OriginHub):
                 status=status,
                 hint="the endpoint may not be a ModelScope hub; check MODELSCOPE_ENDPOINT",
             )
-        message = str(body.get("Message") or "")
+        message = redact(str(body.get("Message") or ""), [self._token])
         if status == 200 and body.get("Success", True) is not False:
             return body.get("Data")
         if status in (401, 403):
