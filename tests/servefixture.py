@@ -42,12 +42,14 @@ def running_serve(
     origin: str | None = None,
     token: str | None = None,
     origin_token: str | None = None,
+    origin_hub: str = "hf",
 ) -> Iterator[tuple[str, MirrorService]]:
     import uvicorn
 
     port = free_port()
     settings = ServeSettings(
-        mirror=mirror, origin=origin, origin_token=origin_token, host="127.0.0.1", port=port,
+        mirror=mirror, origin=origin, origin_token=origin_token, origin_hub=origin_hub,
+        host="127.0.0.1", port=port,
         token=token, ref_ttl=0.5,
     )  # fmt: skip
     spool.mkdir(parents=True, exist_ok=True)

@@ -288,3 +288,28 @@ def test_local_object_replaced_by_another_tool_loses_only_its_crc(tmp_path: Path
     assert after.etag != before.etag
     assert (after.crc32c, dict(after.metadata)) == (None, {})
     assert s.get_bytes("m", "f") == b"replaced"
+
+
+def test_copy_object_and_part_copies_keep_crc_and_metadata(target: Target) -> None:
+    s, b = target.store, target.bucket
+    data = _body(11 * 1024 * 1024, 9)
+    etag = s.put(b, "src", data, crc32c=crc32c(data), metadata={"origin": "x"})
+    s.copy_object(b, "src", b, "one", if_match=etag)
+    one = s.head(b, "one")
+    assert (one.crc32c, one.metadata.get("origin")) == (crc32c(data), "x")
+    assert s.get_bytes(b, "one") == data
+    uid = s.create_multipart(b, "parts", metadata={"origin": "x"})
+    parts: dict[int, tuple[str, int, int]] = {}
+    for number, (start, end) in enumerate([(0, 5 << 20), (5 << 20, len(data))], start=1):
+        tag, crc = s.upload_part_copy(b, "src", b, "parts", uid, number, (start, end),
+                                      if_match=etag)  # fmt: skip
+        assert crc in (None, crc32c(data[start:end]))
+        parts[number] = (tag, crc32c(data[start:end]), end - start)
+    order, total = completion(parts)
+    s.complete_multipart(b, "parts", uid, order, crc32c=total)
+    assert s.get_bytes(b, "parts") == data and s.head(b, "parts").crc32c == crc32c(data)
+    s.put(b, "src", b"replaced")
+    with pytest.raises(ObjectChanged):
+        s.copy_object(b, "src", b, "stale", if_match=etag)
+    with pytest.raises(NoSuchKey):
+        s.head(b, "stale")

@@ -79,6 +79,10 @@ def log_secrets() -> list[str | None]:
     return [
         os.environ.get("AWS_SECRET_ACCESS_KEY"),
         os.environ.get("AWS_SESSION_TOKEN"),
+        # The hubs' and the service's tokens, which reach modelhaul through the environment.
+        os.environ.get("HF_TOKEN"),
+        os.environ.get("MODELSCOPE_API_TOKEN"),
+        os.environ.get("MODELHAUL_SERVE_TOKEN"),
         *known_secrets(),
     ]
 

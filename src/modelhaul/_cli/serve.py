@@ -27,8 +27,8 @@ def _require_serve_extra() -> None:
 @click.option("--mirror", help="s3://BUCKET/PREFIX to serve (MODELHAUL_SERVE_MIRROR).")
 @click.option(
     "--origin",
-    help="hf (default: HF_ENDPOINT or huggingface.co), a hub's URL, "
-    "or none (MODELHAUL_SERVE_ORIGIN).",
+    help="hf (default: HF_ENDPOINT or huggingface.co), modelscope (MODELSCOPE_ENDPOINT or "
+    "modelscope.cn), a Hugging Face-compatible hub's URL, or none (MODELHAUL_SERVE_ORIGIN).",
 )
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8090).")

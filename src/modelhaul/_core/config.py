@@ -457,6 +457,9 @@ class TransferConfig:
             files of 64 MiB or more where the filesystem allows it, falling back to the
             page cache when the disk proves slower than the network; True for every
             file; False never.
+        copy_threshold: s3 -> s3 inside one store: objects up to this size are copied
+            by the store in one CopyObject, larger ones in UploadPartCopy parts (of
+            ``part_size``, default 512 MiB). At most 5 GiB, S3's limit for one call.
     """
 
     concurrency: int | None = None
@@ -472,6 +475,7 @@ class TransferConfig:
     bandwidth_limit: float | None = None
     verify: bool = True
     direct_io: bool | None = None
+    copy_threshold: int = 5 * GiB
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
@@ -482,6 +486,8 @@ class TransferConfig:
             raise ConfigError("max_attempts must be at least 1")
         if self.bandwidth_limit is not None and self.bandwidth_limit <= 0:
             raise ConfigError("bandwidth limit must be positive")
+        if not 0 <= self.copy_threshold <= 5 * GiB:
+            raise ConfigError("copy_threshold must be between 0 and 5 GiB (S3's limit)")
 
 
 # S3's limits on multipart uploads (AWS; the S3-compatible stores are no looser).

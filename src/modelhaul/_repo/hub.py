@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .._core.errors import (
     ModelhaulError,
     NoSuchModel,
     NoSuchRevision,
+    redact,
 )
 from .._core.settings import Resolver, Setting, as_text, as_url
 from .._core.uri import safe_join, safe_relpath
@@ -32,6 +34,8 @@ __all__ = [
     "HF_ENDPOINT",
     "HF_TOKEN",
     "HUB_SETTINGS",
+    "MS_ENDPOINT",
+    "MS_TOKEN",
     "HubFile",
     "HubRevision",
     "HuggingFaceHub",
@@ -45,6 +49,9 @@ log = logging.getLogger("modelhaul.hub")
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 MS_DEFAULT_ENDPOINT = "https://modelscope.cn"
 # What a MissingExtra for a hub says besides installing it: pulls try other sources too.
+# modelscope.cn answers at most this many entries to one listing, silently
+# (REPO_FILES_TRUNCATION_LIMIT in its SDK).
+_MS_LISTING_CAP = 3000
 _LEAVE_OUT = "leave that source out (pull --origin, or origins=[...])"
 
 # The hubs' own environment variables, the ones their client libraries read too; no config
@@ -55,11 +62,21 @@ HF_ENDPOINT = Setting(
 HF_TOKEN: Setting[str | None] = Setting(
     name="hf_token", parse=as_text, default=None, env=("HF_TOKEN",), key=None
 )
+
+
+def as_ms_endpoint(value: Any) -> str:
+    """A ModelScope endpoint: a URL, or (as ``MODELSCOPE_DOMAIN`` is often written) a bare
+    host, which means https."""
+    text = as_text(value).strip().rstrip("/")
+    return text if text.startswith(("http://", "https://")) else f"https://{text}"
+
+
+# The SDK's own precedence: MODELSCOPE_ENDPOINT, then the deprecated MODELSCOPE_DOMAIN.
 MS_ENDPOINT = Setting(
     name="modelscope_endpoint",
-    parse=as_text,
+    parse=as_ms_endpoint,
     default=MS_DEFAULT_ENDPOINT,
-    env=("MODELSCOPE_DOMAIN",),
+    env=("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"),
     key=None,
 )
 MS_TOKEN: Setting[str | None] = Setting(
@@ -241,53 +258,143 @@ class HuggingFaceHub(OriginHub):
 
 
 class ModelScopeHub(OriginHub):
-    """ModelScope, through the ``modelscope`` package (an optional dependency).
+    """ModelScope, through the ``modelscope`` package (an optional dependency) for the
+    downloads; the revision is resolved here, from the file listing the SDK reads too.
+
+    The SDK's listing (``HubApi.get_model_files``) drops the commit and the files' SHA-256,
+    so :meth:`resolve` reads ``/api/v1/models/{id}/repo/files`` itself: ``Files`` (each with
+    ``Sha256``) and ``LatestCommitter.Id``, the commit the revision is at. Files are then
+    fetched at that commit, never at the ref name, so a ref that moves mid-pull cannot mix
+    two revisions.
 
     Args:
-        endpoint: ``MODELSCOPE_DOMAIN``-style URL; https://modelscope.cn by default.
+        endpoint: the hub's URL (``MODELSCOPE_ENDPOINT``, or the deprecated
+            ``MODELSCOPE_DOMAIN``); https://modelscope.cn by default.
         token: an access token (``MODELSCOPE_API_TOKEN``).
     """
 
     name = "modelscope"
 
     def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
-        self.endpoint = (endpoint or MS_DEFAULT_ENDPOINT).rstrip("/")
+        self.endpoint = as_ms_endpoint(endpoint or MS_DEFAULT_ENDPOINT)
         self._token = token
 
     def describe(self) -> str:
         return f"ModelScope at {self.endpoint}"
 
-    def _api(self) -> Any:
+    @staticmethod
+    def _need_sdk() -> None:
         try:
-            from modelscope.hub.api import HubApi
+            import modelscope  # noqa: F401
         except ImportError:
             raise MissingExtra(
                 "modelscope", "pulling from ModelScope", "modelscope", alternative=_LEAVE_OUT
             ) from None
-        api = HubApi(endpoint=self.endpoint)
+
+    def _get_json(self, repo: RepoId, revision: str, route: str, query: dict[str, str]) -> Any:
+        """``GET /api/v1/models/{repo}{route}``; the ``Data`` of the hub's answer."""
+        import urllib.error
+        import urllib.request
+        from urllib.parse import quote, urlencode
+
+        url = f"{self.endpoint}/api/v1/models/{quote(str(repo))}{route}?{urlencode(query)}"
+        headers = {"Accept": "application/json", "User-Agent": "modelhaul"}
         if self._token:
-            api.login(self._token)
-        return api
+            headers["Authorization"] = f"Bearer {self._token}"
+            headers["Cookie"] = f"m_session_id={self._token}"
+        status: int | None
+        try:
+            # The endpoint is http(s) by construction (as_ms_endpoint).
+            request = urllib.request.Request(url, headers=headers)  # noqa: S310
+            with urllib.request.urlopen(request, timeout=60) as r:  # noqa: S310
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        except (OSError, ValueError) as exc:
+            raise HubError(
+                f"cannot reach {self.describe()} for {repo}: {type(exc).__name__}: {exc}",
+                hub=self.describe(),
+                hint="check the network and MODELSCOPE_ENDPOINT, or use a mirror (--mirror)",
+            ) from exc
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise HubError(
+                f"{self.describe()} answered {status} for {repo} with no JSON",
+                hub=self.describe(),
+                status=status,
+                hint="the endpoint may not be a ModelScope hub; check MODELSCOPE_ENDPOINT",
+            )
+        message = redact(str(body.get("Message") or ""), [self._token])
+        if status == 200 and body.get("Success", True) is not False:
+            return body.get("Data")
+        if status in (401, 403):
+            raise HubError(
+                f"{self.describe()} answered {status} for {repo}: {message}",
+                hub=self.describe(),
+                status=status,
+                hint="set MODELSCOPE_API_TOKEN to a token that may read this model",
+            )
+        if status == 404 or "not exist" in message.lower():
+            if "revision" in message.lower():
+                raise NoSuchRevision(
+                    str(repo), revision, [f"{self.describe()}: no revision {revision!r}"]
+                )
+            raise NoSuchModel(str(repo), [f"{self.describe()}: no such model (or no access)"])
+        raise HubError(
+            f"{self.describe()} answered {status} for {repo}: {message}",
+            hub=self.describe(),
+            status=status,
+            hint="the hub failed; run the same command again later",
+        )
 
     def resolve(self, repo: RepoId, revision: str) -> HubRevision:
-        api = self._api()
-        try:
-            listed = api.get_model_files(str(repo), revision=revision, recursive=True)
-        except Exception as exc:
-            text = str(exc)
-            if "not exist" in text.lower() or "404" in text:
-                raise NoSuchModel(str(repo), [f"{self.describe()}: {text}"]) from exc
+        self._need_sdk()
+        data = self._get_json(
+            repo, revision, "/repo/files", {"Revision": revision, "Recursive": "True"}
+        )
+        committer = data.get("LatestCommitter") if isinstance(data, dict) else None
+        commit = committer.get("Id") if isinstance(committer, dict) else None
+        if not isinstance(commit, str) or not commit:
             raise HubError(
-                f"{self.describe()} failed for {repo}: {text}",
+                f"{self.describe()} did not say which commit {repo}@{revision} is",
                 hub=self.describe(),
-                hint="check the network and the model id",
-            ) from exc
+                hint="the endpoint may not be a ModelScope hub; check MODELSCOPE_ENDPOINT",
+            )
+        listed = data.get("Files") or []
+        if len(listed) >= _MS_LISTING_CAP:
+            listed = self._list_all(repo, commit)
         files = [
             HubFile(safe_relpath(f["Path"]), f.get("Size"), f.get("Sha256") or None)
             for f in listed
-            if f.get("Type") != "tree"
+            if isinstance(f, dict) and f.get("Type", "blob") != "tree"
         ]
-        return HubRevision(self.name, repo, revision, tuple(sorted(files, key=lambda f: f.path)))
+        return HubRevision(self.name, repo, commit, tuple(sorted(files, key=lambda f: f.path)))
+
+    def _list_all(self, repo: RepoId, commit: str) -> list[dict[str, Any]]:
+        """Every file of ``commit``, where one listing came back at the hub's cap: the SDK
+        walks the tree folder by folder."""
+        try:
+            from modelscope_hub import HubApi
+        except ImportError:
+            raise HubError(
+                f"{repo} has {_MS_LISTING_CAP} files or more, and this modelscope package "
+                "cannot list them all",
+                hub=self.describe(),
+                hint="pip install -U modelscope",
+            ) from None
+        try:
+            api = HubApi(endpoint=self.endpoint, token=self._token)
+            infos = api.list_repo_files(str(repo), "model", revision=commit, recursive=True)
+        except Exception as exc:
+            raise HubError(
+                f"{self.describe()} failed to list {repo}@{commit}: {type(exc).__name__}",
+                hub=self.describe(),
+                hint="run the same command again later",
+            ) from exc
+        return [{"Path": f.path, "Size": f.size, "Sha256": f.sha256, "Type": f.type} for f in infos]
 
     def fetch(self, repo: RepoId, commit: str, path: str, folder: Path) -> Path:
         try:
@@ -297,7 +404,14 @@ class ModelScopeHub(OriginHub):
                 "modelscope", "pulling from ModelScope", "modelscope", alternative=_LEAVE_OUT
             ) from None
         try:
-            got = model_file_download(str(repo), path, revision=commit, local_dir=str(folder))
+            got = model_file_download(
+                str(repo),
+                path,
+                revision=commit,
+                local_dir=str(folder),
+                token=self._token,
+                endpoint=self.endpoint,
+            )
         except Exception as exc:
             raise HubError(
                 f"{self.describe()} failed to send {repo}/{path}: {exc}",

@@ -208,11 +208,21 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 async def resolve(service: MirrorService, request: Request) -> Response:
-    head = request.method == "HEAD"
     repo = _repo(request)
     rev = _rev(request.path_params["rev"])
     path = _path(request.path_params["path"])
-    revision = await _revision(service, repo, rev)
+    return await _send_file(service, request, repo, rev, await _revision(service, repo, rev), path)
+
+
+async def _send_file(
+    service: MirrorService,
+    request: Request,
+    repo: RepoId,
+    rev: str,
+    revision: ServedRevision,
+    path: str,
+) -> Response:
+    head = request.method == "HEAD"
     keep = True
     if path not in revision.files:
         # Left out of a mirrored revision on purpose: served from the origin, not kept.
@@ -257,6 +267,77 @@ async def resolve(service: MirrorService, request: Request) -> Response:
         flight, fd = service.write_through.join(revision.hub, hub_file, rev, keep=keep)
         body = _from_flight(service, flight, fd, start, end)
     return StreamingResponse(body, status_code=status, headers=headers)
+
+
+# -- ModelScope's download API (what the modelscope SDK calls with MODELSCOPE_ENDPOINT) -----
+#
+# Answers are wrapped as ModelScope wraps them ({"Code", "Data", "Success", "Message"}).
+# ModelScope's default branch is ``master``: a mirror without a ``master`` ref answers it
+# with its own default ref, ``main``.
+
+
+def _ms_json(data: Any) -> Response:
+    return JSONResponse({"Code": 200, "Data": data, "Message": "success", "Success": True})
+
+
+async def _ms_revision(service: MirrorService, repo: RepoId, rev: str) -> ServedRevision:
+    if rev != "master":
+        return await _revision(service, repo, rev)
+    try:
+        return await _revision(service, repo, rev)
+    except NoSuchRevision:
+        return await _revision(service, repo, "main")
+
+
+def _ms_rev(request: Request) -> str:
+    return _rev(request.query_params.get("Revision") or "master")
+
+
+async def ms_model(service: MirrorService, request: Request) -> Response:
+    repo = _repo(request)
+    revision = await _ms_revision(service, repo, "master")
+    return _ms_json({"Name": repo.name, "Path": repo.org, "ModelId": str(repo),
+                     "Revision": revision.commit})  # fmt: skip
+
+
+async def ms_revisions(service: MirrorService, request: Request) -> Response:
+    repo = _repo(request)
+    await _ms_revision(service, repo, "master")  # 404 for a repo the mirror cannot serve
+    branches = [{"Revision": "master", "CreatedAt": 0}]
+    return _ms_json({"RevisionMap": {"Branches": branches, "Tags": []}})
+
+
+async def ms_files(service: MirrorService, request: Request) -> Response:
+    repo = _repo(request)
+    revision = await _ms_revision(service, repo, _ms_rev(request))
+    root = (request.query_params.get("Root") or "").strip("/")
+    if root:
+        root = _path(root)
+    recursive = (request.query_params.get("Recursive") or "").lower() == "true"
+    base = f"{root}/" if root else ""
+    files: list[dict[str, Any]] = []
+    dirs: set[str] = set()
+    for f in sorted(revision.files.values(), key=lambda f: f.path):
+        if not f.path.startswith(base):
+            continue
+        rest = f.path[len(base) :]
+        if not recursive and "/" in rest:
+            dirs.add(base + rest.split("/", 1)[0])
+            continue
+        files.append({"Name": f.path.rsplit("/", 1)[-1], "Path": f.path, "Type": "blob",
+                      "Size": f.size, "Sha256": f.sha256 or "", "Revision": revision.commit,
+                      "Id": f.etag})  # fmt: skip
+    files += [{"Name": d.rsplit("/", 1)[-1], "Path": d, "Type": "tree", "Size": 0}
+              for d in sorted(dirs)]  # fmt: skip
+    return _ms_json({"Files": files, "LatestCommitter": {"Id": revision.commit}})
+
+
+async def ms_file(service: MirrorService, request: Request) -> Response:
+    repo = _repo(request)
+    rev = _ms_rev(request)
+    path = _path(request.query_params.get("FilePath") or "")
+    revision = await _ms_revision(service, repo, rev)
+    return await _send_file(service, request, repo, revision.commit, revision, path)
 
 
 async def signature(service: MirrorService, request: Request) -> Response:
@@ -415,6 +496,10 @@ def create_app(service: MirrorService) -> ASGIApp:
         # Before the files' route, whose paths may not enter .modelhaul/.
         route(f"/{{org}}/{{name}}/resolve/{{rev}}/{SIGNATURE_NAME}", signature, both),
         route("/{org}/{name}/resolve/{rev}/{path:path}", resolve, both),
+        route("/api/v1/models/{org}/{name}", ms_model),
+        route("/api/v1/models/{org}/{name}/revisions", ms_revisions),
+        route("/api/v1/models/{org}/{name}/repo/files", ms_files),
+        route("/api/v1/models/{org}/{name}/repo", ms_file, both),
     ]
     app = Starlette(routes=routes)
     return _Auth(app, service.settings.token)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from .._core.checksum import crc32c_hex
 from .._core.config import DEFAULT_CONCURRENCY, TransferConfig
@@ -56,6 +56,7 @@ class _DropAuthOnOtherHost(urllib.request.HTTPRedirectHandler):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
             new.remove_header("Authorization")
+            new.remove_header("Cookie")
         return new
 
 
@@ -138,6 +139,8 @@ class WriteThrough:
         spool_dir: local folder for files in flight (each removed once in the mirror).
         config: transfer settings of the uploads to the mirror.
         on_fetch: called once per origin fetch started (for counters).
+        hub: the API the origin speaks: ``hf`` (``/{repo}/resolve/{commit}/{path}``) or
+            ``modelscope`` (``/api/v1/models/{repo}/repo?Revision=…&FilePath=…``).
     """
 
     def __init__(
@@ -148,8 +151,10 @@ class WriteThrough:
         spool_dir: Path,
         config: TransferConfig,
         on_fetch: Callable[[], None] = lambda: None,
+        hub: str = "hf",
     ) -> None:
         self.mirror = mirror
+        self.hub = hub
         self.endpoint = endpoint.rstrip("/")
         self._token = token
         self.spool_dir = spool_dir
@@ -223,6 +228,9 @@ class WriteThrough:
     # -- the flight ---------------------------------------------------------------------
 
     def _url(self, revision: HubRevision, path: str) -> str:
+        if self.hub == "modelscope":
+            query = urlencode({"Revision": revision.commit, "FilePath": path})
+            return f"{self.endpoint}/api/v1/models/{quote(str(revision.repo))}/repo?{query}"
         return f"{self.endpoint}/{revision.repo}/resolve/{revision.commit}/{quote(path)}"
 
     def _fetch(
@@ -246,6 +254,8 @@ class WriteThrough:
         headers = {"Accept-Encoding": "identity", "User-Agent": "modelhaul-serve"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+            if self.hub == "modelscope":  # its older routes read the session cookie
+                headers["Cookie"] = f"m_session_id={self._token}"
         request = urllib.request.Request(self._url(revision, file.path), headers=headers)  # noqa: S310
         sha = hashlib.sha256()
         git = None
@@ -314,7 +324,10 @@ class WriteThrough:
                     FileEntry(f.path, 0, hashlib.sha256().hexdigest(), etag, 0, crc32c_hex(0))
                 )
         manifest = Manifest.build(
-            str(revision.repo), revision.commit, entries, {"hub": "hf", "revision": revision.commit}
+            str(revision.repo),
+            revision.commit,
+            entries,
+            {"hub": self.hub, "revision": revision.commit},
         )
         try:
             publish_revision(self.mirror, revision.repo, manifest)

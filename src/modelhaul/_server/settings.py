@@ -6,11 +6,14 @@ Settings, resolved by the one settings resolver (:mod:`modelhaul._core.settings`
 the precedence explicit argument > environment > default (no config file)::
 
     --mirror s3://BUCKET/PREFIX     MODELHAUL_SERVE_MIRROR   (required)
-    --origin hf|URL|none            MODELHAUL_SERVE_ORIGIN   hf: HF_ENDPOINT or huggingface.co
+    --origin hf|modelscope|URL|none MODELHAUL_SERVE_ORIGIN   hf: HF_ENDPOINT or huggingface.co;
+                                                             modelscope: MODELSCOPE_ENDPOINT
+                                                             (or MODELSCOPE_DOMAIN) or
+                                                             modelscope.cn
     --host / --port                 MODELHAUL_SERVE_HOST / _PORT   127.0.0.1 / 8090
     --token                         MODELHAUL_SERVE_TOKEN    clients must send it as a bearer
     --allow-anonymous               MODELHAUL_SERVE_ALLOW_ANONYMOUS   clients without a token
-    (origin token)                  HF_TOKEN                 sent to the origin only
+    (origin token)                  HF_TOKEN (MODELSCOPE_API_TOKEN)  sent to the origin only
 
 Safe by default: bound to anything but loopback (127.0.0.0/8, ``::1``, ``localhost``),
 ``serve`` refuses to start without a client token unless anonymous clients are allowed
@@ -32,7 +35,17 @@ from .._core.config import TransferConfig
 from .._core.errors import ConfigError, NoSuchKey, NoSuchModel, NoSuchRevision
 from .._core.settings import Resolver, Setting, as_bool, as_port, as_text, as_url
 from .._core.uri import parse_store_uri
-from .._repo.hub import HF_ENDPOINT, HF_TOKEN, HubFile, HubRevision, HuggingFaceHub
+from .._repo.hub import (
+    HF_ENDPOINT,
+    HF_TOKEN,
+    MS_ENDPOINT,
+    MS_TOKEN,
+    HubFile,
+    HubRevision,
+    HuggingFaceHub,
+    ModelScopeHub,
+    OriginHub,
+)
 from .._repo.manifest import Manifest, RepoId
 from .._repo.mirror import SYNC_STATUS_NAME, Mirror, RepoSummary
 from .._store.base import ObjectStore
@@ -62,7 +75,9 @@ class ServeSettings:
         mirror: ``s3://BUCKET/PREFIX`` served (``MODELHAUL_SERVE_MIRROR``).
         origin: the origin hub's URL, or None for a mirror-only service
             (``MODELHAUL_SERVE_ORIGIN``: ``hf`` means ``HF_ENDPOINT`` or huggingface.co).
-        origin_token: sent to the origin, never to clients (``HF_TOKEN``).
+        origin_token: sent to the origin, never to clients (``HF_TOKEN``, or
+            ``MODELSCOPE_API_TOKEN`` for ModelScope).
+        origin_hub: which API the origin speaks: ``hf`` or ``modelscope``.
         host: address to listen on (``MODELHAUL_SERVE_HOST``).
         port: port to listen on (``MODELHAUL_SERVE_PORT``).
         token: when set, every request must carry ``Authorization: Bearer <token>``
@@ -84,17 +99,19 @@ class ServeSettings:
     ref_ttl: float = 10.0
     spool_dir: Path | None = None
     allow_anonymous: bool = False
+    origin_hub: str = "hf"
 
 
 def _origin_choice(value: Any) -> str:
     choice = as_text(value).strip()
-    if choice in ("none", "hf", "huggingface"):
+    if choice in ("none", "hf", "huggingface", "modelscope", "ms"):
         return choice
     if choice.startswith(("http://", "https://")):
         return as_url(choice)
     raise ConfigError(
         f"unknown origin {choice!r}",
-        hint="use --origin hf, --origin none, or the URL of a Hugging Face-compatible hub",
+        hint="use --origin hf, --origin modelscope, --origin none, or the URL of a Hugging "
+        "Face-compatible hub",
     )
 
 
@@ -117,7 +134,8 @@ _ANONYMOUS = Setting(
     name="allow_anonymous", parse=as_bool, default=False,
     env=("MODELHAUL_SERVE_ALLOW_ANONYMOUS",), key=None,
 )  # fmt: skip
-SERVE_SETTINGS = (_MIRROR, _ORIGIN, _HOST, _PORT, _TOKEN, _ANONYMOUS, HF_ENDPOINT, HF_TOKEN)
+_HUBS = (HF_ENDPOINT, HF_TOKEN, MS_ENDPOINT, MS_TOKEN)
+SERVE_SETTINGS = (_MIRROR, _ORIGIN, _HOST, _PORT, _TOKEN, _ANONYMOUS, *_HUBS)
 
 
 def is_loopback(host: str) -> bool:
@@ -174,16 +192,21 @@ def load_serve_settings(
         )
     parse_store_uri(uri)
     choice = r.get(_ORIGIN, origin).value
+    hub, origin_token = "hf", r.get(HF_TOKEN).value or None
     if choice == "none":
         origin_url = None
     elif choice in ("hf", "huggingface"):
         origin_url = r.get(HF_ENDPOINT).value
+    elif choice in ("modelscope", "ms"):
+        hub, origin_url = "modelscope", r.get(MS_ENDPOINT).value
+        origin_token = r.get(MS_TOKEN).value or None
     else:
         origin_url = choice
     settings = ServeSettings(
         mirror=uri,
         origin=origin_url,
-        origin_token=r.get(HF_TOKEN).value or None,
+        origin_hub=hub,
+        origin_token=origin_token,
         host=r.get(_HOST, host).value or DEFAULT_HOST,
         port=r.get(_PORT, port).value,
         token=r.get(_TOKEN, token).value or None,
@@ -281,10 +304,13 @@ class MirrorService:
         self._lock = threading.Lock()
         self._revisions: dict[tuple[str, str], tuple[float, ServedRevision]] = {}
         self._listing: tuple[float, list[RepoSummary], dict[str, object]] | None = None
-        self.origin: HuggingFaceHub | None = None
+        self.origin: OriginHub | None = None
         self.write_through: WriteThrough | None = None
         if settings.origin is not None:
-            self.origin = HuggingFaceHub(settings.origin, settings.origin_token)
+            if settings.origin_hub == "modelscope":
+                self.origin = ModelScopeHub(settings.origin, settings.origin_token)
+            else:
+                self.origin = HuggingFaceHub(settings.origin, settings.origin_token)
             self.write_through = WriteThrough(
                 self.mirror,
                 settings.origin,
@@ -292,6 +318,7 @@ class MirrorService:
                 spool_dir,
                 config or TransferConfig(),
                 on_fetch=self._count_fetch,
+                hub=self.origin.name,
             )
 
     def _count_fetch(self) -> None:

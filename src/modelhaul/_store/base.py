@@ -9,12 +9,14 @@ this boundary.
 from __future__ import annotations
 
 import abc
+import contextlib
 import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core.errors import PreconditionFailed, ServerError
+from .._core.checksum import completion, crc32c
+from .._core.errors import ModelhaulError, ObjectChanged, PreconditionFailed, ServerError
 
 __all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo", "ViewBody"]
 
@@ -26,6 +28,9 @@ __all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "Uplo
 # Blocks make the timeout a stall timeout again: it bounds 64 KiB, not the part (1 MiB
 # blocks still failed: a stream on a lossy, queued link can fall to ~0.3 Mbit/s).
 SEND_BLOCK = 64 * 1024
+
+# The default (streamed) copy reads and writes this many bytes at a time.
+STREAM_COPY_PART = 16 * 1024 * 1024
 
 
 class ViewBody(io.RawIOBase):
@@ -273,9 +278,15 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def create_multipart(
-        self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None
+        self,
+        bucket: str,
+        key: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
     ) -> str:
-        """Start a multipart upload; return its upload id."""
+        """Start a multipart upload; return its upload id. ``storage_class`` is ignored by
+        stores that have none."""
 
     @abc.abstractmethod
     def upload_part(
@@ -324,3 +335,93 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, bucket: str, key: str) -> None:
         """Remove an object; removing an absent object is not an error."""
+
+    # -- copies inside one store -------------------------------------------------------
+    #
+    # S3 copies server-side (CopyObject, UploadPartCopy): no byte crosses the client. The
+    # defaults below stream the bytes through this process with the methods above, so a
+    # store without a native copy still copies correctly (CRC32C and metadata kept).
+
+    def same_store(self, other: ObjectStore) -> bool:
+        """Whether ``other`` reaches this same store with the same credentials, so that an
+        object of one can be copied to the other by :meth:`copy_object` and
+        :meth:`upload_part_copy` (server-side where the store can)."""
+        return other is self
+
+    def copy_object(
+        self,
+        src_bucket: str,
+        src_key: str,
+        bucket: str,
+        key: str,
+        *,
+        if_match: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+    ) -> str:
+        """Copy ``src_bucket/src_key`` to ``bucket/key`` in one call; return the new ETag.
+
+        Keeps the source's full-object CRC32C and, with ``metadata`` None, its user
+        metadata (else the copy gets ``metadata`` instead). ``if_match`` pins the source's
+        ETag. S3 allows at most 5 GiB per call; larger objects go in parts with
+        :meth:`upload_part_copy`. The default streams the bytes through this process.
+
+        Raises:
+            ObjectChanged: the source is no longer the ``if_match`` version.
+            NoSuchKey: the source does not exist.
+        """
+        info = self.head(src_bucket, src_key)
+        if if_match and info.etag != if_match:
+            raise ObjectChanged(
+                f"s3://{src_bucket}/{src_key} was replaced before it could be copied",
+                hint="the copy starts again from the new version",
+                bucket=src_bucket,
+                key=src_key,
+                operation="CopyObject",
+            )
+        meta = info.metadata if metadata is None else metadata
+        pin = if_match or info.etag or None
+        if info.size <= STREAM_COPY_PART:
+            body = self.get_bytes(src_bucket, src_key, 0, info.size, if_match=pin)
+            return self.put(bucket, key, body, crc32c=crc32c(body), metadata=meta)
+        upload_id = self.create_multipart(bucket, key, metadata=meta, storage_class=storage_class)
+        try:
+            parts: dict[int, tuple[str, int, int]] = {}
+            for number, start in enumerate(range(0, info.size, STREAM_COPY_PART), start=1):
+                end = min(info.size, start + STREAM_COPY_PART)
+                etag, crc = self.upload_part_copy(
+                    src_bucket, src_key, bucket, key, upload_id, number, (start, end), if_match=pin
+                )
+                assert crc is not None  # the streamed part copy computes it
+                parts[number] = (etag, crc, end - start)
+            listed, total = completion(parts)
+            return self.complete_multipart(bucket, key, upload_id, listed, crc32c=total)
+        except BaseException:
+            with contextlib.suppress(ModelhaulError):
+                self.abort_multipart(bucket, key, upload_id)
+            raise
+
+    def upload_part_copy(
+        self,
+        src_bucket: str,
+        src_key: str,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        byte_range: tuple[int, int],
+        *,
+        if_match: str | None = None,
+    ) -> tuple[str, int | None]:
+        """Make part ``number`` of an upload from bytes ``[start, end)`` of the source;
+        return the part's ETag and CRC32C (None where the store does not say).
+
+        The default reads the range into memory and uploads it.
+
+        Raises:
+            ObjectChanged: the source is no longer the ``if_match`` version.
+        """
+        start, end = byte_range
+        body = self.get_bytes(src_bucket, src_key, start, end, if_match=if_match)
+        crc = crc32c(body)
+        return self.upload_part(bucket, key, upload_id, number, body, crc32c=crc), crc

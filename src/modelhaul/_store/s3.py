@@ -167,6 +167,12 @@ def _unb64(text: str | None) -> int | None:
     return int.from_bytes(raw, "big") if len(raw) == 4 else None
 
 
+def _quoted(etag: str) -> str:
+    # Copy answers' ETags come unquoted from some stores (SeaweedFS), HEAD's quoted:
+    # modelhaul compares ETags for equality, so keep one form.
+    return etag if not etag or etag.startswith('"') else f'"{etag}"'
+
+
 class S3Store(ObjectStore):
     """An S3-compatible store reached through one :class:`~modelhaul.Profile`.
 
@@ -705,13 +711,20 @@ class S3Store(ObjectStore):
         return r.get("ETag", "")
 
     def create_multipart(
-        self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None
+        self,
+        bucket: str,
+        key: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
     ) -> str:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if self.checksums:
             kwargs.update(ChecksumAlgorithm="CRC32C", ChecksumType="FULL_OBJECT")
         if metadata:
             kwargs["Metadata"] = dict(metadata)
+        if storage_class:
+            kwargs["StorageClass"] = storage_class
         r = self._call(
             "CreateMultipartUpload",
             lambda c: c.create_multipart_upload(**kwargs),
@@ -741,6 +754,111 @@ class S3Store(ObjectStore):
             kwargs["ChecksumCRC32C"] = _b64(crc32c)
         r = self._call("UploadPart", lambda c: c.upload_part(**kwargs), bucket=bucket, key=key)
         return r["ETag"]
+
+    def same_store(self, other: ObjectStore) -> bool:
+        """The same endpoint (AWS's own when None) and the same credentials: then S3 copies
+        between the two stores' buckets itself. The signing region may differ (a copy is
+        signed for the destination's)."""
+        if other is self:
+            return True
+        if not isinstance(other, S3Store):
+            return False
+        a, b = self.profile, other.profile
+        return (a.endpoint_url or "").rstrip("/") == (b.endpoint_url or "").rstrip("/") and (
+            a.access_key_id,
+            a.secret_access_key,
+            a.session_token,
+            a.aws_profile,
+        ) == (b.access_key_id, b.secret_access_key, b.session_token, b.aws_profile)
+
+    def _copy_call(
+        self, operation: str, fn: Callable[[S3Client], T], src: str, *, bucket: str, key: str
+    ) -> T:
+        try:
+            return self._call(operation, fn, bucket=bucket, key=key)
+        except PreconditionFailed as exc:
+            # Only the source is conditional (x-amz-copy-source-if-match).
+            raise ObjectChanged(
+                f"{src} was replaced before it could be copied",
+                hint="the copy starts again from the new version",
+                endpoint=exc.endpoint,
+                bucket=bucket,
+                key=key,
+                status=exc.status,
+                code=exc.code,
+                request_id=exc.request_id,
+                operation=operation,
+            ) from exc
+
+    def copy_object(
+        self,
+        src_bucket: str,
+        src_key: str,
+        bucket: str,
+        key: str,
+        *,
+        if_match: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+    ) -> str:
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "CopySource": {"Bucket": src_bucket, "Key": src_key},
+        }
+        if if_match:
+            kwargs["CopySourceIfMatch"] = if_match
+        if metadata is not None:
+            # REPLACE also makes a copy onto itself legal where only the storage class
+            # changes (SeaweedFS refuses that with COPY).
+            kwargs.update(MetadataDirective="REPLACE", Metadata=dict(metadata))
+        if storage_class:
+            kwargs["StorageClass"] = storage_class
+        if self.checksums:
+            # The copy keeps (or computes) a full-object CRC32C, not the store's default.
+            kwargs["ChecksumAlgorithm"] = "CRC32C"
+        r = self._copy_call(
+            "CopyObject",
+            lambda c: c.copy_object(**kwargs),
+            f"s3://{src_bucket}/{src_key}",
+            bucket=bucket,
+            key=key,
+        )
+        return _quoted(r.get("CopyObjectResult", {}).get("ETag", ""))
+
+    def upload_part_copy(
+        self,
+        src_bucket: str,
+        src_key: str,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        byte_range: tuple[int, int],
+        *,
+        if_match: str | None = None,
+    ) -> tuple[str, int | None]:
+        start, end = byte_range
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "CopySource": {"Bucket": src_bucket, "Key": src_key},
+            "CopySourceRange": f"bytes={start}-{end - 1}",
+        }
+        if if_match:
+            kwargs["CopySourceIfMatch"] = if_match
+        r = self._copy_call(
+            "UploadPartCopy",
+            lambda c: c.upload_part_copy(**kwargs),
+            f"s3://{src_bucket}/{src_key}",
+            bucket=bucket,
+            key=key,
+        )
+        result = r.get("CopyPartResult", {})
+        crc = _unb64(result.get("ChecksumCRC32C")) if self.checksums else None
+        return _quoted(result.get("ETag", "")), crc
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
         parts: list[PartInfo] = []

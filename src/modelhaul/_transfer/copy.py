@@ -29,10 +29,11 @@ from .._core.uri import (
     safe_join,
     safe_relpath,
 )
-from .._store.base import ObjectStore, UploadInfo
+from .._store.base import ObjectInfo, ObjectStore, UploadInfo
 from .._store.factory import open_store
 from .download import DownloadJob
 from .engine import Engine, Job, ProgressSubscriber, TransferStats
+from .servercopy import COPY_PART, ServerCopyJob
 from .upload import LocalSource, ObjectSource, UploadJob
 
 __all__ = ["abort_uploads", "copy", "list_uploads"]
@@ -131,7 +132,7 @@ def copy(
             else open_store(dst_profile or profile, config)
         )
 
-    jobs = _plan(source, target, dst_text, recursive, include, exclude, store_in, store_out)
+    jobs = _plan(source, target, dst_text, recursive, include, exclude, store_in, store_out, config)
     concurrency = config.concurrency or DEFAULT_CONCURRENCY
     stats = TransferStats()
     started = time.monotonic()
@@ -170,8 +171,30 @@ def _merge(total: TransferStats, part: TransferStats) -> None:
     total.peak_buffer_bytes = max(total.peak_buffer_bytes, part.peak_buffer_bytes)
 
 
+def _s3_to_s3(
+    store_in: ObjectStore,
+    src_bucket: str,
+    src_key: str,
+    store_out: ObjectStore,
+    dest: S3URI,
+    info: ObjectInfo | None,
+    config: TransferConfig,
+) -> Job:
+    """A copy the store makes itself (same endpoint, same credentials): no byte of the
+    object crosses this process."""
+    return ServerCopyJob(
+        store_out, src_bucket, src_key, dest.bucket, dest.key, info=info,
+        threshold=config.copy_threshold, part_size=config.part_size or COPY_PART,
+    )  # fmt: skip
+
+
 def _again(job: Job) -> Job:
     """A fresh job for the same file, after its object was replaced."""
+    if isinstance(job, ServerCopyJob):
+        return ServerCopyJob(
+            job.store, job.src_bucket, job.src_key, job.bucket, job.key,
+            threshold=job.threshold, part_size=job.part_size, label=job.label,
+        )  # fmt: skip
     if isinstance(job, DownloadJob):
         return DownloadJob(job.store, job.bucket, job.key, job.dest, label=job.label)
     if isinstance(job, UploadJob) and isinstance(job.source, ObjectSource):
@@ -195,6 +218,7 @@ def _plan(
     exclude: Sequence[str],
     store_in: ObjectStore | None,
     store_out: ObjectStore | None,
+    config: TransferConfig,
 ) -> list[Job]:
     into_dir = dst_text.endswith("/") or (isinstance(target, Path) and target.is_dir())
     jobs: list[Job] = []
@@ -243,7 +267,9 @@ def _plan(
                 assert store_out is not None  # narrowing: an s3:// target has its store
                 dest = _dir_target(target).child(rel)
                 jobs.append(
-                    UploadJob(
+                    _s3_to_s3(store_in, source.bucket, info.key, store_out, dest, info, config)
+                    if store_in.same_store(store_out)
+                    else UploadJob(
                         store_out,
                         dest.bucket,
                         dest.key,
@@ -262,6 +288,8 @@ def _plan(
         return [DownloadJob(store_in, source.bucket, source.key, dest_path)]
     assert store_out is not None  # narrowing: an s3:// target has its store
     dest = target.child(name) if target.is_prefix else target
+    if store_in.same_store(store_out):
+        return [_s3_to_s3(store_in, source.bucket, source.key, store_out, dest, None, config)]
     return [
         UploadJob(
             store_out, dest.bucket, dest.key, ObjectSource(store_in, source.bucket, source.key)
