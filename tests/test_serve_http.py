@@ -56,3 +56,23 @@ def test_ranges_follow_rfc_9110(tmp_path: Path, store: S3Store, bucket: str) -> 
         empty = f"/{REPO}/resolve/main/empty.txt"
         status, headers, body = raw(url, "GET", empty, {"Range": "bytes=-5"})
         assert status == 200 and body == b"" and "content-range" not in headers
+
+
+def test_if_none_match_answers_304(tmp_path: Path, store: S3Store, bucket: str) -> None:
+    files = model_files(tmp_path)
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    publish(tmp_path, uri, REPO, files, "rev-1")
+    with running_serve(store, uri, tmp_path / "spool") as (url, _):
+        status, headers, _ = raw(url, "HEAD", FILE)
+        assert status == 200
+        etag = headers["etag"]
+        for method in ("GET", "HEAD"):
+            for sent in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+                status, got, body = raw(url, method, FILE, {"If-None-Match": sent})
+                assert status == 304, (method, sent)
+                assert got["etag"] == etag and body == b""
+            # Another ETag: the file, as usual.
+            status, got, body = raw(url, method, FILE, {"If-None-Match": '"nope"'})
+            assert status == 200
+        status, _, body = raw(url, "GET", FILE, {"If-None-Match": '"nope"'})
+        assert body == files["model.safetensors"]

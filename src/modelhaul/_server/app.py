@@ -207,6 +207,21 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size)
 
 
+def _matches(header: str | None, etag: str) -> bool:
+    """``If-None-Match`` names ``etag`` (or is ``*``); weak comparison, as §13.1.2 says."""
+    if not header:
+        return False
+    for item in header.split(","):
+        tag = item.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == f'"{etag}"':
+            return True
+    return False
+
+
 async def resolve(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
     rev = _rev(request.path_params["rev"])
@@ -239,6 +254,9 @@ async def _send_file(
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
     }
+    if _matches(request.headers.get("if-none-match"), f.etag):
+        # The client holds this very file: 304, no body (RFC 9110 §13.1.2; Range ignored).
+        return Response(status_code=304, headers=headers)
     try:
         rng = _byte_range(request.headers.get("range"), f.size)
     except ValueError:
