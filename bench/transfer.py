@@ -23,6 +23,12 @@ What it does, all in one run so the figures are comparable (see ../shared/DESIGN
   10,000 x 4 KiB, ``modelhaul -q cp -r`` against ``s5cmd cp`` up and down, each run a
   child under GNU time (peak RSS of that child alone), medians of ``--repeat`` with min
   and max; every upload is checked by listing, every download file by file.
+* one object copied inside the store (``--only copy`` for this alone): a 1 GiB object
+  (``--copy-size-mib``) copied to another key of the same bucket by ``modelhaul -q cp
+  s3://... s3://...`` (a server-side CopyObject) against ``s5cmd cp s3://... s3://...``,
+  each run a child under GNU time, order alternating, the destination deleted before each
+  run; medians of ``--repeat`` with min and max; every copy is checked (size, and the
+  SHA-256 of its bytes unless ``--no-verify``).
 
 Figures from a machine shared with other work are noisy (up to ~20% run to run): compare
 only within one run.
@@ -78,6 +84,12 @@ RSS_BASE_MIB = 64
 # Many small files: (name, files, bytes each, folders). Targets: >= 1.0x s5cmd, up and down.
 SMALL_CASES = [("1000x64KiB", 1000, 64 * 1024, 20), ("10000x4KiB", 10000, 4 * 1024, 20)]
 TARGET_SMALL_VS_S5CMD = 1.0
+
+# s3 -> s3 inside one store (issue 14 §5): one object, copied server-side. Target: >= 1.0x
+# s5cmd (s5cmd time / modelhaul time).
+COPY_SIZE_MIB = 1024
+COPY_SRC, COPY_DST = "copy/src", "copy/dst"
+TARGET_COPY_VS_S5CMD = 1.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -438,6 +450,7 @@ class Bench:
         self.resume: dict[str, Any] = {}
         self.problems: list[str] = []
         self.small_runs: list[dict[str, Any]] = []
+        self.copy_runs: list[dict[str, Any]] = []
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -825,6 +838,97 @@ class Bench:
                     rows[-2]["modelhaul_vs_s5cmd"] = round(med["s5cmd"] / med["modelhaul"], 3)
         return rows
 
+    # -- s3 -> s3 inside one store -------------------------------------------------------
+
+    def copy_command(self, tool: str) -> tuple[list[str], dict[str, str]]:
+        src, dst = f"s3://{BUCKET}/{COPY_SRC}", f"s3://{BUCKET}/{COPY_DST}"
+        if tool == "modelhaul":
+            # As a user runs it: the CLI, start-up included (like s5cmd's).
+            return [PY, "-m", "modelhaul", "-q", "cp", src, dst], self.mh_env
+        return [str(BIN / "s5cmd"), "--endpoint-url", self.endpoint, "cp", src, dst], self.env
+
+    def copy_case(self) -> None:
+        size = self.args.copy_size_mib * MiB
+        log(f"s3 -> s3 copy: one {self.args.copy_size_mib} MiB object")
+        local = self.work / "copy-src.bin"
+        sha = make_random_file(local, size)
+        # The source, uploaded once by modelhaul (full-object CRC32C, which its copy keeps).
+        seed = run_child(
+            [PY, "-m", "modelhaul", "-q", "cp", str(local), f"s3://{BUCKET}/{COPY_SRC}"],
+            self.mh_env,
+            self.logs,
+        )
+        local.unlink(missing_ok=True)
+        if seed.rc != 0:
+            self.problems.append(f"copy: seeding failed: {seed.err[-800:]}")
+            return
+        tools = ["modelhaul", "s5cmd"]
+        for rep in range(self.args.repeat):
+            for tool in tools if rep % 2 == 0 else tools[::-1]:
+                self._copy_timed(rep + 1, tool, size, sha)
+        with contextlib.suppress(Exception):
+            self.client.delete_object(Bucket=BUCKET, Key=COPY_SRC)
+
+    def _copy_timed(self, rep: int, tool: str, size: int, sha: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.delete_object(Bucket=BUCKET, Key=COPY_DST)
+        cmd, env = self.copy_command(tool)
+        run = run_child(cmd, env, self.logs)
+        row: dict[str, Any] = {
+            "rep": rep,
+            "tool": tool,
+            "wall_s": round(run.wall, 4),
+            "mb_per_s": round(size / run.wall / 1e6, 1),
+            "peak_rss_mib": round(run.rss_mib, 1),
+            "rc": run.rc,
+        }
+        ok = run.rc == 0
+        if ok:
+            got = self._object_size(COPY_DST)
+            ok = got == size
+            if not ok:
+                row["error"] = f"the copy is {got} bytes, not {size}"
+            elif self.args.verify and self.object_sha256(COPY_DST) != sha:
+                ok = False
+                row["error"] = "the copy differs from the source"
+        else:
+            row["error"] = f"exit {run.rc}: {run.err.strip()[-800:]}"
+        with contextlib.suppress(Exception):
+            self.client.delete_object(Bucket=BUCKET, Key=COPY_DST)
+        row["ok"] = ok
+        if not ok:
+            self.problems.append(f"copy {tool} rep {rep}: {row.get('error')}")
+        self.copy_runs.append(row)
+        status = "" if ok else f"  FAILED: {row.get('error')}"
+        log(
+            f"  rep {rep} copy {tool:10} {run.wall:7.2f} s {row['mb_per_s']:8.1f} MB/s"
+            f"  rss {run.rss_mib:6.1f} MiB{status}"
+        )
+
+    def copy_summary(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        med: dict[str, float] = {}
+        for tool in ("modelhaul", "s5cmd"):
+            runs = [r for r in self.copy_runs if r["tool"] == tool and r["ok"]]
+            if not runs:
+                continue
+            walls = [r["wall_s"] for r in runs]
+            med[tool] = statistics.median(walls)
+            rows.append(
+                {
+                    "case": f"{self.args.copy_size_mib}MiB s3->s3",
+                    "tool": tool,
+                    "runs": len(runs),
+                    "median_s": round(med[tool], 3),
+                    "min_s": min(walls),
+                    "max_s": max(walls),
+                    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                }
+            )
+        if len(med) == 2:
+            rows[0]["modelhaul_vs_s5cmd"] = round(med["s5cmd"] / med["modelhaul"], 3)
+        return rows
+
     # -- the whole run -------------------------------------------------------------------
 
     def run(self) -> None:
@@ -1078,6 +1182,41 @@ def format_small(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
+def copy_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "target": f"{r['case']} copy: s5cmd time / modelhaul time",
+            "value": r["modelhaul_vs_s5cmd"],
+            "limit": TARGET_COPY_VS_S5CMD,
+            "op": ">=",
+            "verdict": "PASS" if r["modelhaul_vs_s5cmd"] >= TARGET_COPY_VS_S5CMD else "FAIL",
+        }
+        for r in rows
+        if r.get("modelhaul_vs_s5cmd") is not None
+    ]
+
+
+def format_copy(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
+    lines = [
+        "",
+        "s3 -> s3 inside one store (one object; wall time of the child, start-up included):",
+        f"{'case':16} {'tool':10} {'runs':>4} {'median s':>9} {'min':>7} {'max':>7}"
+        f" {'rss MiB':>8} {'x s5cmd':>8}",
+    ]
+    for r in rows:
+        ratio = r.get("modelhaul_vs_s5cmd")
+        lines.append(
+            f"{r['case']:16} {r['tool']:10} {r['runs']:>4} {r['median_s']:>9.3f}"
+            f" {r['min_s']:>7.3f} {r['max_s']:>7.3f} {r['peak_rss_mib']:>8.1f}"
+            f" {'' if ratio is None else f'{ratio:.2f}':>8}"
+        )
+    for c in checks:
+        lines.append(
+            f"  {c['target']}: {c['value']:.2f} (target {c['op']} {c['limit']}) {c['verdict']}"
+        )
+    return "\n".join(lines)
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "nproc": os.cpu_count(),
@@ -1151,9 +1290,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true", help="skip the kill-and-resume test")
     parser.add_argument(
         "--only",
-        choices=["large", "small"],
+        choices=["large", "small", "copy"],
         default=None,
-        help="run only the large-file cases or only the many-small-files cases",
+        help="run only the large-file cases, the many-small-files cases or the s3 -> s3 copy",
+    )
+    parser.add_argument(
+        "--copy-size-mib",
+        type=int,
+        default=COPY_SIZE_MIB,
+        help=f"object size of the s3 -> s3 copy (default {COPY_SIZE_MIB})",
     )
     parser.add_argument(
         "--small-case",
@@ -1172,22 +1317,31 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     machine = machine_info()
     bench = Bench(args)
+    run_large = args.only in (None, "large")
     try:
         bench.start()
-        if args.only != "small":
+        if run_large:
             bench.run()
-        if args.only != "large":
+        if args.only in (None, "small"):
             bench.small_files()
+        if args.only in (None, "copy"):
+            bench.copy_case()
     finally:
         bench.stop()
-    summary = bench.summary() if args.only != "small" else {"checks": []}
+    summary = bench.summary() if run_large else {"checks": []}
     small = bench.small_summary()
     summary["small_files"] = small
     summary["checks"].extend(small_checks(small))
-    if args.only != "small":
+    copy = bench.copy_summary()
+    copied = copy_checks(copy)
+    summary["copy"] = {"size_mib": args.copy_size_mib, "rows": copy, "runs": bench.copy_runs}
+    summary["checks"].extend(copied)
+    if run_large:
         print(format_report(summary, args.size_mib, args.repeat))
     if small:
         print(format_small(small, summary["checks"]))
+    if copy:
+        print(format_copy(copy, copied))
     if bench.problems:
         print("problems:\n  " + "\n  ".join(bench.problems))
     if args.json_out is not None:
