@@ -83,10 +83,9 @@ def test_the_faster_mirror_serves_whatever_the_order(
     # The slow mirror served the probe and its manifest lookups, not the model: had it
     # served the model (the first one listed), the pull would have taken total / SLOW.
     assert far.body_bytes - far_before < 2 * MiB < total
-    # Resolving on two stores and the probe cost a fixed ~0.3 s here (two botocore
-    # clients, the far mirror's lookups); served by the far mirror it would take 8 s.
-    assert both_time <= 1.2 * fast_time + 0.5, (both_time, fast_time)
-    assert both_time < total / SLOW / 3
+    # Resolving on two stores and the probe cost a fixed ~0.3 s alone, up to ~1 s on a
+    # loaded CI machine; served by the far mirror the pull would take total / SLOW = 8 s.
+    assert both_time < total / SLOW / 3, (both_time, fast_time)
     # This machine remembers what it measured.
     record = json.loads((tmp_path / "c2" / "sources.json").read_text())
     rates = {k.split()[-1]: v["rate"] for k, v in record.items()}
