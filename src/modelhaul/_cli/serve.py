@@ -76,7 +76,7 @@ def serve_command(
         where = settings.origin or "none"
         click.echo(
             f"serving {settings.mirror} on http://{settings.host}:{settings.port} "
-            f"(origin: {where}{', token required' if settings.token else ''})",
+            f"(origin: {where}{', token required' if settings.client_tokens else ''})",
             err=True,
         )
     serve_mirror(

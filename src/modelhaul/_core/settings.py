@@ -59,7 +59,7 @@ T = TypeVar("T")
 
 # The top-level keys of the modelhaul config file: ``default_profile``, the
 # ``[profiles.NAME]`` tables (modelhaul._core.config) and ``[repo]`` (modelhaul._repo).
-CONFIG_FILE_KEYS = ("default_profile", "profiles", "repo")
+CONFIG_FILE_KEYS = ("default_profile", "profiles", "repo", "serve")
 
 
 @dataclass(frozen=True)

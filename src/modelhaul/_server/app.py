@@ -6,7 +6,15 @@
   ``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``, and ``Range``;
 * ``GET /{org}/{name}/resolve/{rev}/.modelhaul/model.sig`` — the revision's
   ``model_signing`` signature (404 if unsigned), to verify the downloaded folder with;
-* ``GET /`` — the status page; ``GET /api/status`` — the same as JSON.
+* ``GET /`` — the status page; ``GET /api/status`` — the same as JSON;
+* ``GET /healthz`` — 200 while the service answers (no token needed);
+* ``GET /metrics`` — Prometheus metrics (:mod:`modelhaul._server.metrics`).
+
+Every request passes the access check first (:meth:`ServeSettings.grant`): 401 without
+a valid token where one is needed; 403 (``X-Error-Code: GatedRepo``, which
+huggingface_hub raises as ``GatedRepoError`` with our message) when the client may not
+have the server fetch what it asks for; 503 with ``Retry-After`` when the origin fetches
+or their spool are at their caps.
 
 Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``)
 as the hub does, so huggingface_hub raises its own matching exceptions. Every name from a
@@ -17,14 +25,16 @@ credentials nor endpoints reach a client.
 
 Files stream with bounded memory: two chunks per client, one being sent while the next
 is read in a worker thread; uvicorn's flow control holds the read after that until the
-client takes the first.
+client takes the first. A client waiting for a file still arriving from the origin waits
+on an asyncio future, not a thread. The store's body and the spool's descriptor belong to
+the response: closed when it ends, however it ends (a client that hangs up before the
+first byte included), and never under a read in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import re
@@ -45,8 +55,9 @@ from .._core.errors import (
 )
 from .._core.uri import safe_relpath
 from .._repo.manifest import SIGNATURE_NAME, RepoId, check_revision, parse_repo_id
-from .origin import Flight
-from .settings import MirrorService, ServedRevision
+from .metrics import CONTENT_TYPE, GRANT_KEY, AccessLog
+from .origin import Flight, OriginBusy
+from .settings import LOCAL, Forbidden, Grant, MirrorService, ServedRevision
 
 try:
     import anyio
@@ -116,6 +127,12 @@ def _guard(service: MirrorService, handler: Handler) -> Callable[[Request], Awai
             return await handler(service, request)
         except _BadRequest as exc:
             return _error(400, "BadRequest", str(exc), head)
+        except Forbidden as exc:
+            return _error(403, "GatedRepo", f"{exc.message} ({exc.hint})", head)
+        except OriginBusy as exc:
+            response = _error(503, "OriginBusy", f"{exc.message}; {exc.hint}", head)
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         except NoSuchModel:
             return _error(404, "RepoNotFound", "Repository not found", head)
         except NoSuchRevision:
@@ -130,13 +147,21 @@ def _guard(service: MirrorService, handler: Handler) -> Callable[[Request], Awai
     return endpoint
 
 
-async def _revision(service: MirrorService, repo: RepoId, rev: str) -> ServedRevision:
-    return await anyio.to_thread.run_sync(service.revision, repo, rev)
+def grant_of(request: Request) -> Grant:
+    """What the access check allowed this request."""
+    grant = request.scope.get(GRANT_KEY)
+    return grant if isinstance(grant, Grant) else LOCAL
+
+
+async def _revision(
+    service: MirrorService, request: Request, repo: RepoId, rev: str
+) -> ServedRevision:
+    return await anyio.to_thread.run_sync(service.revision, repo, rev, grant_of(request))
 
 
 async def model_info(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
-    revision = await _revision(service, repo, _rev(request.path_params.get("rev", "main")))
+    revision = await _revision(service, request, repo, _rev(request.path_params.get("rev", "main")))
     siblings = []
     for f in revision.files.values():
         item: dict[str, Any] = {"rfilename": f.path, "size": f.size, "blobId": f.etag}
@@ -152,7 +177,7 @@ async def model_info(service: MirrorService, request: Request) -> Response:
 
 async def tree(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
-    revision = await _revision(service, repo, _rev(request.path_params["rev"]))
+    revision = await _revision(service, request, repo, _rev(request.path_params["rev"]))
     under = request.path_params.get("path", "").strip("/")
     if under:
         under = _path(under)
@@ -226,7 +251,8 @@ async def resolve(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
     rev = _rev(request.path_params["rev"])
     path = _path(request.path_params["path"])
-    return await _send_file(service, request, repo, rev, await _revision(service, repo, rev), path)
+    revision = await _revision(service, request, repo, rev)
+    return await _send_file(service, request, repo, rev, revision, path)
 
 
 async def _send_file(
@@ -241,7 +267,9 @@ async def _send_file(
     keep = True
     if path not in revision.files:
         # Left out of a mirrored revision on purpose: served from the origin, not kept.
-        outside = await anyio.to_thread.run_sync(service.left_out, revision, path)
+        outside = await anyio.to_thread.run_sync(
+            service.left_out, revision, path, grant_of(request)
+        )
         if outside is None:
             return _error(404, "EntryNotFound", "Entry not found", head)
         revision, keep = outside, False
@@ -276,15 +304,62 @@ async def _send_file(
         # Opened before the response starts, so a failure is still a clean 502.
         reader = await anyio.to_thread.run_sync(lambda: store.open_range(bucket, key, start, end))
         service.count(hits=1)
-        body = _from_mirror(service, reader, start, end)
+        closer = _Closer(reader.close)
+        body = _from_mirror(service, reader, closer, start, end)
     else:
         hub_file = service.hub_file(revision, path)
         if hub_file is None or revision.hub is None or service.write_through is None:
             return _error(404, "EntryNotFound", "Entry not found", head)  # pragma: no cover
+        flight, fd = service.write_through.join(
+            revision.hub, hub_file, rev, keep=keep, credentialed=revision.credentialed
+        )
         service.count(misses=1)
-        flight, fd = service.write_through.join(revision.hub, hub_file, rev, keep=keep)
-        body = _from_flight(service, flight, fd, start, end)
-    return StreamingResponse(body, status_code=status, headers=headers)
+        closer = _Closer(lambda: os.close(fd))
+        body = _from_flight(service, flight, fd, closer, start, end)
+    return _Stream(body, closer, status_code=status, headers=headers)
+
+
+class _Closer:
+    """Closes a body or descriptor once, and never under a read in flight (``pending``):
+    then it closes when that read returns."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self._closed = False
+        self.pending: asyncio.Future[Any] | None = None
+
+    def close(self) -> None:
+        pending = self.pending
+        if pending is not None and not pending.done():
+            pending.add_done_callback(self._after)
+            return
+        if not self._closed:
+            self._closed = True
+            try:
+                self._close()
+            except Exception as exc:  # already broken: nothing left to release
+                log.debug("closing a response's source failed: %s", exc)
+
+    def _after(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: a read that failed after the client left
+        self.pending = None
+        self.close()
+
+
+class _Stream(StreamingResponse):
+    """A streamed file whose source is closed when the response ends, however it ends
+    (its body may never have started: a client that hung up first)."""
+
+    def __init__(self, body: AsyncIterator[bytes | memoryview], closer: _Closer, **kw: Any) -> None:
+        super().__init__(body, **kw)
+        self._closer = closer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._closer.close()
 
 
 # -- ModelScope's download API (what the modelscope SDK calls with MODELSCOPE_ENDPOINT) -----
@@ -298,13 +373,15 @@ def _ms_json(data: Any) -> Response:
     return JSONResponse({"Code": 200, "Data": data, "Message": "success", "Success": True})
 
 
-async def _ms_revision(service: MirrorService, repo: RepoId, rev: str) -> ServedRevision:
+async def _ms_revision(
+    service: MirrorService, request: Request, repo: RepoId, rev: str
+) -> ServedRevision:
     if rev != "master":
-        return await _revision(service, repo, rev)
+        return await _revision(service, request, repo, rev)
     try:
-        return await _revision(service, repo, rev)
+        return await _revision(service, request, repo, rev)
     except NoSuchRevision:
-        return await _revision(service, repo, "main")
+        return await _revision(service, request, repo, "main")
 
 
 def _ms_rev(request: Request) -> str:
@@ -313,21 +390,21 @@ def _ms_rev(request: Request) -> str:
 
 async def ms_model(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
-    revision = await _ms_revision(service, repo, "master")
+    revision = await _ms_revision(service, request, repo, "master")
     return _ms_json({"Name": repo.name, "Path": repo.org, "ModelId": str(repo),
                      "Revision": revision.commit})  # fmt: skip
 
 
 async def ms_revisions(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
-    await _ms_revision(service, repo, "master")  # 404 for a repo the mirror cannot serve
+    await _ms_revision(service, request, repo, "master")  # 404 for a repo the mirror cannot serve
     branches = [{"Revision": "master", "CreatedAt": 0}]
     return _ms_json({"RevisionMap": {"Branches": branches, "Tags": []}})
 
 
 async def ms_files(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
-    revision = await _ms_revision(service, repo, _ms_rev(request))
+    revision = await _ms_revision(service, request, repo, _ms_rev(request))
     root = (request.query_params.get("Root") or "").strip("/")
     if root:
         root = _path(root)
@@ -354,7 +431,7 @@ async def ms_file(service: MirrorService, request: Request) -> Response:
     repo = _repo(request)
     rev = _ms_rev(request)
     path = _path(request.query_params.get("FilePath") or "")
-    revision = await _ms_revision(service, repo, rev)
+    revision = await _ms_revision(service, request, repo, rev)
     return await _send_file(service, request, repo, revision.commit, revision, path)
 
 
@@ -362,7 +439,7 @@ async def signature(service: MirrorService, request: Request) -> Response:
     """The revision's model_signing signature, for clients that verify it themselves."""
     head = request.method == "HEAD"
     repo = _repo(request)
-    revision = await _revision(service, repo, _rev(request.path_params["rev"]))
+    revision = await _revision(service, request, repo, _rev(request.path_params["rev"]))
     if revision.hub is not None:
         return _error(404, "EntryNotFound", "Not signed (not in the mirror yet)", head)
     sig = await anyio.to_thread.run_sync(service.mirror.signature, repo, revision.commit)
@@ -396,7 +473,7 @@ def _unshared(buf: bytearray) -> bool:
 
 
 async def _from_mirror(
-    service: MirrorService, reader: Any, start: int, end: int
+    service: MirrorService, reader: Any, closer: _Closer, start: int, end: int
 ) -> AsyncIterator[bytes | memoryview]:
     """Stream ``[start, end)`` of a mirrored object, reading the next chunk from the store
     while the last one goes to the client (two buffers per response).
@@ -420,9 +497,9 @@ async def _from_mirror(
         view = memoryview(buf)[: min(size, unread)]
         unread -= len(view)
         future = asyncio.ensure_future(anyio.to_thread.run_sync(_fill, reader, view))
+        closer.pending = future
         return future, view
 
-    nxt = None
     try:
         nxt = read_next()
         while nxt is not None:
@@ -438,28 +515,29 @@ async def _from_mirror(
                 view.release()
                 spare.append(cast(bytearray, buf))
     finally:
-        if nxt is not None:  # never close the body under a read in flight
-            with contextlib.suppress(BaseException):
-                await nxt[0]
-        reader.close()
+        closer.close()  # now, or when the read in flight returns
 
 
 async def _from_flight(
-    service: MirrorService, flight: Flight, fd: int, start: int, end: int
+    service: MirrorService, flight: Flight, fd: int, closer: _Closer, start: int, end: int
 ) -> AsyncIterator[bytes | memoryview]:
+    """Stream ``[start, end)`` of a file still arriving: wait (on the event loop) for each
+    chunk to be written to the spool, then read it in a thread."""
     try:
         pos = start
         while pos < end:
-            data: bytes = await anyio.to_thread.run_sync(
-                flight.read_at, fd, pos, min(CHUNK, end - pos)
-            )
-            if not data:
+            avail = await flight.readable(pos)
+            if avail <= 0:
                 raise ConnectionError("the origin ended early")
+            n = min(avail, CHUNK, end - pos)
+            future = asyncio.ensure_future(anyio.to_thread.run_sync(os.pread, fd, n, pos))
+            closer.pending = future
+            data: bytes = await future
             pos += len(data)
             service.count(bytes_served=len(data))
             yield data
     finally:
-        os.close(fd)
+        closer.close()
 
 
 async def status_json(service: MirrorService, request: Request) -> Response:
@@ -476,19 +554,36 @@ async def status_page(service: MirrorService, request: Request) -> Response:
     return HTMLResponse(html)
 
 
-class _Auth:
-    """Bearer-token check in front of every route (plain ASGI: no buffering of bodies)."""
+async def healthz(service: MirrorService, request: Request) -> Response:
+    """Alive: the event loop answers (nothing slow is asked of the store or the origin)."""
+    flights = service.write_through.flights if service.write_through is not None else 0
+    return JSONResponse({"ok": True, "flights": flights})
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+
+async def metrics(service: MirrorService, request: Request) -> Response:
+    return Response(service.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+_OPEN = {"/healthz"}  # answered without a token (load balancers probe it)
+
+
+class _Auth:
+    """The access check in front of every route (plain ASGI: no buffering of bodies): the
+    request's :class:`Grant` goes into the scope, or the answer is 401."""
+
+    def __init__(self, app: ASGIApp, service: MirrorService) -> None:
         self.app = app
-        self.token = token
+        self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.token is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        sent = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if hmac.compare_digest(sent, f"Bearer {self.token}".encode()):
+        sent = dict(scope.get("headers") or []).get(b"authorization")
+        header = sent.decode("latin-1") if sent is not None else None
+        grant = self.service.settings.grant(header)
+        if grant is not None or scope.get("path") in _OPEN:
+            scope[GRANT_KEY] = grant
             await self.app(scope, receive, send)
             return
         head = scope.get("method") == "HEAD"
@@ -506,6 +601,8 @@ def create_app(service: MirrorService) -> ASGIApp:
     both = ["GET", "HEAD"]
     routes = [
         route("/", status_page, both),
+        route("/healthz", healthz, both),
+        route("/metrics", metrics),
         route("/api/status", status_json),
         route("/api/models/{org}/{name}", model_info),
         route("/api/models/{org}/{name}/revision/{rev}", model_info),
@@ -520,7 +617,7 @@ def create_app(service: MirrorService) -> ASGIApp:
         route("/api/v1/models/{org}/{name}/repo", ms_file, both),
     ]
     app = Starlette(routes=routes)
-    return _Auth(app, service.settings.token)
+    return AccessLog(_Auth(app, service), service.metrics)
 
 
 def run(service: MirrorService, *, log_level: str = "info") -> None:
@@ -535,10 +632,18 @@ def run(service: MirrorService, *, log_level: str = "info") -> None:
         host=settings.host,
         port=settings.port,
         log_level=log_level,
-        access_log=False,
+        access_log=False,  # ours (AccessLog) says who, and never the query string
         lifespan="off",
         server_header=False,
+        timeout_graceful_shutdown=30,  # Ctrl-C/SIGTERM: in-flight responses finish first
     )
+    access = logging.getLogger("modelhaul.serve.access")
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO if log_level in ("debug", "info") else logging.WARNING)
+        access.propagate = False
     uvicorn.Server(config).run()
 
 

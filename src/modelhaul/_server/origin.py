@@ -13,10 +13,17 @@ clients asked for moves to it. A client that arrives after that is served from t
 A file that fails its hash has already been streamed to the clients of its flight: they
 are cut off before the last chunk (the connection is dropped, so no client ends with a
 complete-looking wrong file) and nothing reaches the mirror.
+
+Bounded: clients wait for bytes on asyncio futures, never on a worker thread, so slow
+misses cannot starve mirror hits; at most ``max_flights`` fetches run at once and their
+spool files hold at most ``max_spool`` bytes (past either, :class:`OriginBusy`, a 503
+with Retry-After); the record of revisions being filled is pruned.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -31,7 +38,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from .._core.checksum import crc32c_hex
 from .._core.config import DEFAULT_CONCURRENCY, TransferConfig
-from .._core.errors import ChecksumMismatch, HubError, RevisionConflict
+from .._core.errors import ChecksumMismatch, HubError, ModelhaulError, RevisionConflict
 from .._repo.hub import HubFile, HubRevision
 from .._repo.manifest import FileEntry, Manifest, RepoId
 from .._repo.mirror import Mirror
@@ -39,7 +46,7 @@ from .._repo.push import publish_revision
 from .._transfer.engine import Engine
 from .._transfer.upload import LocalSource, UploadJob
 
-__all__ = ["Flight", "WriteThrough"]
+__all__ = ["Flight", "OriginBusy", "WriteThrough"]
 
 log = logging.getLogger("modelhaul.serve")
 
@@ -61,10 +68,26 @@ class _DropAuthOnOtherHost(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_DropAuthOnOtherHost())
+_MAX_FILLING = 1024  # revisions remembered while nothing of theirs is in flight
+
+
+class OriginBusy(ModelhaulError):
+    """Too many origin fetches, or too many bytes spooled, at once: try again shortly.
+
+    Attributes:
+        retry_after: seconds the client should wait.
+    """
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, hint=f"retry in {retry_after} s")
 
 
 class Flight:
     """One file on its way from the origin: a spool file and how much of it is written.
+
+    The fetch runs in a thread; readers wait in the event loop (:meth:`readable`), each on
+    a future that the thread resolves through ``call_soon_threadsafe``.
 
     Attributes:
         path: the spool file.
@@ -77,47 +100,63 @@ class Flight:
         self.written = 0
         self.done = False
         self.error: BaseException | None = None
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_settle, future)
 
     def advance(self, n: int) -> None:
-        with self._cond:
+        with self._lock:
             self.written += n
-            self._cond.notify_all()
+        self._wake()
 
     def finish(self, error: BaseException | None = None) -> None:
-        with self._cond:
+        with self._lock:
             self.done = True
             self.error = error
-            self._cond.notify_all()
+        self._wake()
 
-    def read_at(self, fd: int, offset: int, n: int, timeout: float = 120.0) -> bytes:
-        """Up to ``n`` bytes at ``offset`` of the spool, waiting until they are written.
+    def _available(self) -> int | None:
+        """Bytes readers may have (the last one is held back until the hash is checked);
+        None while there are none beyond what is written and more may come."""
+        if self.error is not None:
+            raise self.error
+        return self.written if self.done else max(self.written - 1, 0)
 
-        Returns b"" at the end of the file.
+    async def readable(self, offset: int, timeout: float = 120.0) -> int:
+        """Wait until bytes past ``offset`` may be read; how many bytes may be (0 at the
+        end of the file).
 
         Raises:
-            HubError: the fetch failed or stalled for ``timeout`` seconds.
-            ChecksumMismatch: the file did not match its hash (raised before its last chunk).
+            HubError: the fetch failed or sent nothing for ``timeout`` seconds.
+            ChecksumMismatch: the file did not match its hash (raised before its last byte).
         """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self.error is not None:
-                    raise self.error
-                # The last byte is held back until the hash is checked (``done``).
-                avail = self.written if self.done else max(self.written - 1, 0)
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                avail = self._available() or 0
                 if avail > offset:
-                    break
+                    return avail - offset
                 if self.done:
-                    return b""
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise HubError(
-                        "the origin stopped sending", hub="origin", hint="try again later"
-                    )
-                self._cond.wait(min(left, 1.0))
-            n = min(n, avail - offset)
-        return os.pread(fd, n, offset) if n > 0 else b""
+                    return 0
+                future: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, future))
+            try:
+                await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise HubError(
+                    "the origin stopped sending", hub="origin", hint="try again later"
+                ) from None
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @dataclass
@@ -139,8 +178,12 @@ class WriteThrough:
         spool_dir: local folder for files in flight (each removed once in the mirror).
         config: transfer settings of the uploads to the mirror.
         on_fetch: called once per origin fetch started (for counters).
+        on_bytes: called with the size of each chunk that arrives from the origin.
         hub: the API the origin speaks: ``hf`` (``/{repo}/resolve/{commit}/{path}``) or
             ``modelscope`` (``/api/v1/models/{repo}/repo?Revision=…&FilePath=…``).
+        max_flights: origin fetches at one time.
+        max_spool: bytes the spool files of the flights may hold together (a file the hub
+            gives no size for counts once it has arrived).
     """
 
     def __init__(
@@ -152,6 +195,10 @@ class WriteThrough:
         config: TransferConfig,
         on_fetch: Callable[[], None] = lambda: None,
         hub: str = "hf",
+        *,
+        on_bytes: Callable[[int], None] = lambda n: None,
+        max_flights: int = 16,
+        max_spool: int = 64 * 1024**3,
     ) -> None:
         self.mirror = mirror
         self.hub = hub
@@ -160,11 +207,30 @@ class WriteThrough:
         self.spool_dir = spool_dir
         self.config = config
         self._on_fetch = on_fetch
+        self._on_bytes = on_bytes
+        self.max_flights = max_flights
+        self.max_spool = max_spool
         self._lock = threading.Lock()
         self._flights: dict[str, Flight] = {}
         self._filling: dict[tuple[str, str], _Filling] = {}
         self._count = 0
         self._threads: list[threading.Thread] = []
+
+    @property
+    def flights(self) -> int:
+        """Origin fetches in progress."""
+        with self._lock:
+            return len(self._flights)
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes the spool files of the flights in progress hold or will hold."""
+        with self._lock:
+            return sum(self._spool_of(f) for f in self._flights.values())
+
+    @staticmethod
+    def _spool_of(flight: Flight) -> int:
+        return max(flight.size or 0, flight.written)
 
     def in_mirror(self, repo: RepoId, commit: str, path: str) -> FileEntry | None:
         """The entry of a file this server already wrote to the mirror, if any."""
@@ -183,17 +249,35 @@ class WriteThrough:
             ).refs.add(ref)
 
     def join(
-        self, revision: HubRevision, file: HubFile, ref: str | None, *, keep: bool = True
+        self,
+        revision: HubRevision,
+        file: HubFile,
+        ref: str | None,
+        *,
+        keep: bool = True,
+        credentialed: bool = True,
     ) -> tuple[Flight, int]:
         """The flight of ``file`` (started now if none is), and a descriptor of its spool
         that the caller must close. With ``keep`` False (a file a published revision left
-        out on purpose) the file is served but not written to the mirror.
+        out on purpose) the file is served but not written to the mirror. The origin token
+        goes with a new flight only if ``credentialed``.
 
         Returns:
             The flight and an open read-only descriptor of its spool file.
+
+        Raises:
+            OriginBusy: ``max_flights`` fetches are running, or their spool files would
+                pass ``max_spool`` bytes.
         """
         key = self.mirror.layout(revision.repo).file_key(revision.commit, file.path)
         with self._lock:
+            if key not in self._flights:
+                if len(self._flights) >= self.max_flights:
+                    raise OriginBusy(f"{len(self._flights)} files are on their way from the origin")
+                spooled = sum(self._spool_of(f) for f in self._flights.values())
+                if self._flights and spooled + (file.size or 0) > self.max_spool:
+                    raise OriginBusy("the spool for files from the origin is full")
+                self._prune()
             filling = self._filling.setdefault(
                 (str(revision.repo), revision.commit), _Filling(revision, {}, set())
             )
@@ -208,7 +292,7 @@ class WriteThrough:
                 self._flights[key] = flight
                 thread = threading.Thread(
                     target=self._fetch,
-                    args=(revision, file, flight, key, keep),
+                    args=(revision, file, flight, key, keep, credentialed),
                     name=f"modelhaul-origin-{self._count}",
                     daemon=True,
                 )
@@ -218,6 +302,18 @@ class WriteThrough:
             # Opened under the lock: the spool is removed under it too, so it exists here.
             fd = os.open(flight.path, os.O_RDONLY)
         return flight, fd
+
+    def _prune(self) -> None:
+        """Forget revisions with nothing in flight once too many are remembered (a
+        revision never completed, e.g. one whose files are never all asked for)."""
+        if len(self._filling) <= _MAX_FILLING:
+            return
+        for rk, filling in list(self._filling.items()):
+            prefix = self.mirror.layout(filling.revision.repo).revision_prefix(rk[1])
+            if not any(k.startswith(prefix) for k in self._flights):
+                del self._filling[rk]
+            if len(self._filling) <= _MAX_FILLING // 2:
+                break
 
     def wait(self, timeout: float = 60.0) -> None:
         """Wait for the fetches and uploads in progress (for tests and shutdown)."""
@@ -234,10 +330,16 @@ class WriteThrough:
         return f"{self.endpoint}/{revision.repo}/resolve/{revision.commit}/{quote(path)}"
 
     def _fetch(
-        self, revision: HubRevision, file: HubFile, flight: Flight, key: str, keep: bool
+        self,
+        revision: HubRevision,
+        file: HubFile,
+        flight: Flight,
+        key: str,
+        keep: bool,
+        credentialed: bool,
     ) -> None:
         try:
-            sha256 = self._download(revision, file, flight)
+            sha256 = self._download(revision, file, flight, credentialed)
             flight.finish()
             if keep:
                 self._upload(revision, file, flight, key, sha256)
@@ -250,9 +352,11 @@ class WriteThrough:
                 self._flights.pop(key, None)
                 flight.path.unlink(missing_ok=True)
 
-    def _download(self, revision: HubRevision, file: HubFile, flight: Flight) -> str:
+    def _download(
+        self, revision: HubRevision, file: HubFile, flight: Flight, credentialed: bool
+    ) -> str:
         headers = {"Accept-Encoding": "identity", "User-Agent": "modelhaul-serve"}
-        if self._token:
+        if self._token and credentialed:
             headers["Authorization"] = f"Bearer {self._token}"
             if self.hub == "modelscope":  # its older routes read the session cookie
                 headers["Cookie"] = f"m_session_id={self._token}"
@@ -270,6 +374,7 @@ class WriteThrough:
                     if git is not None:
                         git.update(chunk)
                     flight.advance(len(chunk))
+                    self._on_bytes(len(chunk))
         except OSError as exc:
             raise HubError(
                 f"the origin failed to send {revision.repo}/{file.path}: {exc}",
