@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 LFS_THRESHOLD = 1024  # files at least this big are "in LFS" (the hub gives their SHA-256)
+HOLD_AT = 64 * 1024  # bytes of a held file sent before the hub waits for ``release``
 
 
 def git_sha1(data: bytes) -> str:
@@ -57,6 +58,10 @@ class FakeHub:
         self.requests: Counter[str] = Counter()
         self.corrupt: set[str] = set()  # paths served with one byte changed
         self.html_for: set[str] = set()  # paths answered with an HTML page
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
+        self.fail_with: int | None = None  # answer every request with this status
+        self.hold: set[str] = set()  # paths whose bodies stop after HOLD_AT until ``release``
+        self.release = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
     def add(self, repo_id: str, files: dict[str, bytes]) -> FakeRepo:
@@ -151,6 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, head: bool) -> None:
         path = unquote(urlsplit(self.path).path)
+        self.fake.authorizations.append(self.headers.get("Authorization"))
+        if self.fake.fail_with is not None:
+            self.fake.requests["failed"] += 1
+            self._error(self.fake.fail_with, "Unavailable", head=head)
+            return
         if not self._authorised(head):
             return
         if m := _TREE.match(path):
@@ -238,4 +248,11 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
         headers["Content-Length"] = str(end - start)
+        if path in self.fake.hold and not head:
+            self._send(status, b"", headers, head=True)
+            self.wfile.write(data[start : start + HOLD_AT])
+            self.wfile.flush()
+            self.fake.release.wait(60)
+            self.wfile.write(data[start + HOLD_AT : end])
+            return
         self._send(status, data[start:end], headers, head=head)
