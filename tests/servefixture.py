@@ -43,6 +43,7 @@ def running_serve(
     token: str | None = None,
     origin_token: str | None = None,
     origin_hub: str = "hf",
+    ref_ttl: float = 0.5,
     **settings_extra: object,
 ) -> Iterator[tuple[str, MirrorService]]:
     import uvicorn
@@ -51,7 +52,7 @@ def running_serve(
     settings = ServeSettings(
         mirror=mirror, origin=origin, origin_token=origin_token, origin_hub=origin_hub,
         host="127.0.0.1", port=port,
-        token=token, ref_ttl=0.5, **settings_extra,  # type: ignore[arg-type]
+        token=token, ref_ttl=ref_ttl, **settings_extra,  # type: ignore[arg-type]
     )  # fmt: skip
     spool.mkdir(parents=True, exist_ok=True)
     service = MirrorService(settings, store, spool)

@@ -300,3 +300,35 @@ def test_healthz_metrics_and_the_access_log(
     }  # fmt: skip
     text_log = caplog.text
     assert READER not in text_log and FILLER not in text_log
+
+
+def test_refs_commits_paths_info_and_a_missing_folder(
+    tmp_path: Path, store: S3Store, bucket: str
+) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError
+
+    files = model_files(tmp_path)
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    revision = publish(tmp_path, uri, "acme/refs", files, "main")
+    with running_serve(store, uri, tmp_path / "spool") as (url, _):
+        api = HfApi(endpoint=url)
+        refs = api.list_repo_refs("acme/refs")
+        assert [(b.name, b.ref, b.target_commit) for b in refs.branches] == [
+            ("main", "refs/heads/main", revision)
+        ]  # fmt: skip
+        assert refs.tags == [] and refs.converts == []
+        commits = api.list_repo_commits("acme/refs")
+        assert [c.commit_id for c in commits] == [revision]
+        info = api.get_paths_info("acme/refs", ["model.safetensors", "tokenizer", "nope.bin"])
+        by_path = {i.path: i for i in info}
+        assert set(by_path) == {"model.safetensors", "tokenizer"}
+        weights = by_path["model.safetensors"]
+        assert weights.size == len(files["model.safetensors"])  # type: ignore[union-attr]
+        sha = hashlib.sha256(files["model.safetensors"]).hexdigest()
+        assert weights.lfs is not None and weights.lfs.sha256 == sha  # type: ignore[union-attr]
+        assert type(by_path["tokenizer"]).__name__ == "RepoFolder"
+        listed = list(api.list_repo_tree("acme/refs", path_in_repo="tokenizer"))
+        assert [i.path for i in listed] == ["tokenizer/vocab.txt"]
+        with pytest.raises(EntryNotFoundError):
+            list(api.list_repo_tree("acme/refs", path_in_repo="no/such/folder"))

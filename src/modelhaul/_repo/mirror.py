@@ -199,6 +199,18 @@ class Mirror:
             return None
         return check_revision(raw.decode("utf-8", "replace").strip())
 
+    def refs(self, repo: RepoId) -> dict[str, str]:
+        """Every ref of ``repo`` and the revision it names (one listing, one read each)."""
+        base = self.layout(repo).ref_key("")
+        found: dict[str, str] = {}
+        for info in self._list(base):
+            name = info.key[len(base) :]
+            if name and "/" not in name:
+                revision = self.ref(repo, name)
+                if revision is not None:
+                    found[name] = revision
+        return found
+
     def set_ref(self, repo: RepoId, ref: str, revision: str) -> None:
         key = self.layout(repo).ref_key(ref)
         retry_call(lambda: self.store.put(self.bucket, key, revision.encode()), key)

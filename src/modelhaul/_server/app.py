@@ -1,7 +1,11 @@
 """The HTTP layer of ``serve``: the part of the Hugging Face Hub API that downloads use.
 
 * ``GET /api/models/{org}/{name}[/revision/{rev}]`` — model info: commit and files;
-* ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]`` — the file listing;
+* ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]`` — the file listing (404 for a
+  folder the revision does not have);
+* ``POST /api/models/{org}/{name}/paths-info/{rev}`` — the same items for named paths;
+* ``GET /api/models/{org}/{name}/refs`` and ``.../commits/{rev}`` — the refs, and the
+  revision as its one commit (a mirror keeps revisions, not history);
 * ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{path}`` — a file, with ``X-Repo-Commit``,
   ``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``, and ``Range``;
 * ``GET /{org}/{name}/resolve/{rev}/.modelhaul/model.sig`` — the revision's
@@ -35,14 +39,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 from .._core.errors import (
     HubError,
@@ -57,7 +64,7 @@ from .._core.uri import safe_relpath
 from .._repo.manifest import SIGNATURE_NAME, RepoId, check_revision, parse_repo_id
 from .metrics import CONTENT_TYPE, GRANT_KEY, AccessLog
 from .origin import Flight, OriginBusy
-from .settings import LOCAL, Forbidden, Grant, MirrorService, ServedRevision
+from .settings import LOCAL, Forbidden, Grant, MirrorService, ServedFile, ServedRevision
 
 try:
     import anyio
@@ -196,12 +203,67 @@ async def tree(service: MirrorService, request: Request) -> Response:
             parts = rest.split("/")[:-1]
             for i in range(1, len(parts) + 1):
                 dirs.add(base + "/".join(parts[:i]))
-        item: dict[str, Any] = {"type": "file", "path": f.path, "size": f.size, "oid": f.etag}
-        if f.sha256:
-            item["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
-        items.append(item)
+        items.append(_file_item(f))
     items += [{"type": "directory", "path": d, "oid": ""} for d in sorted(dirs)]
+    if under and not items:
+        return _error(404, "EntryNotFound", f"{under} does not exist in this revision")
     return JSONResponse(items)
+
+
+def _file_item(f: ServedFile) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "file", "path": f.path, "size": f.size, "oid": f.etag}
+    if f.sha256:
+        item["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
+    return item
+
+
+async def paths_info(service: MirrorService, request: Request) -> Response:
+    """``HfApi.get_paths_info``: the named files and folders; unknown paths are left out."""
+    repo = _repo(request)
+    revision = await _revision(service, request, repo, _rev(request.path_params["rev"]))
+    raw = (await request.body())[: 1024 * 1024]
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            asked = json.loads(raw).get("paths", [])
+        except (ValueError, AttributeError):
+            raise _BadRequest("the body is not a JSON object with paths") from None
+    else:
+        asked = parse_qs(raw.decode("utf-8", "replace")).get("paths", [])
+    if isinstance(asked, str):
+        asked = [asked]
+    items: list[dict[str, Any]] = []
+    for path in asked[:10000]:
+        name = str(path).strip("/")
+        if name in revision.files:
+            items.append(_file_item(revision.files[name]))
+        elif name and any(p.startswith(name + "/") for p in revision.files):
+            items.append({"type": "directory", "path": name, "oid": ""})
+    return JSONResponse(items)
+
+
+async def refs(service: MirrorService, request: Request) -> Response:
+    """``HfApi.list_repo_refs``: the mirror's refs (or the origin's ``main``)."""
+    repo = _repo(request)
+    main = await _revision(service, request, repo, "main")
+    found = await anyio.to_thread.run_sync(service.mirror.refs, repo) if main.hub is None else {}
+    found = found or {"main": main.commit}
+    branches = [
+        {"name": name, "ref": f"refs/heads/{name}", "targetCommit": commit}
+        for name, commit in sorted(found.items())
+    ]
+    return JSONResponse({"branches": branches, "converts": [], "tags": []})
+
+
+async def commits(service: MirrorService, request: Request) -> Response:
+    """``HfApi.list_repo_commits``: the revision as its only commit."""
+    repo = _repo(request)
+    revision = await _revision(service, request, repo, _rev(request.path_params["rev"]))
+    when = datetime.fromtimestamp(revision.created or 0, tz=timezone.utc)
+    title = f"{repo} at {revision.commit[:12]}"
+    return JSONResponse([{
+        "id": revision.commit, "title": title, "message": "", "authors": [],
+        "date": when.isoformat().replace("+00:00", "Z"),
+    }])  # fmt: skip
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -608,6 +670,9 @@ def create_app(service: MirrorService) -> ASGIApp:
         route("/api/models/{org}/{name}/revision/{rev}", model_info),
         route("/api/models/{org}/{name}/tree/{rev}", tree),
         route("/api/models/{org}/{name}/tree/{rev}/{path:path}", tree),
+        route("/api/models/{org}/{name}/paths-info/{rev}", paths_info, ["POST"]),
+        route("/api/models/{org}/{name}/refs", refs),
+        route("/api/models/{org}/{name}/commits/{rev}", commits),
         # Before the files' route, whose paths may not enter .modelhaul/.
         route(f"/{{org}}/{{name}}/resolve/{{rev}}/{SIGNATURE_NAME}", signature, both),
         route("/{org}/{name}/resolve/{rev}/{path:path}", resolve, both),

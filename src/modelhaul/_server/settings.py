@@ -491,6 +491,7 @@ class MirrorService:
         self._lock = threading.Lock()
         self._revisions: dict[tuple[str, str, bool], tuple[float, ServedRevision]] = {}
         self._down: dict[tuple[str, str, bool], tuple[float, HubError]] = {}
+        self._resolving: dict[tuple[str, str, bool], threading.Lock] = {}
         self._listing: tuple[float, list[RepoSummary], dict[str, object]] | None = None
         self.origin: OriginHub | None = None  # with the origin token
         self.public_origin: OriginHub | None = None  # without it (anonymous clients)
@@ -544,6 +545,25 @@ class MirrorService:
             cached = self._revisions.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
+        # One lookup per key at a time: a hundred clients asking for the same missing
+        # revision at once cause one origin request, not one per worker thread.
+        with self._lock:
+            gate = self._resolving.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                cached = self._revisions.get(key)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+            try:
+                return self._lookup(key, repo, name, grant, time.monotonic())
+            finally:
+                with self._lock:
+                    if self._resolving.get(key) is gate:
+                        del self._resolving[key]
+
+    def _lookup(
+        self, key: tuple[str, str, bool], repo: RepoId, name: str, grant: Grant, now: float
+    ) -> ServedRevision:
         found = self._find(repo, name, grant)
         immutable = found.commit == name and found.hub is None
         expiry = now + (1e9 if immutable else self.settings.ref_ttl)
