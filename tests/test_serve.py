@@ -283,6 +283,25 @@ def test_bad_requests_and_nothing_leaks(
             "/acme/../resolve/main/secret.txt",
             f"/{REPO}/resolve/main/.modelhaul/manifest.json",
             "/api/models/acme/served/tree/main/../../..",
+            f"/{REPO}/resolve/main/..%5c..%5c..%5csecret.txt",  # backslashes
+            f"/{REPO}/resolve/main/tokenizer%5cvocab.txt",
+            f"/{REPO}/resolve/main/config.json%00.txt",  # NUL
+            f"/{REPO}/resolve/main/%2fetc%2fpasswd",  # absolute
+            f"/{REPO}/resolve/main/C:%5cWindows%5cwin.ini",
+            f"/{REPO}/resolve/%2e%2e/config.json",  # revisions
+            f"/{REPO}/resolve/main%00/config.json",
+            f"/{REPO}/resolve/..%5c..%5c/config.json",
+            "/%2e%2e/served/resolve/main/config.json",  # repo ids
+            "/acme/%2e%2e/resolve/main/secret.txt",
+            "/acme/served%00/resolve/main/config.json",
+            "/acme%5c..%5c/served/resolve/main/config.json",
+            "/api/models/%2e%2e/%2e%2e",
+            "/api/models/acme/served/revision/..%2f..",
+            "/api/v1/models/acme/served/repo?Revision=main&FilePath=../../../secret.txt",
+            "/api/v1/models/acme/served/repo?Revision=main&FilePath=%2fetc%2fpasswd",
+            "/api/v1/models/acme/served/repo?Revision=main&FilePath=a%5c..%5c..%5csecret.txt",
+            "/api/v1/models/acme/served/repo?Revision=..%2f..&FilePath=config.json",
+            "/api/v1/models/acme/served/repo/files?Revision=main&Root=../..",
         ):
             status, headers, body = raw(url, "GET", path, auth)
             assert status in (400, 404), (path, status)
