@@ -14,6 +14,14 @@ A file that fails its hash has already been streamed to the clients of its fligh
 are cut off before the last chunk (the connection is dropped, so no client ends with a
 complete-looking wrong file) and nothing reaches the mirror.
 
+Many replicas, one origin fetch: replicas that share the mirror bucket coordinate through
+it. Before fetching a file from the origin a replica takes a create-only lease object for
+it in the bucket (the lease ``push`` uses, with its heartbeat); a replica that finds the
+lease held waits for the holder's record of the finished file (an entry object written
+after the upload) and then streams the file from the mirror into its own flight, checked
+against that record's SHA-256. A holder that dies stops its heartbeat and its lease is
+broken after the TTL. Whichever replica first has every file of the revision publishes it.
+
 Bounded: clients wait for bytes on asyncio futures, never on a worker thread, so slow
 misses cannot starve mirror hits; at most ``max_flights`` fetches run at once and their
 spool files hold at most ``max_spool`` bytes (past either, :class:`OriginBusy`, a 503
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -38,11 +47,18 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from .._core.checksum import crc32c_hex
 from .._core.config import DEFAULT_CONCURRENCY, TransferConfig
-from .._core.errors import ChecksumMismatch, HubError, ModelhaulError, RevisionConflict
+from .._core.errors import (
+    ChecksumMismatch,
+    HubError,
+    ModelhaulError,
+    NoSuchKey,
+    RevisionConflict,
+)
 from .._repo.hub import HubFile, HubRevision
 from .._repo.manifest import FileEntry, Manifest, RepoId
 from .._repo.mirror import Mirror
 from .._repo.push import publish_revision
+from .._store.lease import Lease, ObjectLeaseBackend
 from .._transfer.engine import Engine
 from .._transfer.upload import LocalSource, UploadJob
 
@@ -69,6 +85,8 @@ class _DropAuthOnOtherHost(urllib.request.HTTPRedirectHandler):
 
 _OPENER = urllib.request.build_opener(_DropAuthOnOtherHost())
 _MAX_FILLING = 1024  # revisions remembered while nothing of theirs is in flight
+PEER_LEASE_TTL = 30.0  # seconds without a heartbeat before a replica's fetch counts as dead
+PEER_WAIT = 900.0  # longest wait for another replica's fetch of one file
 
 
 class OriginBusy(ModelhaulError):
@@ -184,6 +202,8 @@ class WriteThrough:
         max_flights: origin fetches at one time.
         max_spool: bytes the spool files of the flights may hold together (a file the hub
             gives no size for counts once it has arrived).
+        coordinate: take a lease in the bucket before each origin fetch, so replicas on
+            one mirror fetch each file once.
     """
 
     def __init__(
@@ -199,6 +219,8 @@ class WriteThrough:
         on_bytes: Callable[[int], None] = lambda n: None,
         max_flights: int = 16,
         max_spool: int = 64 * 1024**3,
+        coordinate: bool = True,
+        peer_poll: float = 0.5,
     ) -> None:
         self.mirror = mirror
         self.hub = hub
@@ -210,6 +232,8 @@ class WriteThrough:
         self._on_bytes = on_bytes
         self.max_flights = max_flights
         self.max_spool = max_spool
+        self.coordinate = coordinate
+        self.peer_poll = peer_poll
         self._lock = threading.Lock()
         self._flights: dict[str, Flight] = {}
         self._filling: dict[tuple[str, str], _Filling] = {}
@@ -339,10 +363,13 @@ class WriteThrough:
         credentialed: bool,
     ) -> None:
         try:
-            sha256 = self._download(revision, file, flight, credentialed)
-            flight.finish()
-            if keep:
-                self._upload(revision, file, flight, key, sha256)
+            if keep and self.coordinate:
+                self._fetch_once(revision, file, flight, key, credentialed)
+            else:
+                sha256 = self._download(revision, file, flight, credentialed)
+                flight.finish()
+                if keep:
+                    self._upload(revision, file, flight, key, sha256)
         except BaseException as exc:  # every client of the flight must learn of it
             if not flight.done:
                 flight.finish(exc)
@@ -351,6 +378,94 @@ class WriteThrough:
             with self._lock:
                 self._flights.pop(key, None)
                 flight.path.unlink(missing_ok=True)
+
+    # -- replicas ------------------------------------------------------------------------
+
+    def _peer_key(self, revision: HubRevision, path: str, suffix: str) -> str:
+        prefix = self.mirror.layout(revision.repo).revision_prefix(revision.commit)
+        return f"{prefix}.modelhaul/flights/{path}.{suffix}"
+
+    def _fetch_once(
+        self, revision: HubRevision, file: HubFile, flight: Flight, key: str, credentialed: bool
+    ) -> None:
+        """Fetch from the origin under the file's lease in the bucket, or, while another
+        replica holds it, wait for its record and copy the file from the mirror."""
+        store, bucket = self.mirror.store, self.mirror.bucket
+        what = f"the origin fetch of {revision.repo}@{revision.commit[:12]}/{file.path}"
+        lease = Lease(
+            ObjectLeaseBackend(store, bucket, self._peer_key(revision, file.path, "lease"), what),
+            ttl=PEER_LEASE_TTL,
+        )
+        deadline = time.monotonic() + PEER_WAIT
+        while True:
+            entry = self._peer_entry(revision, file)
+            if entry is not None:
+                self._copy_from_mirror(revision, file, flight, key, entry)
+                return
+            if lease.try_acquire():
+                try:
+                    if self._peer_entry(revision, file) is None:  # none landed meanwhile
+                        sha256 = self._download(revision, file, flight, credentialed)
+                        flight.finish()
+                        self._upload(revision, file, flight, key, sha256)
+                        return
+                finally:
+                    lease.release()
+                continue
+            if time.monotonic() > deadline:
+                raise HubError(
+                    f"another replica has been fetching {revision.repo}/{file.path} for "
+                    f"{PEER_WAIT:g} s ({lease.describe_holder()})",
+                    hub=self.endpoint,
+                    hint="try again later; check the other replicas",
+                )
+            time.sleep(self.peer_poll)
+
+    def _peer_entry(self, revision: HubRevision, file: HubFile) -> FileEntry | None:
+        """The record another replica (or this one) wrote once the file was in the mirror."""
+        key = self._peer_key(revision, file.path, "json")
+        try:
+            raw = self.mirror.store.get_bytes(self.mirror.bucket, key)
+            data = json.loads(raw)
+            entry = FileEntry(
+                file.path, int(data["size"]), str(data["sha256"]), str(data["etag"]),
+                int(data.get("part_size", 0)), str(data.get("crc32c", "")),
+            )  # fmt: skip
+        except NoSuchKey:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring an unreadable flight record %s: %s", key, exc)
+            return None
+        if file.sha256 and entry.sha256 != file.sha256:
+            return None  # not this file's content: fetch it ourselves
+        return entry
+
+    def _copy_from_mirror(
+        self, revision: HubRevision, file: HubFile, flight: Flight, key: str, entry: FileEntry
+    ) -> None:
+        """Stream the file another replica put in the mirror into this flight's spool,
+        checked against its record, and count it as written through."""
+        store, bucket = self.mirror.store, self.mirror.bucket
+        sha = hashlib.sha256()
+        reader = store.open_range(bucket, key, 0, entry.size, if_match=entry.etag or None)
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        try:
+            with flight.path.open("wb") as out:
+                while n := reader.readinto(view):
+                    out.write(view[:n])
+                    out.flush()
+                    sha.update(view[:n])
+                    flight.advance(n)
+        finally:
+            reader.close()
+        what = f"{revision.repo}/{file.path} from the mirror (another replica's fetch)"
+        if flight.written != entry.size or sha.hexdigest() != entry.sha256:
+            raise ChecksumMismatch(
+                what, algorithm="sha256", expected=entry.sha256, actual=sha.hexdigest()
+            )
+        flight.finish()
+        self._landed(revision, entry)
 
     def _download(
         self, revision: HubRevision, file: HubFile, flight: Flight, credentialed: bool
@@ -409,9 +524,20 @@ class WriteThrough:
         Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY).run([job])
         crc = crc32c_hex(job.crc) if job.crc is not None else ""
         entry = FileEntry(file.path, flight.written, sha256, job.etag, job.part_size, crc)
+        if self.coordinate:  # what replicas waiting on our lease copy from the mirror
+            record = json.dumps(entry.to_json()).encode()
+            self.mirror.store.put(
+                self.mirror.bucket, self._peer_key(revision, file.path, "json"), record
+            )
+        self._landed(revision, entry)
+
+    def _landed(self, revision: HubRevision, entry: FileEntry) -> None:
+        """``entry`` is in the mirror: publish the revision once all of its files are."""
         with self._lock:
-            filling = self._filling[(str(revision.repo), revision.commit)]
-            filling.entries[file.path] = entry
+            filling = self._filling.setdefault(
+                (str(revision.repo), revision.commit), _Filling(revision, {}, set())
+            )
+            filling.entries[entry.path] = entry
             complete = {f.path for f in revision.files if f.size} <= set(filling.entries)
             entries = list(filling.entries.values())
             refs = sorted(filling.refs)
