@@ -332,3 +332,38 @@ def test_refs_commits_paths_info_and_a_missing_folder(
         assert [i.path for i in listed] == ["tokenizer/vocab.txt"]
         with pytest.raises(EntryNotFoundError):
             list(api.list_repo_tree("acme/refs", path_in_repo="no/such/folder"))
+
+
+def test_transformers_loads_a_mirrored_model_fast_with_the_origin_down(
+    tmp_path: Path, store: S3Store, bucket: str, env: dict[str, str]
+) -> None:
+    """The origin answering 503 to everything: transformers' from_pretrained of a mirrored
+    model (which probes for a dozen optional files) takes well under 2 s, not a 502 storm."""
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    folder = tmp_path / "tiny"
+    child = [sys.executable, "-m", "tests._tiny_model"]
+    subprocess.run([*child, "build", str(folder)], check=True, capture_output=True, timeout=300)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    publish(tmp_path, uri, "acme/tiny", files, "main")
+    with FakeHub() as origin:
+        origin.fail_with = 503
+        with running_serve(store, uri, tmp_path / "spool", origin=origin.url) as (url, _):
+            client_env = {**env, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"),
+                          "HF_HUB_DISABLE_TELEMETRY": "1", "TRANSFORMERS_VERBOSITY": "error"}  # fmt: skip
+            client_env.pop("HF_HUB_OFFLINE", None)
+            done = subprocess.run([*child, "load", "acme/tiny"], env=client_env,
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["seconds"] < 2, report
+    local = subprocess.run([*child, "load", str(folder)], env=env, capture_output=True,
+                           text=True, timeout=300, check=True)  # fmt: skip
+    expected = json.loads(local.stdout.strip().splitlines()[-1])
+    assert (report["ids"], report["params"]) == (expected["ids"], expected["params"])
+    snapshots = list((tmp_path / "hf" / "hub" / "models--acme--tiny" / "snapshots").iterdir())
+    got = {p.name: p.read_bytes() for p in snapshots[0].iterdir()}
+    assert got == files
