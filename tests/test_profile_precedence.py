@@ -122,4 +122,4 @@ def test_unknown_keys_name_the_valid_ones(tmp_path: Path) -> None:
     cfg = write(tmp_path / "config.toml", 'defualt_profile = "lab"\n')
     with pytest.raises(ConfigError, match="unknown keys: defualt_profile") as info:
         load_profile(env={}, config_file=cfg)
-    assert info.value.hint == "valid keys are default_profile, profiles, repo"
+    assert info.value.hint == "valid keys are default_profile, profiles, repo, serve"
