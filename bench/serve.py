@@ -15,7 +15,7 @@ What it does (see ../shared/DESIGN.md, "Speed"):
   ``curl -o FILE http://127.0.0.1:PORT/bench/model/resolve/main/model.safetensors``
   (the URL huggingface_hub downloads from; curl as the client so the client's own CPU is
   small and alike on both sides);
-* s5cmd: the same number of ``s5cmd cp s3://bench/mh/bench/model/r0/model.safetensors FILE``
+* s5cmd: the same number of ``s5cmd cp s3://bench/mh/bench/model/REV/model.safetensors FILE``
   at once (s5cmd's own ranged parallel download);
 * aggregate throughput = clients x size / wall time from the first start to the last end;
   every downloaded file's size is checked, and one of each side's SHA-256; the service's
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         write_file(src, args.size_mib)
         size = src.stat().st_size
         want = sha256(src)
-        modelhaul.push(src.parent, f"s3://{BUCKET}/mh", REPO_ID, revision="r0")
+        # "r0" names the revision; its objects live under its content id.
+        rev = modelhaul.push(src.parent, f"s3://{BUCKET}/mh", REPO_ID, revision="r0").revision
 
         port = free_port()
         serve = subprocess.Popen(
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
 
         endpoint = env["AWS_ENDPOINT_URL"]
-        key = f"s3://{BUCKET}/mh/{REPO_ID}/r0/{NAME}"
+        key = f"s3://{BUCKET}/mh/{REPO_ID}/{rev}/{NAME}"
         out = work / "out"
         sides: dict[str, list[float]] = {"serve": [], "s5cmd": []}
 
