@@ -196,6 +196,16 @@ class FileEntry:
             "crc32c": self.crc32c,
         }
 
+    @classmethod
+    def from_json(cls, item: Any, where: str) -> FileEntry:
+        """Parse and check one entry as :meth:`to_json` writes it.
+
+        Raises:
+            ManifestError: a missing or mistyped field.
+            UnsafePath: a path that would escape the snapshot folder.
+        """
+        return _entry(item, where)
+
 
 @dataclass(frozen=True)
 class Manifest:

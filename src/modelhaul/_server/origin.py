@@ -139,13 +139,6 @@ class Flight:
             self.error = error
         self._wake()
 
-    def _available(self) -> int | None:
-        """Bytes readers may have (the last one is held back until the hash is checked);
-        None while there are none beyond what is written and more may come."""
-        if self.error is not None:
-            raise self.error
-        return self.written if self.done else max(self.written - 1, 0)
-
     async def readable(self, offset: int, timeout: float = 120.0) -> int:
         """Wait until bytes past ``offset`` may be read; how many bytes may be (0 at the
         end of the file).
@@ -157,7 +150,10 @@ class Flight:
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
-                avail = self._available() or 0
+                if self.error is not None:
+                    raise self.error
+                # The last byte is held back until the hash is checked (``done``).
+                avail = self.written if self.done else max(self.written - 1, 0)
                 if avail > offset:
                     return avail - offset
                 if self.done:
@@ -250,11 +246,11 @@ class WriteThrough:
     def spool_bytes(self) -> int:
         """Bytes the spool files of the flights in progress hold or will hold."""
         with self._lock:
-            return sum(self._spool_of(f) for f in self._flights.values())
+            return self._spooled()
 
-    @staticmethod
-    def _spool_of(flight: Flight) -> int:
-        return max(flight.size or 0, flight.written)
+    def _spooled(self) -> int:
+        """Under the lock: what :attr:`spool_bytes` says."""
+        return sum(max(f.size or 0, f.written) for f in self._flights.values())
 
     def in_mirror(self, repo: RepoId, commit: str, path: str) -> FileEntry | None:
         """The entry of a file this server already wrote to the mirror, if any."""
@@ -298,8 +294,7 @@ class WriteThrough:
             if key not in self._flights:
                 if len(self._flights) >= self.max_flights:
                     raise OriginBusy(f"{len(self._flights)} files are on their way from the origin")
-                spooled = sum(self._spool_of(f) for f in self._flights.values())
-                if self._flights and spooled + (file.size or 0) > self.max_spool:
+                if self._flights and self._spooled() + (file.size or 0) > self.max_spool:
                     raise OriginBusy("the spool for files from the origin is full")
                 self._prune()
             filling = self._filling.setdefault(
@@ -426,17 +421,13 @@ class WriteThrough:
         key = self._peer_key(revision, file.path, "json")
         try:
             raw = self.mirror.store.get_bytes(self.mirror.bucket, key)
-            data = json.loads(raw)
-            entry = FileEntry(
-                file.path, int(data["size"]), str(data["sha256"]), str(data["etag"]),
-                int(data.get("part_size", 0)), str(data.get("crc32c", "")),
-            )  # fmt: skip
+            entry = FileEntry.from_json(json.loads(raw), key)
         except NoSuchKey:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, ModelhaulError) as exc:
             log.warning("ignoring an unreadable flight record %s: %s", key, exc)
             return None
-        if file.sha256 and entry.sha256 != file.sha256:
+        if entry.path != file.path or (file.sha256 and entry.sha256 != file.sha256):
             return None  # not this file's content: fetch it ourselves
         return entry
 

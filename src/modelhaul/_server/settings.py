@@ -225,7 +225,7 @@ class ServeSettings:
         return self._tokenless()
 
     def _tokenless(self) -> Grant:
-        if not self.tokens and not self.token and not self.allow_anonymous:
+        if not self.client_tokens and not self.allow_anonymous:
             return LOCAL  # loopback only (check_exposure): the operator's own machine
         return ANONYMOUS
 
@@ -586,6 +586,10 @@ class MirrorService:
                 f"{repo} is not on this mirror's list of repos fetched from the origin",
                 hint="ask the mirror's operator to add it to allow_repos, or to sync it",
             )
+        return self._origin_of(grant)
+
+    def _origin_of(self, grant: Grant) -> OriginHub:
+        """The origin as this client may use it: with the origin token, or without."""
         origin = self.origin if grant.credentialed else self.public_origin
         assert origin is not None
         return origin
@@ -653,10 +657,8 @@ class MirrorService:
         with self._lock:
             cached = self._revisions.get(key)
         if cached is None or cached[0] <= now:
-            origin = self.origin if grant.credentialed else self.public_origin
-            assert origin is not None
             try:
-                hub = self._resolve_at_origin(origin, revision.repo, commit, grant)
+                hub = self._resolve_at_origin(self._origin_of(grant), revision.repo, commit, grant)
             except (NoSuchModel, NoSuchRevision):
                 return None  # a revision pushed by hand, which the origin never had
             except HubError as exc:
