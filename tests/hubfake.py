@@ -7,6 +7,8 @@ Enough of the API for ``HfApi.model_info`` (with ``files_metadata``), ``list_rep
 * ``GET /api/models/{org}/{name}[/revision/{rev}]`` — the repo's commit and files
   (``siblings`` with size, git blob id and, for LFS files, the SHA-256);
 * ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]`` — the file listing;
+* ``POST /api/models/{org}/{name}/paths-info/{rev}`` — the listing's entries of the form's
+  (or JSON body's) ``paths`` (olah asks for this before it fetches a file);
 * ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{path}`` — the file, with ``X-Repo-Commit``,
   ``ETag``/``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length`` and ``Range`` support.
 
@@ -17,6 +19,7 @@ an optional token is required when set.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -24,14 +27,28 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_THRESHOLD = 1024  # files at least this big are "in LFS" (the hub gives their SHA-256)
 HOLD_AT = 64 * 1024  # bytes of a held file sent before the hub waits for ``release``
 
 
 def git_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
+    return _digests(data)[1]
+
+
+def sha256_hex(data: bytes) -> str:
+    return _digests(data)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _digests(data: bytes) -> tuple[str, str]:
+    """SHA-256 and git blob id, computed once per file body (a 1 GiB bench file is asked
+    for by HEAD, paths-info and GET: hashing it each time would time the fake, not the
+    mirror in front of it)."""
+    blob = hashlib.sha1(b"blob %d\x00" % len(data))
+    blob.update(data)
+    return hashlib.sha256(data).hexdigest(), blob.hexdigest()
 
 
 @dataclass
@@ -62,10 +79,14 @@ class FakeHub:
         self.fail_with: int | None = None  # answer every request with this status
         self.hold: set[str] = set()  # paths whose bodies stop after HOLD_AT until ``release``
         self.release = threading.Event()
+        self.bytes_sent = 0  # response body bytes, all requests
+        self._count = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     def add(self, repo_id: str, files: dict[str, bytes]) -> FakeRepo:
         repo = FakeRepo(dict(files))
+        for data in repo.files.values():
+            _digests(data)  # now, not inside the first request for the file
         self.repos[repo_id] = repo
         return repo
 
@@ -100,6 +121,7 @@ class FakeHub:
 
 _API = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?/?$")
 _TREE = re.compile(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$")
+_PATHS_INFO = re.compile(r"^/api/models/([^/]+/[^/]+)/paths-info/([^/]+)$")
 _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 
 
@@ -110,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+    def _send(self, status: int, body: bytes | memoryview = b"", headers: dict[str, str] | None = None,
               *, head: bool = False) -> None:  # fmt: skip
         self.send_response(status)
         for k, v in (headers or {}).items():
@@ -119,7 +141,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head and body:
-            self.wfile.write(body)
+            self._write(body)
+
+    def _write(self, body: bytes | memoryview) -> None:
+        self.wfile.write(body)
+        with self.fake._count:
+            self.fake.bytes_sent += len(body)
 
     def _error(self, status: int, code: str, *, head: bool = False) -> None:
         body = json.dumps({"error": code}).encode()
@@ -153,6 +180,28 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._handle(head=True)
+
+    def do_POST(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.fake.authorizations.append(self.headers.get("Authorization"))
+        if not self._authorised():
+            return
+        m = _PATHS_INFO.match(path)
+        if m is None:
+            self._error(404, "NotFound")
+            return
+        self.fake.requests[f"POST paths-info {m.group(1)}"] += 1
+        found = self._repo_rev(m.group(1), m.group(2))
+        if found is None:
+            return
+        repo, _ = found
+        if "json" in (self.headers.get("Content-Type") or ""):
+            asked = list(json.loads(body or b"{}").get("paths", []))
+        else:
+            asked = parse_qs(body.decode()).get("paths", [])
+        items = [self._tree_item(p, repo.files[p]) for p in asked if p in repo.files]
+        self._send(200, json.dumps(items).encode(), {"Content-Type": "application/json"})
 
     def _handle(self, head: bool) -> None:
         path = unquote(urlsplit(self.path).path)
@@ -210,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         item: dict[str, object] = {"rfilename": path, "size": len(data), "blobId": git_sha1(data)}
         if len(data) >= LFS_THRESHOLD:
             item["lfs"] = {
-                "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134
+                "sha256": sha256_hex(data), "size": len(data), "pointerSize": 134
             }  # fmt: skip
         return item
 
@@ -219,13 +268,13 @@ class _Handler(BaseHTTPRequestHandler):
         item: dict[str, object] = {"type": "file", "path": path, "size": len(data),
                                    "oid": git_sha1(data)}  # fmt: skip
         if len(data) >= LFS_THRESHOLD:
-            item["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
+            item["lfs"] = {"oid": sha256_hex(data), "size": len(data),
                            "pointerSize": 134}  # fmt: skip
         return item
 
     def _serve_file(self, commit: str, path: str, data: bytes, head: bool) -> None:
         lfs = len(data) >= LFS_THRESHOLD
-        etag = hashlib.sha256(data).hexdigest() if lfs else git_sha1(data)
+        etag = sha256_hex(data) if lfs else git_sha1(data)
         if path in self.fake.corrupt and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         if path in self.fake.html_for:
@@ -250,9 +299,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers["Content-Length"] = str(end - start)
         if path in self.fake.hold and not head:
             self._send(status, b"", headers, head=True)
-            self.wfile.write(data[start : start + HOLD_AT])
+            self._write(data[start : start + HOLD_AT])
             self.wfile.flush()
             self.fake.release.wait(60)
-            self.wfile.write(data[start + HOLD_AT : end])
+            self._write(data[start + HOLD_AT : end])
             return
-        self._send(status, data[start:end], headers, head=head)
+        self._send(status, memoryview(data)[start:end], headers, head=head)

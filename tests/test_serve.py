@@ -528,3 +528,25 @@ def test_loopback_token_or_allow_anonymous_may_start(env: dict[str, str]) -> Non
         got = load_serve_settings(mirror="s3://mirror-bucket/p", env={"MODELHAUL_SERVE_HOST": host,
                                                           "MODELHAUL_SERVE_TOKEN": "t0ken"})  # fmt: skip
         check_exposure(got)
+
+
+def test_a_spool_folder_that_cannot_be_made_is_a_clear_error(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    from tests.conftest import run_cli
+    from tests.servefixture import free_port
+
+    (tmp_path / "a-file").write_bytes(b"x")
+    made = tmp_path / "new" / "spool"  # missing folders are made
+    proc = run_cli("serve", "--mirror", "s3://mirror-bucket/p", "--origin", "none",
+                   "--port", str(free_port()), "--spool-dir", str(tmp_path / "a-file" / "spool"),
+                   env=env, check=False, timeout=60)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot use {tmp_path / 'a-file' / 'spool'} as the spool folder" in proc.stderr
+    assert "--spool-dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    from modelhaul._server.app import remove_spool, spool_dir
+
+    spool = spool_dir(made)
+    assert spool.parent == made and spool.is_dir()
+    remove_spool(spool)

@@ -367,3 +367,51 @@ def test_transformers_loads_a_mirrored_model_fast_with_the_origin_down(
     snapshots = list((tmp_path / "hf" / "hub" / "models--acme--tiny" / "snapshots").iterdir())
     got = {p.name: p.read_bytes() for p in snapshots[0].iterdir()}
     assert got == files
+
+
+def test_redirect_hits_send_clients_to_the_store_and_no_byte_through_serve(
+    tmp_path: Path, store: S3Store, bucket: str, env: dict[str, str], hub: FakeHub
+) -> None:
+    """With redirect_hits, a mirror hit is a 302 to a presigned URL of its object, signed
+    for the endpoint clients reach (here ``localhost`` for a service on 127.0.0.1):
+    huggingface_hub downloads byte-identical files and the service sends none of them;
+    ranges go to the store; a file still in flight from the origin streams as before."""
+    import httpx
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    files = model_files(tmp_path)
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    publish(tmp_path, uri, "acme/tiny", files, "r1")
+    fresh = {"config.json": b'{"fresh": true}', "big.bin": make_file(tmp_path / "b", 3 * MiB,
+                                                                        seed=4).read_bytes()}  # fmt: skip
+    hub.add("acme/fresh", fresh)
+    endpoint = env["AWS_ENDPOINT_URL"].replace("127.0.0.1", "localhost")
+    with running_serve(store, uri, tmp_path / "spool", origin=hub.url, redirect_hits=True,
+                       redirect_endpoint=endpoint) as (url, service):  # fmt: skip
+        got = Path(snapshot_download("acme/tiny", endpoint=url, cache_dir=tmp_path / "c"))
+        for path, data in files.items():
+            assert (got / path).read_bytes() == data, path
+        assert service.counters.bytes_served == 0  # every byte came from the store
+        assert service.counters.redirects == len([d for d in files.values() if d])
+
+        r = httpx.get(f"{url}/acme/tiny/resolve/main/model.safetensors",
+                      headers={"Authorization": "Bearer not-for-the-store"})  # fmt: skip
+        assert r.status_code == 302
+        location = r.headers["location"]
+        assert location.startswith(endpoint) and "X-Amz-Signature=" in location
+        assert r.headers["x-linked-size"] == str(len(files["model.safetensors"]))
+        assert "x-repo-commit" in r.headers and "content-range" not in r.headers
+        ranged = httpx.get(f"{url}/acme/tiny/resolve/main/model.safetensors",
+                           headers={"Range": "bytes=100-199"}, follow_redirects=True)  # fmt: skip
+        assert ranged.status_code == 206 and ranged.content == files["model.safetensors"][100:200]
+        head = httpx.head(f"{url}/acme/tiny/resolve/main/model.safetensors")
+        assert head.status_code == 200  # metadata is answered here, as before
+        assert head.headers["x-linked-size"] == str(len(files["model.safetensors"]))
+        tampered = location.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        assert httpx.get(tampered).status_code == 403  # the URL is signed, not open
+
+        # Not in the mirror yet: streamed through the service from the origin.
+        path = hf_hub_download("acme/fresh", "big.bin", endpoint=url, cache_dir=tmp_path / "f")
+        assert Path(path).read_bytes() == fresh["big.bin"]
+        assert service.counters.bytes_served == len(fresh["big.bin"])
+        assert "modelhaul_serve_redirects_total" in httpx.get(f"{url}/metrics").text

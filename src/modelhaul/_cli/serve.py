@@ -45,6 +45,19 @@ def _require_serve_extra() -> None:
     type=click.Path(path_type=Path),
     help="Local folder for files in flight from the origin.",
 )
+@click.option(
+    "--redirect-hits",
+    is_flag=True,
+    default=None,
+    help="Send clients to a presigned URL of the store for files the mirror holds, as "
+    "the hub sends them to its CDN: the bytes skip this process. Clients must reach the "
+    "store (MODELHAUL_SERVE_REDIRECT_HITS).",
+)
+@click.option(
+    "--redirect-endpoint",
+    help="The store's URL as clients reach it, if not the one serve uses "
+    "(MODELHAUL_SERVE_REDIRECT_ENDPOINT).",
+)
 @common_options(quiet="No startup line, and uvicorn logs warnings only.")
 @pass_state
 def serve_command(
@@ -56,6 +69,8 @@ def serve_command(
     token: str | None,
     allow_anonymous: bool | None,
     spool_dir: Path | None,
+    redirect_hits: bool | None,
+    redirect_endpoint: str | None,
 ) -> None:
     """Serve the mirror over the Hugging Face Hub download API.
 
@@ -68,7 +83,8 @@ def serve_command(
 
     settings = load_serve_settings(
         mirror=mirror, origin=origin, host=host, port=port, token=token,
-        allow_anonymous=allow_anonymous,
+        allow_anonymous=allow_anonymous, redirect_hits=redirect_hits,
+        redirect_endpoint=redirect_endpoint,
     )  # fmt: skip
     if spool_dir is not None:
         settings = replace(settings, spool_dir=spool_dir)

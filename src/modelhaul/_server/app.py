@@ -52,6 +52,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs
 
 from .._core.errors import (
+    ConfigError,
     HubError,
     InvalidRepoId,
     MissingExtra,
@@ -361,6 +362,15 @@ async def _send_file(
     if head or end == start:
         return Response(status_code=status, headers=headers)
     key = service.mirror_key(revision, path)
+    if key is not None and (location := service.redirect_url(key)) is not None:
+        # The hub's own way (resolve -> its CDN): the client fetches the object from the
+        # store, Range and all; huggingface_hub, requests and curl -L drop the
+        # Authorization header for the other host, so the presigned URL is all it sends.
+        service.count(hits=1, redirects=1)
+        for name in ("Content-Length", "Content-Range", "Accept-Ranges"):
+            headers.pop(name, None)
+        headers["Location"] = location
+        return Response(status_code=302, headers=headers)
     if key is not None:
         store, bucket = service.mirror.store, service.mirror.bucket
         # Opened before the response starts, so a failure is still a clean 502.
@@ -713,7 +723,16 @@ def run(service: MirrorService, *, log_level: str = "info") -> None:
 
 
 def spool_dir(base: Path | None) -> Path:
-    """A private folder for files in flight."""
+    """A private folder for files in flight, inside ``base`` (made if missing)."""
+    if base is not None:
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"serve: cannot use {base} as the spool folder ({exc.strerror}); "
+                "give --spool-dir a folder you can write, on a disk with room for files "
+                "in flight"
+            ) from exc
     return Path(tempfile.mkdtemp(prefix="modelhaul-serve-", dir=base))
 
 

@@ -54,6 +54,10 @@ class Metrics:
         self.bytes_sent = Counter(
             "modelhaul_serve_bytes_sent", "File bytes sent to clients.", registry=r
         )
+        self.redirects = Counter(
+            "modelhaul_serve_redirects",
+            "Mirror hits answered with a redirect to the store (redirect_hits).", registry=r,
+        )  # fmt: skip
         self.origin_bytes = Counter(
             "modelhaul_serve_origin_bytes", "Bytes received from the origin hub.", registry=r
         )

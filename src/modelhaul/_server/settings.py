@@ -111,6 +111,9 @@ __all__ = [
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
 ORIGIN_DOWN_TTL = 30.0  # seconds an origin failure is remembered (no 502 storm)
+# Seconds a redirect to the store is good for: checked when the client's GET starts, so
+# a long download outlives it; a client that resumes later asks the service again.
+REDIRECT_EXPIRES = 900
 
 
 class Forbidden(ModelhaulError):
@@ -186,6 +189,12 @@ class ServeSettings:
             any); what the mirror holds is served regardless.
         max_flights: origin fetches at one time; past it, a miss answers 503.
         max_spool: bytes of files in flight on local disk; past it, a miss answers 503.
+        redirect_hits: answer a GET of a file the mirror holds with a 302 to a presigned
+            URL of its object, as the hub sends clients to its CDN: the bytes go from the
+            store to the client, not through this process (``MODELHAUL_SERVE_REDIRECT_HITS``).
+            Clients must reach the store; HEAD and files in flight are answered here.
+        redirect_endpoint: the store's URL as clients reach it, when not the one this
+            service uses (``MODELHAUL_SERVE_REDIRECT_ENDPOINT``).
     """
 
     mirror: str
@@ -202,6 +211,8 @@ class ServeSettings:
     allow_repos: tuple[str, ...] = ()
     max_flights: int = 16
     max_spool: int = 64 * 1024**3
+    redirect_hits: bool = False
+    redirect_endpoint: str | None = None
 
     @property
     def client_tokens(self) -> tuple[ClientToken, ...]:
@@ -273,10 +284,17 @@ _MAX_FLIGHTS = Setting(
 _MAX_SPOOL = Setting(
     name="max_spool", parse=as_size, default=64 * 1024**3, env=("MODELHAUL_SERVE_MAX_SPOOL",)
 )
+_REDIRECT = Setting(
+    name="redirect_hits", parse=as_bool, default=False, env=("MODELHAUL_SERVE_REDIRECT_HITS",)
+)
+_REDIRECT_ENDPOINT: Setting[str | None] = Setting(
+    name="redirect_endpoint", parse=as_url, default=None,
+    env=("MODELHAUL_SERVE_REDIRECT_ENDPOINT",),
+)  # fmt: skip
 _HUBS = (HF_ENDPOINT, HF_TOKEN, MS_ENDPOINT, MS_TOKEN)
 SERVE_SETTINGS = (
     _MIRROR, _ORIGIN, _HOST, _PORT, _TOKEN, _ANONYMOUS, _ALLOW_REPOS, _MAX_FLIGHTS,
-    _MAX_SPOOL, *_HUBS,
+    _MAX_SPOOL, _REDIRECT, _REDIRECT_ENDPOINT, *_HUBS,
 )  # fmt: skip
 
 
@@ -347,6 +365,8 @@ def load_serve_settings(
     port: int | None = None,
     token: str | None = None,
     allow_anonymous: bool | None = None,
+    redirect_hits: bool | None = None,
+    redirect_endpoint: str | None = None,
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
 ) -> ServeSettings:
@@ -393,6 +413,8 @@ def load_serve_settings(
         allow_repos=r.get(_ALLOW_REPOS).value,
         max_flights=max(1, r.get(_MAX_FLIGHTS).value),
         max_spool=r.get(_MAX_SPOOL).value,
+        redirect_hits=r.get(_REDIRECT, redirect_hits).value,
+        redirect_endpoint=r.get(_REDIRECT_ENDPOINT, redirect_endpoint).value,
     )
     check_exposure(settings)
     return settings
@@ -456,12 +478,13 @@ class Counters:
     origin_fetches: int = 0
     bytes_served: int = 0
     requests: int = 0
+    redirects: int = 0
 
     def to_json(self) -> dict[str, float]:
         return {
             "started": self.started, "hits": self.hits, "misses": self.misses,
             "origin_fetches": self.origin_fetches, "bytes_served": self.bytes_served,
-            "requests": self.requests,
+            "requests": self.requests, "redirects": self.redirects,
         }  # fmt: skip
 
 
@@ -515,6 +538,22 @@ class MirrorService:
                 max_spool=settings.max_spool,
             )
             self.metrics.watch(self.write_through)
+        if settings.redirect_hits and self.redirect_url("probe") is None:  # signs, sends nothing
+            raise ConfigError(
+                f"serve cannot redirect clients to {store.describe()}: it cannot sign URLs",
+                hint="redirect_hits needs an S3 store; leave it off to stream hits through "
+                "the service",
+            )
+
+    def redirect_url(self, key: str) -> str | None:
+        """Where a client is sent for the mirror's object ``key`` (a presigned GET), or
+        None when hits stream through this process."""
+        if not self.settings.redirect_hits:
+            return None
+        return self.mirror.store.presigned_get(
+            self.mirror.bucket, key, expires=REDIRECT_EXPIRES,
+            endpoint=self.settings.redirect_endpoint,
+        )  # fmt: skip
 
     def _count_fetch(self) -> None:
         self.metrics.origin_fetches.inc()
@@ -524,6 +563,8 @@ class MirrorService:
     def count(self, **deltas: int) -> None:
         if "bytes_served" in deltas:
             self.metrics.bytes_sent.inc(deltas["bytes_served"])
+        if "redirects" in deltas:
+            self.metrics.redirects.inc(deltas["redirects"])
         with self._lock:
             for name, n in deltas.items():
                 setattr(self.counters, name, getattr(self.counters, name) + n)

@@ -336,6 +336,19 @@ class ObjectStore(abc.ABC):
     def delete(self, bucket: str, key: str) -> None:
         """Remove an object; removing an absent object is not an error."""
 
+    def presigned_get(
+        self, bucket: str, key: str, *, expires: int = 3600, endpoint: str | None = None
+    ) -> str | None:
+        """A URL from which whoever holds it may GET the object (with ``Range`` too) for
+        ``expires`` seconds, without credentials of their own; None where the store
+        cannot sign one (a local folder).
+
+        Args:
+            endpoint: the store's URL as the URL's users reach it, when not the one this
+                process uses (the host is part of what is signed).
+        """
+        return None
+
     # -- copies inside one store -------------------------------------------------------
     #
     # S3 copies server-side (CopyObject, UploadPartCopy): no byte crosses the client. The

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.auth
@@ -204,6 +205,7 @@ class S3Store(ObjectStore):
         self._bucket_region: dict[str, str] = {}
         self._session: botocore.session.Session | None = None
         self._hasty: dict[float, S3Store] = {}
+        self._elsewhere: dict[str, S3Store] = {}  # for URLs signed for another endpoint
 
     # -- clients -------------------------------------------------------------------
 
@@ -213,7 +215,7 @@ class S3Store(ObjectStore):
     def __getstate__(self) -> dict[str, Any]:
         # Clients and locks do not cross process boundaries; the child makes its own.
         state = self.__dict__.copy()
-        state.update(_lock=None, _pid=-1, _clients={}, _session=None, _hasty={})
+        state.update(_lock=None, _pid=-1, _clients={}, _session=None, _hasty={}, _elsewhere={})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -754,6 +756,23 @@ class S3Store(ObjectStore):
             kwargs["ChecksumCRC32C"] = _b64(crc32c)
         r = self._call("UploadPart", lambda c: c.upload_part(**kwargs), bucket=bucket, key=key)
         return r["ETag"]
+
+    def presigned_get(
+        self, bucket: str, key: str, *, expires: int = 3600, endpoint: str | None = None
+    ) -> str | None:
+        store = self
+        if endpoint and endpoint.rstrip("/") != (self.profile.endpoint_url or "").rstrip("/"):
+            with self._lock:
+                store = self._elsewhere.get(endpoint) or S3Store(
+                    replace(self.profile, endpoint_url=endpoint), max_connections=1
+                )
+                store._bucket_region = self._bucket_region
+                self._elsewhere[endpoint] = store
+        # Signing only (SigV4 query parameters): no request is made.
+        url: str = store.client(bucket).generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
+        )
+        return url
 
     def same_store(self, other: ObjectStore) -> bool:
         """The same endpoint (AWS's own when None) and the same credentials: then S3 copies
