@@ -3,6 +3,7 @@ SeaweedFS bucket: incremental, idempotent, refs, retention, colder storage, two 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import modelhaul
-from modelhaul import S3Store
+from modelhaul import S3Store, TransferConfig
 from modelhaul._mirror.config import load_sync_config
 from modelhaul._mirror.sync import SyncReport, sync_mirror
 from modelhaul._repo.manifest import RepoId
@@ -88,8 +89,14 @@ def test_sync_incremental_refs_retention_cold(
     assert hub.downloads() == downloads
 
     # A new revision at the origin: only changed files come from the hub; main moves.
+    v1_prefix = f"{tmp_path.name}/{REPO}/{id1}/"
+    client = store.client(bucket)
+    weights_key = v1_prefix + "model.safetensors"
+    before = client.head_object(Bucket=bucket, Key=weights_key, ChecksumMode="ENABLED")
     v2 = hub.add(REPO, files_v(tmp_path, 2))
-    third = sync_mirror(config, store=store, env=env)
+    # Copies above 1 MiB go in parts (UploadPartCopy): the path objects over 5 GiB take.
+    third = sync_mirror(config, store=store, env=env,
+                        transfer=TransferConfig(copy_threshold=MiB))  # fmt: skip
     assert ("published", v2.commit) in actions(third)
     (pub,) = [a for a in third.actions if a.action == "published"]
     assert pub.reused_bytes == 3 * MiB + 11  # the unchanged weights, read from the mirror
@@ -97,24 +104,36 @@ def test_sync_incremental_refs_retention_cold(
     assert hub.downloads() == downloads + 2 and hub.downloads("model.safetensors") == 1
     id2 = mirror.name(rid, v2.commit)
     assert id2 is not None and mirror.ref(rid, "main") == id2
-    # The older revision is kept (keep = 2) and would move to the colder class. SeaweedFS
-    # keeps storage classes (a PUT, or a copy to another key, with STANDARD_IA reads back
-    # as STANDARD_IA), but refuses a copy of an object onto itself that changes only the
-    # class (InvalidRequest, "without changing the object's metadata, storage class..."),
-    # which is how retention moves it; so here the revision stays STANDARD and the report
-    # says so. A store that takes the copy must report "cold" and read back STANDARD_IA.
+    # The older revision is kept (keep = 2) and moves to the colder class: each file copied
+    # onto itself server-side (with explicit metadata, which SeaweedFS needs to take a
+    # self-copy that changes only the class), CRC32C and user metadata kept; the manifest
+    # records the new ETags (the weights' changed: a single PUT copied in parts).
     cold = [(a.action, a.detail) for a in third.actions if a.revision == v1.commit]
-    assert cold == [("cold unsupported", "STANDARD_IA")], third.actions
-    v1_prefix = f"{tmp_path.name}/{REPO}/{id1}/"
+    assert cold == [("cold", "STANDARD_IA")], third.actions
     v1_keys = [info.key for info in store.list(bucket, v1_prefix)]
-    assert len(v1_keys) >= 3 and f"{v1_prefix}.modelhaul/storage-class" not in v1_keys
-    client = store.client(bucket)
-    for key in v1_keys:  # STANDARD: S3 sends no x-amz-storage-class for it
-        assert "StorageClass" not in client.head_object(Bucket=bucket, Key=key), key
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=v1_prefix)["Contents"]
-    assert {o["Key"]: o.get("StorageClass", "STANDARD") for o in listed} == dict.fromkeys(
-        v1_keys, "STANDARD"
-    )
+    assert f"{v1_prefix}.modelhaul/storage-class" in v1_keys
+    after = client.head_object(Bucket=bucket, Key=weights_key, ChecksumMode="ENABLED")
+    assert after["StorageClass"] == "STANDARD_IA"
+    assert after["ChecksumCRC32C"] == before["ChecksumCRC32C"]
+    assert after["Metadata"] == before["Metadata"]
+    assert after["ETag"] != before["ETag"] and after["ETag"].endswith('-1"')
+    cooled = mirror.manifest(rid, id1)
+    assert cooled is not None and cooled.content_id() == id1
+    for entry in cooled.files:
+        key = v1_prefix + entry.path
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert entry.etag == head["ETag"], entry.path
+        assert head["StorageClass"] == "STANDARD_IA", entry.path
+    assert {e.path: e.part_size for e in cooled.files}["model.safetensors"] > 0
+    # A store preset that checks ETags instead of CRC32C (checksums = false) pulls it.
+    plain = dataclasses.replace(store.profile, checksums=False)
+    got = modelhaul.pull(f"{REPO}@{id1}", cache_dir=tmp_path / "c-cold", mirrors=[uri],
+                         origins=[], profile=plain)  # fmt: skip
+    assert (got / "model.safetensors").read_bytes() == files_v(tmp_path, 1)["model.safetensors"]
+    assert (got / "config.json").read_bytes() == b'{"version": 1}'
+    # Again: already cold, nothing is copied.
+    again = sync_mirror(config, store=store, env=env)
+    assert [a for a in again.actions if a.action == "cold"] == []
 
     # A third revision: the oldest goes (keep = 2), manifest and objects.
     v3 = hub.add(REPO, files_v(tmp_path, 3))

@@ -5,12 +5,16 @@ has one. A revision a ref points at is never touched; the names given to a prune
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any
 
-from .._core.errors import NoSuchKey
+from .._core.config import DEFAULT_CONCURRENCY, TransferConfig
+from .._core.errors import NoSuchKey, StoreError, TransferFailed
 from .._repo.manifest import RepoId
 from .._repo.mirror import Mirror
+from .._store.base import ObjectInfo
+from .._transfer.engine import Engine
+from .._transfer.servercopy import COPY_PART, ServerCopyJob
 
 __all__ = ["apply_retention"]
 
@@ -18,9 +22,14 @@ log = logging.getLogger("modelhaul.sync")
 
 
 def apply_retention(
-    mirror: Mirror, repo: RepoId, keep: int, cold_after: int, cold_class: str | None
+    mirror: Mirror,
+    repo: RepoId,
+    keep: int,
+    cold_after: int,
+    cold_class: str | None,
+    transfer: TransferConfig | None = None,
 ) -> list[tuple[str, str, int, str]]:
-    """Prune and cool the revisions of ``repo``.
+    """Prune and cool the revisions of ``repo`` (``transfer``: how the moves copy).
 
     Returns:
         ``(action, revision, files, detail)`` for each revision acted on; the revision as
@@ -53,7 +62,9 @@ def apply_retention(
                 mirror.delete_name(repo, name)
             done.append(("pruned", label[rev.revision], rev.files, f"beyond keep = {keep}"))
         elif cold_class and cold_after and index >= cold_after:
-            outcome = _make_cold(mirror, repo, rev.revision, cold_class)
+            outcome = _make_cold(
+                mirror, repo, rev.revision, cold_class, transfer or TransferConfig()
+            )
             if outcome is not None:
                 done.append((outcome, label[rev.revision], rev.files, cold_class))
     return done
@@ -67,10 +78,18 @@ def _prune(mirror: Mirror, repo: RepoId, revision: str) -> None:
         mirror.store.delete(mirror.bucket, info.key)
 
 
-def _make_cold(mirror: Mirror, repo: RepoId, revision: str, storage_class: str) -> str | None:
-    """Copy a revision's objects onto themselves in ``storage_class``; None if done before."""
-    from .._store.s3 import S3Store
+def _make_cold(
+    mirror: Mirror, repo: RepoId, revision: str, storage_class: str, transfer: TransferConfig
+) -> str | None:
+    """Copy a revision's files onto themselves in ``storage_class`` (server-side, in
+    parallel parts above 5 GiB, CRC32C and user metadata kept: ``cp``'s s3 -> s3 code), then
+    record their new ETags and part sizes in the manifest, so pulls that check ETags (the
+    ``checksums = false`` presets) still take them; None if done before.
 
+    The manifest and modelhaul's own records stay in the standard class: small, and read
+    by every pull. Between the copies and the manifest's rewrite a pull may see an ETag it
+    does not expect and stop (RevisionTampered); a rerun succeeds.
+    """
     layout = mirror.layout(repo)
     marker = layout.revision_prefix(revision) + ".modelhaul/storage-class"
     try:
@@ -78,65 +97,38 @@ def _make_cold(mirror: Mirror, repo: RepoId, revision: str, storage_class: str) 
             return None
     except NoSuchKey:
         pass
-    store = mirror.store
-    if not isinstance(store, S3Store):
+    manifest = mirror.manifest(repo, revision)
+    if manifest is None:
+        return None
+    store, bucket = mirror.store, mirror.bucket
+    if store.presigned_get(bucket, marker) is None:  # not S3: no storage classes
         return "cold unsupported"
-    client = store.client(mirror.bucket)
-    for info in list(store.list(mirror.bucket, layout.revision_prefix(revision))):
-        if info.key == marker:
-            continue
-        try:
-            _copy_in_place(client, mirror.bucket, info.key, info.size, storage_class)
-        except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            # InvalidRequest: a self-copy that changes nothing, i.e. the class was ignored.
-            if code in (
-                "InvalidStorageClass",
-                "NotImplemented",
-                "InvalidArgument",
-                "InvalidRequest",
-            ):
-                log.warning("the store refuses storage class %s: %s", storage_class, code)
-                return "cold unsupported"
-            raise store.translate(exc, "CopyObject", bucket=mirror.bucket, key=info.key) from exc
-    store.put(mirror.bucket, marker, storage_class.encode())
+    jobs = {}
+    for entry in manifest.files:
+        key = layout.file_key(revision, entry.path)
+        pin = ObjectInfo(key, entry.size, entry.etag) if entry.etag else None
+        jobs[entry.path] = ServerCopyJob(
+            store, bucket, key, bucket, key, info=pin, storage_class=storage_class,
+            threshold=transfer.copy_threshold, part_size=transfer.part_size or COPY_PART,
+            label=f"{repo}@{revision[:12]}/{entry.path} -> {storage_class}",
+        )  # fmt: skip
+    try:
+        Engine(transfer, transfer.concurrency or DEFAULT_CONCURRENCY).run(list(jobs.values()))
+    except (StoreError, TransferFailed) as exc:
+        causes = exc.failures if isinstance(exc, TransferFailed) else []
+        codes = {getattr(c.cause, "code", None) for c in causes} | {getattr(exc, "code", None)}
+        if codes & set(_UNSUPPORTED):
+            log.warning("the store refuses storage class %s: %s", storage_class, exc)
+            return "cold unsupported"
+        raise
+    files = tuple(
+        dataclasses.replace(e, etag=jobs[e.path].etag, part_size=jobs[e.path].parted)
+        for e in manifest.files
+    )
+    mirror.rewrite_manifest(repo, dataclasses.replace(manifest, files=files))
+    store.put(bucket, marker, storage_class.encode())
     return "cold"
 
 
+# InvalidRequest: a self-copy that changes nothing, i.e. the class was ignored.
 _UNSUPPORTED = ("InvalidStorageClass", "NotImplemented", "InvalidArgument", "InvalidRequest")
-_COPY_LIMIT = 5 * 1024**3  # the most one CopyObject may copy
-_COPY_PART = 1024**3
-
-
-def _copy_in_place(client: Any, bucket: str, key: str, size: int, storage_class: str) -> None:
-    """Rewrite an object onto itself in another storage class (bytes stay in the store)."""
-    source = {"Bucket": bucket, "Key": key}
-    if size <= _COPY_LIMIT:
-        client.copy_object(
-            Bucket=bucket,
-            Key=key,
-            CopySource=source,
-            StorageClass=storage_class,
-            MetadataDirective="COPY",
-        )
-        return
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key, StorageClass=storage_class)
-    parts = []
-    try:
-        for number, start in enumerate(range(0, size, _COPY_PART), start=1):
-            end = min(size, start + _COPY_PART) - 1
-            got = client.upload_part_copy(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload["UploadId"],
-                PartNumber=number,
-                CopySource=source,
-                CopySourceRange=f"bytes={start}-{end}",
-            )
-            parts.append({"PartNumber": number, "ETag": got["CopyPartResult"]["ETag"]})
-        client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
-        )
-    except BaseException:
-        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-        raise

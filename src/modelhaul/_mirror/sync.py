@@ -179,7 +179,7 @@ def sync_mirror(
                 mirror, repo, item, _hub(item.origin, env), transfer, list(progress), report
             )
             for action, rev, files, detail in apply_retention(
-                mirror, repo, item.keep, config.cold_after, config.cold_storage_class
+                mirror, repo, item.keep, config.cold_after, config.cold_storage_class, transfer
             ):
                 report.actions.append(SyncAction(str(repo), "", rev, action, files, detail=detail))
             synced[str(repo)] = {"finished": time.time(), "refs": refs}

@@ -186,6 +186,23 @@ class Mirror:
                 "(--ref) instead",
             )
 
+    def rewrite_manifest(self, repo: RepoId, manifest: Manifest) -> None:
+        """Write a published revision's manifest again with new store records (ETags and
+        part sizes after its objects were copied onto themselves); its files, and so its
+        content id, must be the same.
+
+        Raises:
+            RevisionConflict: ``manifest`` is not the revision's content.
+        """
+        if is_content_id(manifest.revision) and manifest.content_id() != manifest.revision:
+            raise RevisionConflict(
+                f"{repo}@{manifest.revision}: the new manifest has other files",
+                hint="only the store's records of a revision may be rewritten",
+            )
+        key = self.layout(repo).manifest_key(manifest.revision)
+        body = manifest.to_bytes()
+        retry_call(lambda: self.store.put(self.bucket, key, body), key)
+
     def delete_name(self, repo: RepoId, name: str) -> None:
         key = self.layout(repo).name_key(name)
         retry_call(lambda: self.store.delete(self.bucket, key), key)

@@ -35,6 +35,14 @@ class ServerCopyJob(Job):
     Args:
         threshold: above this size, copy in parts (tests use a small one).
         part_size: the part size of a multipart copy (raised to fit 10,000 parts).
+        storage_class: the copy's storage class (None: the store's default). With one,
+            the copy may be made onto the source itself (``mirror sync``'s moves to a
+            colder class): the user metadata is then sent explicitly.
+
+    Attributes:
+        etag: the copy's ETag, once done (it may differ from the source's: a multipart
+            source copied in one call, or parts of another size).
+        parted: the copy's part size, 0 when it was copied in one call.
     """
 
     def __init__(
@@ -49,8 +57,11 @@ class ServerCopyJob(Job):
         threshold: int = COPY_THRESHOLD,
         part_size: int = COPY_PART,
         label: str | None = None,
+        storage_class: str | None = None,
     ) -> None:
         self.store = store
+        self.storage_class = storage_class
+        self.parted = 0
         self.src_bucket, self.src_key = src_bucket, src_key
         self.bucket, self.key = bucket, key
         self.info = info
@@ -82,9 +93,13 @@ class ServerCopyJob(Job):
             return
         part = max(self.part_size, upload_part_size(info.size, engine.config))
         part = min(part, MAX_PART_SIZE)
+        self.parted = part
         self.upload_id = engine.retry(
             lambda: self.store.create_multipart(
-                self.bucket, self.key, metadata=dict(info.metadata)
+                self.bucket,
+                self.key,
+                metadata=dict(info.metadata),
+                storage_class=self.storage_class,
             ),
             label=self.label,
             part=0,
@@ -109,9 +124,18 @@ class ServerCopyJob(Job):
         assert self.info is not None  # set by prepare()
         etag = self.info.etag or None
         if task.number == 0:
+            # Explicit metadata (REPLACE) is what makes a copy onto itself legal when only
+            # the storage class changes; without a class the store copies the source's.
+            meta = dict(self.info.metadata) if self.storage_class else None
             self.etag = engine.retry(
                 lambda: self.store.copy_object(
-                    self.src_bucket, self.src_key, self.bucket, self.key, if_match=etag
+                    self.src_bucket,
+                    self.src_key,
+                    self.bucket,
+                    self.key,
+                    if_match=etag,
+                    metadata=meta,
+                    storage_class=self.storage_class,
                 ),
                 label=self.label,
                 part=0,
