@@ -35,7 +35,8 @@ The cut falls 10-90% (seeded) into the body; where a response has no body (HEAD,
 UploadPart, 204), in the middle of the headers; with ``Fault.cut_after``, right after
 given bytes of the head.
 With ``body_rate``, every response body with a Content-Length is relayed at that many
-bytes per second (a slow link), in pieces sent every 50 ms.
+bytes per second (a slow link), in pieces sent every 50 ms; changed while bodies are being
+relayed, it applies to them from their next piece (a link that turns slow mid-read).
 Everything stays on loopback; :meth:`FaultProxy.stop` closes every socket and joins every
 thread.
 """
@@ -622,10 +623,13 @@ class FaultProxy:
         return False
 
     def _stream(self, up: _Reader, client: socket.socket, left: int) -> None:
-        rate = self.body_rate
-        piece = _CHUNK if rate is None else max(1, min(_CHUNK, int(rate / 20)))
-        began, sent = time.monotonic(), 0
+        rate: float | None = -1.0
+        began, sent, piece = 0.0, 0, _CHUNK
         while left > 0:
+            if self.body_rate != rate:  # set from outside mid-response: a link gone slow
+                rate = self.body_rate
+                piece = _CHUNK if rate is None else max(1, min(_CHUNK, int(rate / 20)))
+                began, sent = time.monotonic(), 0
             data = up.some(min(left, piece))
             client.sendall(data)
             self._served(len(data))

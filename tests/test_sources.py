@@ -153,3 +153,41 @@ def test_fast_mirror_stopped_mid_pull_the_other_finishes(
     assert far.body_bytes >= 1 * MiB  # the rest really came from the far mirror
     record = json.loads((tmp_path / "c" / "sources.json").read_text())
     assert any(k.endswith(near_uri) and "last_error" in v for k, v in record.items())
+
+
+def test_a_range_gone_slow_moves_to_the_other_mirror(
+    tmp_path: Path, mirrors: tuple[FaultProxy, FaultProxy, str, str, Path]
+) -> None:
+    """The near mirror is chosen (fastest), then its link drops to 256 KiB/s mid-pull:
+    the ranges it is still sending are far slower than what their siblings read, so their
+    unread rest is asked of the far mirror (3 MiB/s) instead, split among idle workers.
+    Left on near, the rest (~16 MiB over 3-4 streams) would take over 16 s."""
+    near, far, near_uri, far_uri, src = mirrors
+    total = sum(p.stat().st_size for p in src.iterdir())
+    events: list[dict[str, object]] = []
+
+    class SlowDown(ProgressSubscriber):
+        seen = 0
+
+        def bytes_moved(self, label: str, n: int) -> None:
+            self.seen += n
+            if self.seen >= 8 * MiB:
+                near.body_rate = 256 * 1024
+
+        def event(self, kind: str, data: dict[str, object]) -> None:
+            events.append({"kind": kind, **data})
+
+    order = [{"uri": near_uri, "profile": "near"}, {"uri": far_uri, "profile": "far"}]
+    far_before = far.body_bytes
+    started = time.monotonic()
+    folder = modelhaul.pull("acme/toy", settings=_settings(tmp_path, order, "c"),  # type: ignore[arg-type]
+                            config=TransferConfig(concurrency=4), progress=[SlowDown()])  # fmt: skip
+    took = time.monotonic() - started
+    assert near.body_rate == 256 * 1024  # the slowdown did happen mid-pull
+    assert tree(folder) == tree(src)  # every byte checked (CRC32C, SHA-256) wherever from
+    hedged = [e for e in events if e["kind"] == "range_hedged"]
+    assert hedged, events
+    assert all(near_uri.removeprefix("s3://") in str(e["from"]) for e in hedged)
+    assert all(far_uri.removeprefix("s3://") in str(e["to"]) for e in hedged)
+    assert far.body_bytes - far_before > 4 * MiB  # the far mirror sent a real share
+    assert took < 12, (took, total)

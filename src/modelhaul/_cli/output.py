@@ -70,6 +70,10 @@ class FileLines(ProgressSubscriber):
             secs = max(time.monotonic() - t0, 1e-6)
             speed = f", {size / secs / 1e6:.0f} MB/s" if size and data["source"] != "cache" else ""
             self._echo(f"  {data['path']}: from {data['source']} ({format_size(size)}{speed})")
+        elif kind == "range_hedged":
+            moved = format_size(data["bytes"])
+            self._echo(f"  {data['file']}: {moved} read at {data['mb_s']} MB/s from "
+                       f"{data['from']}, asked of {data['to']}")  # fmt: skip
         elif kind == "waiting":
             self._echo(f"  {data['path']}: another process is fetching it ({data['holder']})")
         elif kind == "write_back":

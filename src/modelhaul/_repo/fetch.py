@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .._core.checksum import combine_segments, crc32c_hex
@@ -41,7 +41,7 @@ from .._core.errors import (
     RevisionTampered,
 )
 from .._store.base import ObjectInfo, ObjectStore
-from .._transfer.download import DownloadJob
+from .._transfer.download import Alternate, DownloadJob
 from .._transfer.engine import Engine, Task
 from .cache import Cache
 from .manifest import FileEntry
@@ -149,6 +149,8 @@ class CacheFetchJob(DownloadJob):
             byte; about 0.7 s of CPU per GiB here).
         revision: ``ORG/NAME@REVISION``, for messages.
         where: the mirror, in words, for messages.
+        alternates: the same file in other mirrors, for slow ranges (see
+            :class:`~modelhaul._transfer.download.DownloadJob`).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class CacheFetchJob(DownloadJob):
         verify: str = "crc32c",
         revision: str = "",
         where: str = "",
+        alternates: Sequence[Alternate] = (),
     ) -> None:
         cache.tmp_path(entry.sha256).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(
@@ -173,6 +176,7 @@ class CacheFetchJob(DownloadJob):
             cache.tmp_path(entry.sha256),
             info=ObjectInfo(key, entry.size, entry.etag),
             label=label,
+            alternates=alternates,
         )
         self.entry = entry
         self.cache = cache

@@ -60,6 +60,7 @@ from .._core.errors import (
 from .._core.uri import matches_filters, safe_join
 from .._store.factory import open_store
 from .._store.lease import Lease
+from .._transfer.download import Alternate
 from .._transfer.engine import Engine, ProgressSubscriber
 from .cache import Cache, place_file, sha256_file
 from .fetch import CacheFetchJob
@@ -664,7 +665,8 @@ class _Fetcher:
         left = files
         for i, (mirror, manifest) in enumerate(sources):
             try:
-                self._from_one_mirror(mirror, manifest, left)
+                others = sources[i + 1 :]  # not one that already failed
+                self._from_one_mirror(mirror, manifest, left, others)
                 return
             except RevisionTampered:
                 raise
@@ -685,14 +687,33 @@ class _Fetcher:
                     f.where = str(nxt)
 
     def _from_one_mirror(
-        self, mirror: Mirror, manifest: Manifest, files: list[PlannedFile]
+        self,
+        mirror: Mirror,
+        manifest: Manifest,
+        files: list[PlannedFile],
+        others: Sequence[tuple[Mirror, Manifest]] = (),
     ) -> None:
+        """``files`` from ``mirror``; a range that reads far slower than its siblings
+        moves to the same file in the next of ``others`` (hedging the tail)."""
         plan = self.plan
         by_path = manifest.by_path()
         layout = mirror.layout(plan.repo)
+        elsewhere = [(m, m.layout(plan.repo), man.by_path()) for m, man in others]
+        rates = {id(c.mirror): c.rate for c in plan.sources}
         jobs = []
         for f in files:
             entry = by_path[f.path]
+            alternates = [
+                Alternate(
+                    m.store,
+                    m.bucket,
+                    lay.file_key(plan.revision, f.path),
+                    other.etag,
+                    rates.get(id(m)),
+                )
+                for m, lay, paths in elsewhere
+                if (other := paths.get(f.path)) is not None and other.sha256 == entry.sha256
+            ]
             _emit(self.progress, "file_start", path=f.path, size=f.size, source="mirror",
                   where=str(mirror))  # fmt: skip
             jobs.append(
@@ -707,6 +728,7 @@ class _Fetcher:
                     verify="sha256" if self.plan.strict else self.settings.verify,
                     revision=f"{plan.repo}@{plan.revision}",
                     where=str(mirror),
+                    alternates=alternates,
                 )
             )
         engine = Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress)

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._core.checksum import combine_segments, crc32c, crc32c_hex
@@ -41,17 +42,39 @@ from .._store.base import ObjectInfo, ObjectStore, RangeReader
 from .engine import Engine, Job, Task
 from .journal import read_journal, remove_journal, write_journal
 
-__all__ = ["DownloadJob", "partial_path"]
+__all__ = ["Alternate", "DownloadJob", "partial_path"]
 
 log = logging.getLogger("modelhaul.download")
 
 PARTIAL_SUFFIX = ".modelhaul-partial"
 # Steal only tails worth a new request.
 MIN_STEAL = 4 * MiB
+# Hedging: a range read at less than 1/HEDGE_FACTOR of the best rate its siblings reach,
+# after HEDGE_AFTER seconds, has its unread rest moved to the next source.
+HEDGE_FACTOR = 4.0
+HEDGE_AFTER = 1.0
+# Smallest unread rest worth moving (one more request; a slow one costs seconds).
+HEDGE_MIN = 1 * MiB
 # Bytes of one range between journal saves: what a kill may cost per stream.
 JOURNAL_EVERY = 16 * MiB
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+@dataclasses.dataclass(frozen=True)
+class Alternate:
+    """Another source of a download's very same bytes (the same file in another mirror).
+
+    Attributes:
+        rate: bytes per second it is expected to serve one range at (its probe), None if
+            unknown: a slow range moves to it only if that beats the range's own rate.
+    """
+
+    store: ObjectStore
+    bucket: str
+    key: str
+    etag: str = ""
+    rate: float | None = None
 
 
 # Page-cache writes go in slices of at most 32 KiB. The kernel sizes each new page-cache
@@ -161,6 +184,13 @@ class DownloadJob(Job):
             ETag and size). With checksums on, a HEAD is made anyway for an object of more
             than one request; one that fits in one takes its CRC32C from the GET's answer.
         label: the name shown in progress and errors.
+        alternates: other sources of the very same bytes (the same revision in other
+            mirrors). When idle workers are left at the tail
+            of the file and one range reads far slower than its siblings
+            (:data:`HEDGE_FACTOR`), its unread rest is requested from the next source
+            instead: a ``range_hedged`` event to subscribers that take
+            ``event(kind, data)``. The file's CRC32C (and a caller's SHA-256) still checks
+            every byte whichever source sent it.
     """
 
     def __init__(
@@ -172,8 +202,16 @@ class DownloadJob(Job):
         *,
         info: ObjectInfo | None = None,
         label: str | None = None,
+        alternates: Sequence[Alternate] = (),
     ) -> None:
         self.store = store
+        self.alternates = list(alternates)
+        # Per range: its source (0: this job's own, i: alternates[i - 1]) and when and
+        # where its current read began, for the hedging rates.
+        self._source: dict[int, int] = {}
+        self._began: dict[int, tuple[float, int]] = {}
+        self._rates: dict[int, float] = {}
+        self._slow: set[int] = set()
         self.bucket = bucket
         self.key = key
         self.dest = dest
@@ -394,6 +432,9 @@ class DownloadJob(Job):
         return task
 
     def steal(self) -> Task | None:
+        hedged = self._hedge()
+        if hedged is not None:
+            return hedged
         with self._lock:
             best = max(self._running, key=lambda t: t.end - t.pos, default=None)
             if best is None or best.end - best.pos < 2 * MIN_STEAL:
@@ -403,13 +444,96 @@ class DownloadJob(Job):
             self._numbers += 1
             tail = Task(self, self._numbers, mid, best.end)
             tail.saved = mid
+            self._source[tail.number] = self._source.get(best.number, 0)
             best.end = mid
             self._running.append(tail)
         log.debug("%s: split range %d at %d for an idle worker", self.label, best.number, mid)
         return tail
 
+    def _window_rate(self, task: Task, now: float, *, ended: bool = False) -> None:
+        """Close the range's rate window once it spans HEDGE_AFTER seconds or 2 MiB (or,
+        ``ended``, a finished read of 1 MiB), record its rate, and start the next; the
+        fastest feeds ``engine.best_range_rate``. Under ``self._lock``."""
+        began = self._began.get(task.number)
+        if began is None:
+            return
+        seconds, moved = now - began[0], task.pos - began[1]
+        if seconds <= 0 or (seconds < HEDGE_AFTER and moved < (MiB if ended else MIN_STEAL)):
+            return
+        self._began[task.number] = (now, task.pos)
+        rate = moved / seconds
+        self._rates[task.number] = rate
+        if self._engine is not None:
+            self._engine.best_range_rate = max(self._engine.best_range_rate, rate)
+
+    def _hedge(self) -> Task | None:
+        """Move the unread rest of a range far slower than its siblings to the next
+        source that is not slow too; None if there is none to move."""
+        if not self.alternates:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            for t in self._running:
+                self._window_rate(t, now)  # a read that stalls is measured too
+            rates = {t.number: self._rates.get(t.number) for t in self._running}
+            best = self._engine.best_range_rate if self._engine is not None else 0.0
+            slow = [
+                t for t in self._running
+                if (r := rates[t.number]) is not None and r * HEDGE_FACTOR < best
+                and t.end - t.pos >= HEDGE_MIN
+            ]  # fmt: skip
+            if not slow:
+                return None
+            victim = max(slow, key=lambda t: t.end - t.pos)
+            was = self._source.get(victim.number, 0)
+            rate = rates[victim.number] or 0.0
+            self._slow.add(was)
+            choices = [
+                i for i in range(1, len(self.alternates) + 1)
+                if i not in self._slow
+                and ((r := self.alternates[i - 1].rate) is None or r > 2 * rate)
+            ]  # fmt: skip
+            if 0 not in self._slow:
+                choices.insert(0, 0)
+            if not choices:
+                return None
+            to = choices[0]
+            # The victim keeps the chunk its read in flight may be writing (it was sized
+            # against the old end); the rest after it is asked of the other source.
+            cut = min(
+                victim.end, victim.pos + (self._engine.config.chunk_size if self._engine else MiB)
+            )
+            if victim.end - cut < HEDGE_MIN:
+                return None
+            self._numbers += 1
+            rest = Task(self, self._numbers, cut, victim.end)
+            rest.saved = cut
+            self._source[rest.number] = to
+            victim.end = cut
+            self._running.append(rest)
+            moved = rest.end - rest.start
+        log.info("%s: %d bytes read at %.1f MB/s (best %.1f): asking %s instead",
+                 self.label, moved, rate / 1e6, best / 1e6,
+                 self._describe(to))  # fmt: skip
+        if self._engine is not None:  # to subscribers that take events (JSON, lines)
+            self._engine.emit("event", "range_hedged", {
+                "file": self.label, "from": self._describe(was), "to": self._describe(to),
+                "bytes": moved, "mb_s": round(rate / 1e6, 2),
+                "best_mb_s": round(best / 1e6, 2),
+            })  # fmt: skip
+        return rest
+
+    def _describe(self, source: int) -> str:
+        if source == 0:
+            return self.store.location(self.bucket, self.key)
+        alt = self.alternates[source - 1]
+        return alt.store.location(alt.bucket, alt.key)
+
     def task_done(self, task: Task) -> bool:
         with self._lock:
+            self._window_rate(task, time.monotonic(), ended=True)  # a sibling's pace
+            self._began.pop(task.number, None)
+            self._rates.pop(task.number, None)
             self._running.remove(task)
             self._segments.append((task.start, task.pos, task.crc))
             last = not self._queue and not self._running
@@ -453,6 +577,11 @@ class DownloadJob(Job):
         assert self.info is not None  # set by prepare(), before any task exists
         etag = self.info.etag or None
         size = self.info.size
+        store, bucket, key = self.store, self.bucket, self.key
+        source = self._source.get(task.number, 0)
+        if source:
+            alt = self.alternates[source - 1]
+            store, bucket, key, etag = alt.store, alt.bucket, alt.key, alt.etag or None
         chunk = engine.config.chunk_size
         view = _worker_buffer(chunk)
         mark = [task.pos]
@@ -467,9 +596,11 @@ class DownloadJob(Job):
                 end = task.end
             if task.pos >= end:
                 return
-            with self.store.open_range(
-                self.bucket,
-                self.key,
+            with self._lock:
+                self._began[task.number] = (time.monotonic(), task.pos)
+            with store.open_range(
+                bucket,
+                key,
                 task.pos,
                 end,
                 if_match=etag,
@@ -510,6 +641,8 @@ class DownloadJob(Job):
                     with self._lock:
                         task.crc = crc
                         task.pos += n
+                        if self.alternates:
+                            self._window_rate(task, time.monotonic())
                     engine.add_bytes(self.label, n)
                     engine.bandwidth.consume(n)
                     if task.pos - task.saved >= JOURNAL_EVERY:

@@ -203,6 +203,9 @@ class Engine:
         self.subscribers = list(subscribers)
         self.budget = MemoryBudget(memory_budget or config.memory_budget or 1 << 62)
         self.stats = TransferStats()
+        #: the fastest rate (bytes/s) a download range of this run has read at: what
+        #: hedging measures a slow range against (its siblings may be other files').
+        self.best_range_rate = 0.0
         self.cancelled = threading.Event()
         self.bandwidth = Bandwidth(config.bandwidth_limit, cancelled=self.cancelled)
         self.policy = RetryPolicy(
