@@ -321,3 +321,33 @@ def test_serve_miss_comes_from_a_modelscope_origin_once(
         sdk(code.format(REPO, str(tmp_path / "b")), **sdk_env)
         assert tree(tmp_path / "b") == files
         assert ms.downloads() == len(files) and service.counters.hits == hits + len(files)
+
+
+def test_the_modelscope_sdk_follows_redirect_hits_to_the_store(
+    tmp_path: Path, store: S3Store, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``redirect_hits`` the SDK's file GETs are 302s to presigned store URLs: it
+    follows them (its token stays behind) and gets the same bytes; serve sends none."""
+    pytest.importorskip("uvicorn")
+    from tests.servefixture import running_serve
+
+    bucket = shared_bucket(store, "msserve")
+    uri = f"s3://{bucket}/{tmp_path.name}"
+    files = model_files(tmp_path)
+    src = tmp_path / "src"
+    for path, data in files.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(data)
+    modelhaul.push(src, uri, REPO, revision="rev-1")
+    for name in ("MODELSCOPE_DOMAIN", "MODELSCOPE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "mscache"))
+    with running_serve(store, uri, tmp_path / "spool", token=TOKEN,
+                       redirect_hits=True) as (url, service):  # fmt: skip
+        sdk(f"from modelscope import snapshot_download\n"
+            f"snapshot_download({REPO!r}, local_dir={str(tmp_path / 'snap')!r})",
+            MODELSCOPE_ENDPOINT=url, MODELSCOPE_API_TOKEN=TOKEN)  # fmt: skip
+        got = {k: v for k, v in tree(tmp_path / "snap").items() if not k.startswith(".")}
+        assert got == files
+        assert service.counters.redirects == len([d for d in files.values() if d]) > 0
+        assert service.counters.bytes_served == 0
