@@ -354,7 +354,9 @@ def test_transformers_loads_a_mirrored_model_fast_with_the_origin_down(
     tmp_path: Path, store: S3Store, bucket: str, env: dict[str, str]
 ) -> None:
     """The origin answering 503 to everything: transformers' from_pretrained of a mirrored
-    model (which probes for a dozen optional files) takes well under 2 s, not a 502 storm."""
+    model (which probes for a dozen optional files) takes seconds, not a 502 storm (~92 s:
+    huggingface_hub retries each 502 with backoff, >= 1 s per optional file). ~1 s on a quiet
+    2-core machine; the bound leaves room for a loaded one."""
     pytest.importorskip("transformers")
     import subprocess
     import sys
@@ -375,7 +377,7 @@ def test_transformers_loads_a_mirrored_model_fast_with_the_origin_down(
                                   capture_output=True, text=True, timeout=300)  # fmt: skip
             assert done.returncode == 0, done.stderr[-3000:]
             report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["seconds"] < 2, report
+    assert report["seconds"] < 5, report
     local = subprocess.run([*child, "load", str(folder)], env=env, capture_output=True,
                            text=True, timeout=300, check=True)  # fmt: skip
     expected = json.loads(local.stdout.strip().splitlines()[-1])

@@ -33,6 +33,12 @@ __all__ = ["cp_command", "uploads_group"]
 @click.option("--stall-timeout", type=float, help="Seconds without a byte before a retry.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="With -r, copy every file, also those already at the destination (default: skip "
+    "a file whose size and time say an earlier copy put it there).",
+)
+@click.option(
     "--direct-io/--buffered-io",
     default=None,
     help="Write downloads past the page cache (O_DIRECT), or through it "
@@ -55,11 +61,13 @@ def cp_command(
     bandwidth_limit: str | None,
     stall_timeout: float | None,
     no_verify: bool,
+    overwrite: bool,
     direct_io: bool | None,
 ) -> None:
     """Copy SRC to DST: local <-> s3://BUCKET/KEY, or s3 -> s3.
 
-    Interrupted copies resume where they stopped when run again.
+    Interrupted copies resume where they stopped when run again; with -r, files an earlier
+    run copied (same size, and time) are skipped.
     """
     config = transfer_config(
         concurrency, part_size, bandwidth_limit, stall_timeout, no_verify, direct_io
@@ -78,6 +86,7 @@ def cp_command(
         "dst_profile": dst_profile,
         "config": config,
         "progress": subscribers,
+        "overwrite": overwrite,
     }
     if bar is not None:
         with bar:
@@ -89,9 +98,14 @@ def cp_command(
     elif not state.quiet:
         resumed = f", {stats.bytes_resumed / MiB:.1f} MiB resumed" if stats.bytes_resumed else ""
         retries = f", {stats.retries} retries" if stats.retries else ""
+        skipped = (
+            f"; {stats.files_skipped} already there, skipped (--overwrite copies them)"
+            if stats.files_skipped
+            else ""
+        )
         state.console.print(
             f"copied {stats.files} file(s), {stats.bytes / MiB:.1f} MiB in {stats.seconds:.2f}s "
-            f"({stats.mb_per_s:.0f} MB/s{resumed}{retries})"
+            f"({stats.mb_per_s:.0f} MB/s{resumed}{retries}){skipped}"
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig
 from .._core.errors import (
+    AccessDenied,
     ConfigError,
     InvalidURI,
     LocalFileNotFound,
@@ -47,19 +49,60 @@ MAX_RESTARTS = 3
 @dataclass
 class _Plan:
     jobs: list[Job]
-    restart: list[Job]
+    skipped: int = 0
 
 
-def _local_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """``(relative posix path, path)`` of every file under ``root``, sorted; symlinked
-    folders are not followed (they can loop)."""
+def _local_files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """``(relative posix path, path, stat)`` of every file under ``root``, sorted;
+    symlinked folders are not followed (they can loop)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(filenames):
             path = base / name
-            if path.is_file():
-                yield path.relative_to(root).as_posix(), path
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # vanished, or a dangling link
+            if stat.S_ISREG(st.st_mode):
+                yield path.relative_to(root).as_posix(), path, st
+
+
+# A copy of a folder or prefix skips what an earlier run already put at the destination
+# (so a rerun after a kill, or of the same command, moves only what is missing), the way
+# rclone does: by size and modification time, no bytes read.
+# - download: the local file has the object's size and, to the millisecond, the object's
+#   time as its mtime (a download sets it; a file written any other way has another);
+# - upload and s3 -> s3: the object has the source's size and is not older than it.
+MTIME_SLACK = 0.001
+
+
+def _downloaded(dest: Path, info: ObjectInfo) -> bool:
+    try:
+        st = dest.stat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == info.size
+        and info.last_modified > 0
+        and abs(st.st_mtime - info.last_modified) < MTIME_SLACK
+    )
+
+
+def _there(listed: dict[str, ObjectInfo], key: str, size: int, mtime: float) -> bool:
+    have = listed.get(key)
+    return have is not None and have.size == size and have.last_modified >= mtime
+
+
+def _listing(store: ObjectStore, uri: S3URI) -> dict[str, ObjectInfo]:
+    """What the destination prefix holds already; nothing if it may not be listed (a
+    role that may write but not list still copies everything)."""
+    try:
+        return {o.key: o for o in store.list(uri.bucket, uri.key)}
+    except AccessDenied as exc:
+        log.info("cannot list s3://%s/%s (%s): copying every file", uri.bucket, uri.key, exc)
+        return {}
 
 
 def _dir_target(uri: S3URI) -> S3URI:
@@ -80,11 +123,18 @@ def copy(
     progress: Iterable[ProgressSubscriber] = (),
     src_store: ObjectStore | None = None,
     dst_store: ObjectStore | None = None,
+    overwrite: bool = False,
 ) -> TransferStats:
     """Copy a file or object, or with ``recursive`` a folder or prefix.
 
     ``src`` and ``dst`` are local paths or ``s3://bucket/key`` URIs. A destination that
     ends in ``/`` (or is an existing folder) receives the source under its own name.
+
+    A recursive copy skips the files an earlier copy already put at the destination: a
+    downloaded file that still has its object's size and time (downloads set the file's
+    mtime to the object's), an object with the local file's size that is not older than
+    it. So running the same command again, after a kill or not, moves only what is
+    missing or changed; ``overwrite`` copies everything.
 
     Args:
         src: what to copy.
@@ -99,6 +149,7 @@ def copy(
         progress: subscribers that receive progress events.
         src_store: an already-open store for the source (overrides profiles).
         dst_store: an already-open store for the destination.
+        overwrite: a recursive copy copies every file, even those already there.
 
     Returns:
         What was moved: bytes, seconds, retries, bytes resumed.
@@ -132,9 +183,13 @@ def copy(
             else open_store(dst_profile or profile, config)
         )
 
-    jobs = _plan(source, target, dst_text, recursive, include, exclude, store_in, store_out, config)
+    plan = _plan(
+        source, target, dst_text, recursive, include, exclude, store_in, store_out, config,
+        skip_existing=not overwrite,
+    )  # fmt: skip
+    jobs = plan.jobs
     concurrency = config.concurrency or DEFAULT_CONCURRENCY
-    stats = TransferStats()
+    stats = TransferStats(files_skipped=plan.skipped)
     started = time.monotonic()
     pending: list[Job] = jobs
     for attempt in range(MAX_RESTARTS + 1):
@@ -196,7 +251,9 @@ def _again(job: Job) -> Job:
             threshold=job.threshold, part_size=job.part_size, label=job.label,
         )  # fmt: skip
     if isinstance(job, DownloadJob):
-        return DownloadJob(job.store, job.bucket, job.key, job.dest, label=job.label)
+        return DownloadJob(
+            job.store, job.bucket, job.key, job.dest, label=job.label, mtime=job.mtime
+        )
     if isinstance(job, UploadJob) and isinstance(job.source, ObjectSource):
         src = job.source
         return UploadJob(
@@ -219,9 +276,12 @@ def _plan(
     store_in: ObjectStore | None,
     store_out: ObjectStore | None,
     config: TransferConfig,
-) -> list[Job]:
+    *,
+    skip_existing: bool,
+) -> _Plan:
     into_dir = dst_text.endswith("/") or (isinstance(target, Path) and target.is_dir())
     jobs: list[Job] = []
+    skipped = 0
     if isinstance(source, Path):
         # Narrowing: copy() refused local-to-local and opened a store for each s3:// side.
         assert isinstance(target, S3URI)
@@ -232,15 +292,19 @@ def _plan(
             if not source.is_dir():
                 raise ConfigError(f"{source} is not a folder", hint="drop --recursive")
             base = _dir_target(target)
-            for rel, path in _local_files(source):
-                if matches_filters(rel, include, exclude):
-                    dest = base.child(rel)
-                    jobs.append(UploadJob(store_out, dest.bucket, dest.key, LocalSource(path)))
-            return jobs
+            files = [f for f in _local_files(source) if matches_filters(f[0], include, exclude)]
+            held = _listing(store_out, base) if skip_existing and files else {}
+            for rel, path, st in files:
+                dest = base.child(rel)
+                if _there(held, dest.key, st.st_size, st.st_mtime):
+                    skipped += 1
+                    continue
+                jobs.append(UploadJob(store_out, dest.bucket, dest.key, LocalSource(path)))
+            return _Plan(jobs, skipped)
         if source.is_dir():
             raise ConfigError(f"{source} is a folder", hint="add --recursive to copy a folder")
         dest = target.child(source.name) if target.is_prefix else target
-        return [UploadJob(store_out, dest.bucket, dest.key, LocalSource(source))]
+        return _Plan([UploadJob(store_out, dest.bucket, dest.key, LocalSource(source))])
 
     assert store_in is not None  # narrowing: the source is s3://, and copy() opened its store
     if recursive:
@@ -253,19 +317,30 @@ def _plan(
                 bucket=source.bucket,
                 key=prefix,
             )
+        listed: dict[str, ObjectInfo] = {}
+        if skip_existing and isinstance(target, S3URI):
+            assert store_out is not None  # narrowing: an s3:// target has its store
+            listed = _listing(store_out, _dir_target(target))
         for info in objects:
             rel = safe_relpath(info.key[len(prefix) :])
             if not matches_filters(rel, include, exclude):
                 continue
             if isinstance(target, Path):
-                jobs.append(
-                    DownloadJob(
-                        store_in, source.bucket, info.key, safe_join(target, rel), info=info
-                    )
-                )
+                path = safe_join(target, rel)
+                if skip_existing and _downloaded(path, info):
+                    skipped += 1
+                    continue
+                job = DownloadJob(
+                    store_in, source.bucket, info.key, path, info=info,
+                    mtime=info.last_modified or None,
+                )  # fmt: skip
+                jobs.append(job)
             else:
                 assert store_out is not None  # narrowing: an s3:// target has its store
                 dest = _dir_target(target).child(rel)
+                if _there(listed, dest.key, info.size, info.last_modified):
+                    skipped += 1
+                    continue
                 jobs.append(
                     _s3_to_s3(store_in, source.bucket, info.key, store_out, dest, info, config)
                     if store_in.same_store(store_out)
@@ -276,7 +351,7 @@ def _plan(
                         ObjectSource(store_in, source.bucket, info.key, info),
                     )
                 )
-        return jobs
+        return _Plan(jobs, skipped)
     if source.is_prefix:
         raise InvalidURI(
             f"{source} names a prefix, not an object",
@@ -285,16 +360,23 @@ def _plan(
     name = source.key.rsplit("/", 1)[-1]
     if isinstance(target, Path):
         dest_path = target / name if into_dir else target
-        return [DownloadJob(store_in, source.bucket, source.key, dest_path)]
+        return _Plan([DownloadJob(store_in, source.bucket, source.key, dest_path)])
     assert store_out is not None  # narrowing: an s3:// target has its store
     dest = target.child(name) if target.is_prefix else target
     if store_in.same_store(store_out):
-        return [_s3_to_s3(store_in, source.bucket, source.key, store_out, dest, None, config)]
-    return [
-        UploadJob(
-            store_out, dest.bucket, dest.key, ObjectSource(store_in, source.bucket, source.key)
+        return _Plan(
+            [_s3_to_s3(store_in, source.bucket, source.key, store_out, dest, None, config)]
         )
-    ]
+    return _Plan(
+        [
+            UploadJob(
+                store_out,
+                dest.bucket,
+                dest.key,
+                ObjectSource(store_in, source.bucket, source.key),
+            )
+        ]
+    )
 
 
 def list_uploads(

@@ -191,6 +191,8 @@ class DownloadJob(Job):
             instead: a ``range_hedged`` event to subscribers that take
             ``event(kind, data)``. The file's CRC32C (and a caller's SHA-256) still checks
             every byte whichever source sent it.
+        mtime: the modification time (seconds since the epoch) the finished file gets,
+            e.g. the object's, so a later copy can tell the file is already here.
     """
 
     def __init__(
@@ -203,8 +205,10 @@ class DownloadJob(Job):
         info: ObjectInfo | None = None,
         label: str | None = None,
         alternates: Sequence[Alternate] = (),
+        mtime: float | None = None,
     ) -> None:
         self.store = store
+        self.mtime = mtime
         self.alternates = list(alternates)
         # Per range: its source (0: this job's own, i: alternates[i - 1]) and when and
         # where its current read began, for the hedging rates.
@@ -692,6 +696,9 @@ class DownloadJob(Job):
                 expected=str(info.size),
                 actual=str(os.fstat(self._fd).st_size),
             )
+        if self.mtime is not None:
+            # Before the rename: a file at the destination always has its final mtime.
+            os.utime(self._fd, ns=(time.time_ns(), round(self.mtime * 1e9)))
         # Rename only now, after verification: the destination never holds a bad file.
         os.replace(self.partial, self.dest)
         if not self._single or self._had_journal:
