@@ -13,10 +13,13 @@ import contextlib
 import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.checksum import completion, crc32c
 from .._core.errors import ModelhaulError, ObjectChanged, PreconditionFailed, ServerError
+
+if TYPE_CHECKING:
+    from .crt import CrtRequests
 
 __all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo", "ViewBody"]
 
@@ -354,6 +357,11 @@ class ObjectStore(abc.ABC):
     # S3 copies server-side (CopyObject, UploadPartCopy): no byte crosses the client. The
     # defaults below stream the bytes through this process with the methods above, so a
     # store without a native copy still copies correctly (CRC32C and metadata kept).
+
+    def small_requests(self, *, connect_timeout: float = 10.0) -> CrtRequests | None:
+        """A client that keeps many whole-object requests of small objects in flight
+        together (see :mod:`modelhaul._store.crt`), or None where the store has none."""
+        return None
 
     def same_store(self, other: ObjectStore) -> bool:
         """Whether ``other`` reaches this same store with the same credentials, so that an

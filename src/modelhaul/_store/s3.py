@@ -51,6 +51,7 @@ from .._core.errors import (
     redact,
 )
 from .base import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
+from .crt import CrtRequests
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -206,6 +207,8 @@ class S3Store(ObjectStore):
         self._session: botocore.session.Session | None = None
         self._hasty: dict[float, S3Store] = {}
         self._elsewhere: dict[str, S3Store] = {}  # for URLs signed for another endpoint
+        self._crt: CrtRequests | None = None
+        self._crt_pid = -1
 
     # -- clients -------------------------------------------------------------------
 
@@ -215,7 +218,10 @@ class S3Store(ObjectStore):
     def __getstate__(self) -> dict[str, Any]:
         # Clients and locks do not cross process boundaries; the child makes its own.
         state = self.__dict__.copy()
-        state.update(_lock=None, _pid=-1, _clients={}, _session=None, _hasty={}, _elsewhere={})
+        state.update(
+            _lock=None, _pid=-1, _clients={}, _session=None, _hasty={}, _elsewhere={},
+            _crt=None, _crt_pid=-1,
+        )  # fmt: skip
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -243,6 +249,36 @@ class S3Store(ObjectStore):
         if bucket is not None and bucket in self._bucket_region:
             return self._bucket_region[bucket]
         return self.profile.region
+
+    def region_of(self, bucket: str) -> str:
+        """The region requests for ``bucket`` are signed for (learnt, else the profile's)."""
+        return self._region_for(bucket)
+
+    def credentials(self) -> Any:
+        """botocore's credentials for this profile (refreshable ones refresh), or None
+        where it finds none."""
+        self.client()  # makes the session, with the profile's keys set on it
+        assert self._session is not None  # narrowing: client() made it
+        try:
+            return self._session.get_credentials()
+        except Exception as exc:  # an unreadable ~/.aws: the botocore path says what is wrong
+            log.debug("no credentials for the CRT path: %s", exc)
+            return None
+
+    def url_for(self, bucket: str, key: str) -> str:
+        """The URL botocore sends a request for ``key`` to (scheme, host, addressing
+        style, region endpoint), without its query."""
+        return (self.presigned_get(bucket, key, expires=60) or "").split("?", 1)[0]
+
+    def small_requests(self, *, connect_timeout: float = 10.0) -> CrtRequests | None:
+        """This process's CRT client for whole-object requests of small objects, or None
+        where it would not behave as botocore does (see :mod:`modelhaul._store.crt`)."""
+        pid = os.getpid()
+        if self._crt_pid != pid:
+            # One caller at a time makes it (a transfer command asks once, up front).
+            self._crt = CrtRequests.for_store(self, connect_timeout=connect_timeout)
+            self._crt_pid = pid
+        return self._crt
 
     def client(self, bucket: str | None = None) -> S3Client:
         """This process's botocore client for ``bucket``'s region, made on first use."""

@@ -10,7 +10,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig
@@ -32,10 +32,12 @@ from .._core.uri import (
     safe_relpath,
 )
 from .._store.base import ObjectInfo, ObjectStore, UploadInfo
+from .._store.crt import CrtRequests
 from .._store.factory import open_store
 from .download import DownloadJob
 from .engine import Engine, Job, ProgressSubscriber, TransferStats
 from .servercopy import COPY_PART, ServerCopyJob
+from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, run_small
 from .upload import LocalSource, ObjectSource, UploadJob
 
 __all__ = ["abort_uploads", "copy", "list_uploads"]
@@ -50,6 +52,25 @@ MAX_RESTARTS = 3
 class _Plan:
     jobs: list[Job]
     skipped: int = 0
+    #: files of a recursive copy small enough for one request each (see _transfer.small)
+    small: list[Small] = field(default_factory=list)
+
+
+# Below this many small files the CRT client's start-up (threads, a signed URL) is not
+# worth it.
+SMALL_BATCH_MIN = 8
+
+
+def _fast_path(items: Sequence[Small], config: TransferConfig) -> CrtRequests | None:
+    """The CRT client for the small files, where it applies: enough of them, no bandwidth
+    cap (the engine's bucket meters every byte), one S3 store on their side."""
+    if len(items) < SMALL_BATCH_MIN or config.bandwidth_limit:
+        return None
+    stores = {id(i.job.store): i.job.store for i in items}
+    if len(stores) != 1:
+        return None
+    (store,) = stores.values()
+    return store.small_requests(connect_timeout=config.connect_timeout)
 
 
 def _local_files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -192,6 +213,14 @@ def copy(
     stats = TransferStats(files_skipped=plan.skipped)
     started = time.monotonic()
     pending: list[Job] = jobs
+    if plan.small:
+        crt = _fast_path(plan.small, config)
+        if crt is None:
+            pending = [item.job for item in plan.small] + jobs
+        else:
+            engine = Engine(config, concurrency, progress)
+            pending = run_small(engine, crt, plan.small) + jobs
+            _merge(stats, engine.stats)
     for attempt in range(MAX_RESTARTS + 1):
         engine = Engine(config, concurrency, progress)
         try:
@@ -281,6 +310,7 @@ def _plan(
 ) -> _Plan:
     into_dir = dst_text.endswith("/") or (isinstance(target, Path) and target.is_dir())
     jobs: list[Job] = []
+    small: list[Small] = []
     skipped = 0
     if isinstance(source, Path):
         # Narrowing: copy() refused local-to-local and opened a store for each s3:// side.
@@ -299,8 +329,12 @@ def _plan(
                 if _there(held, dest.key, st.st_size, st.st_mtime):
                     skipped += 1
                     continue
-                jobs.append(UploadJob(store_out, dest.bucket, dest.key, LocalSource(path)))
-            return _Plan(jobs, skipped)
+                up = UploadJob(store_out, dest.bucket, dest.key, LocalSource(path))
+                if st.st_size <= SMALL_OBJECT:
+                    small.append(SmallUpload(up, path, st.st_size, st.st_mtime_ns, st.st_ino))
+                else:
+                    jobs.append(up)
+            return _Plan(jobs, skipped, small)
         if source.is_dir():
             raise ConfigError(f"{source} is a folder", hint="add --recursive to copy a folder")
         dest = target.child(source.name) if target.is_prefix else target
@@ -334,7 +368,10 @@ def _plan(
                     store_in, source.bucket, info.key, path, info=info,
                     mtime=info.last_modified or None,
                 )  # fmt: skip
-                jobs.append(job)
+                if 0 < info.size <= SMALL_OBJECT and info.etag:  # empty: no GET at all
+                    small.append(SmallDownload(job, path, info))
+                else:
+                    jobs.append(job)
             else:
                 assert store_out is not None  # narrowing: an s3:// target has its store
                 dest = _dir_target(target).child(rel)
@@ -351,7 +388,7 @@ def _plan(
                         ObjectSource(store_in, source.bucket, info.key, info),
                     )
                 )
-        return _Plan(jobs, skipped)
+        return _Plan(jobs, skipped, small)
     if source.is_prefix:
         raise InvalidURI(
             f"{source} names a prefix, not an object",
