@@ -22,6 +22,9 @@ the requests it matches (by method and by a substring of the target), up to its 
     answer ``500 InternalError`` without forwarding.
 ``slowdown503``
     answer ``503 SlowDown`` without forwarding.
+``corrupt``
+    forward, relay the whole answer with one byte of its body flipped (10-90% in), and
+    keep the connection: bit rot on the wire or on a disk, which only a checksum sees.
 
 Apart from the faults, the proxy can play a bucket that lives in another AWS region
 (``bucket_region``): a request signed for any other region (the region in its SigV4
@@ -60,7 +63,7 @@ from types import TracebackType
 
 __all__ = ["MODES", "WRONG_REGION_ANSWERS", "Fault", "FaultProxy"]
 
-MODES = ("reset", "error500", "slowdown503", "stall", "truncate")
+MODES = ("reset", "error500", "slowdown503", "stall", "truncate", "corrupt")
 WRONG_REGION_ANSWERS = ("PermanentRedirect", "AuthorizationHeaderMalformed")
 
 _MAX_HEAD = 64 * 1024
@@ -497,7 +500,7 @@ class FaultProxy:
             keep = self._relay_response(client, upstream, method, fault, frac)
         finally:
             self._close(upstream)
-        if mode is not None:
+        if mode is not None and mode != "corrupt":
             self._act(client, mode)
             return False
         return keep and not client_close
@@ -605,7 +608,14 @@ class FaultProxy:
             body = up.until_close()
             length = len(body)
             keep = False
-        if fault is None:
+        if fault is not None and fault.mode == "corrupt" and length:
+            body += up.exact(length - len(body))
+            at = min(length - 1, int(length * frac))
+            body = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1 :]
+            client.sendall(head + body)
+            self._served(len(body))
+            return keep
+        if fault is None or fault.mode == "corrupt":
             client.sendall(head + body)
             self._served(len(body))
             self._stream(up, client, length - len(body))

@@ -23,6 +23,7 @@ from .._core.errors import (
     ObjectChanged,
     TransferFailed,
 )
+from .._core.retry import retry_call
 from .._core.uri import (
     S3URI,
     matches_filters,
@@ -120,7 +121,8 @@ def _listing(store: ObjectStore, uri: S3URI) -> dict[str, ObjectInfo]:
     """What the destination prefix holds already; nothing if it may not be listed (a
     role that may write but not list still copies everything)."""
     try:
-        return {o.key: o for o in store.list(uri.bucket, uri.key)}
+        listed = retry_call(lambda: list(store.list(uri.bucket, uri.key)), f"{uri}")
+        return {o.key: o for o in listed}
     except AccessDenied as exc:
         log.info("cannot list s3://%s/%s (%s): copying every file", uri.bucket, uri.key, exc)
         return {}
@@ -343,7 +345,11 @@ def _plan(
     assert store_in is not None  # narrowing: the source is s3://, and copy() opened its store
     if recursive:
         prefix = source.key if source.is_prefix else source.key + "/"
-        objects = [o for o in store_in.list(source.bucket, prefix) if not o.key.endswith("/")]
+        # A listing is retried as any request is (a 503 on it used to end the copy).
+        listed_in = retry_call(
+            lambda: list(store_in.list(source.bucket, prefix)), f"s3://{source.bucket}/{prefix}"
+        )
+        objects = [o for o in listed_in if not o.key.endswith("/")]
         if not objects:
             raise NoSuchKey(
                 f"no objects under s3://{source.bucket}/{prefix}",
