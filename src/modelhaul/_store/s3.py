@@ -51,10 +51,11 @@ from .._core.errors import (
     redact,
 )
 from .base import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
-from .crt import CrtRequests
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from .crt import CrtRequests
 
 __all__ = ["S3Store", "clock_skew"]
 
@@ -273,6 +274,8 @@ class S3Store(ObjectStore):
     def small_requests(self, *, connect_timeout: float = 10.0) -> CrtRequests | None:
         """This process's CRT client for whole-object requests of small objects, or None
         where it would not behave as botocore does (see :mod:`modelhaul._store.crt`)."""
+        from .crt import CrtRequests  # awscrt's S3 client: loaded by the commands that use it
+
         pid = os.getpid()
         if self._crt_pid != pid:
             # One caller at a time makes it (a transfer command asks once, up front).

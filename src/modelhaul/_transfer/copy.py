@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig
 from .._core.errors import (
@@ -33,13 +34,15 @@ from .._core.uri import (
     safe_relpath,
 )
 from .._store.base import ObjectInfo, ObjectStore, UploadInfo
-from .._store.crt import CrtRequests
 from .._store.factory import open_store
 from .download import DownloadJob
 from .engine import Engine, Job, ProgressSubscriber, TransferStats
 from .servercopy import COPY_PART, ServerCopyJob
 from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, run_small
 from .upload import LocalSource, ObjectSource, UploadJob
+
+if TYPE_CHECKING:
+    from .._store.crt import CrtRequests
 
 __all__ = ["abort_uploads", "copy", "list_uploads"]
 

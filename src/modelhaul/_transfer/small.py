@@ -30,14 +30,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.checksum import crc32c
 from .._store.base import ObjectInfo
-from .._store.crt import CrtReply, CrtRequests
 from .download import DownloadJob
 from .engine import CANCEL_GRACE, Engine, Job
 from .upload import UploadJob
+
+if TYPE_CHECKING:
+    from .._store.crt import CrtReply, CrtRequests
 
 __all__ = ["SMALL_OBJECT", "SmallDownload", "SmallUpload", "run_small"]
 
