@@ -287,6 +287,12 @@ class FaultProxy:
         with self._lock:
             return sum(self._injected.values())
 
+    @property
+    def by_method(self) -> dict[str, int]:
+        """Requests so far, by HTTP method."""
+        with self._lock:
+            return dict(self._by_method)
+
     def stats(self) -> dict[str, object]:
         """A snapshot: requests, requests by method, injected faults by mode."""
         with self._lock:

@@ -97,12 +97,6 @@ def _run(cmd: list[str], env: dict[str, str]) -> dict[str, object]:
     return summary
 
 
-def _methods(proxy: FaultProxy) -> dict[str, int]:
-    by = proxy.stats()["by_method"]
-    assert isinstance(by, dict)
-    return dict(by)
-
-
 def test_5000_files_up_and_down_killed_midway_then_rerun_copy_only_what_is_missing(
     env: dict[str, str], tmp_path: Path, proxy: FaultProxy, store: S3Store, bucket: str
 ) -> None:
@@ -111,14 +105,14 @@ def test_5000_files_up_and_down_killed_midway_then_rerun_copy_only_what_is_missi
     up = _cp(f"{tmp_path / 'src'}/", f"s3://{bucket}/many/")
 
     # Upload, killed once about a third of the PUTs went out.
-    _kill_when(up, via, lambda: _methods(proxy).get("PUT", 0) >= FILES // 3)
+    _kill_when(up, via, lambda: proxy.by_method.get("PUT", 0) >= FILES // 3)
     there = {o.key[len("many/") :]: o.size for o in store.list(bucket, "many/")}
     assert 0 < len(there) < FILES, len(there)
     for rel, size in there.items():  # each object that is there is whole
         assert size == len(want[rel]), rel
-    before = _methods(proxy)
+    before = proxy.by_method
     summary = _run(up, via)
-    after = _methods(proxy)
+    after = proxy.by_method
     assert after.get("PUT", 0) - before.get("PUT", 0) == FILES - len(there)
     assert after.get("HEAD", 0) == before.get("HEAD", 0)
     assert summary["files"] == FILES - len(there)
@@ -129,15 +123,15 @@ def test_5000_files_up_and_down_killed_midway_then_rerun_copy_only_what_is_missi
     # Download, killed once a third of the files are in place.
     dst = tmp_path / "dst"
     down = _cp(f"s3://{bucket}/many/", str(dst))
-    gets = _methods(proxy).get("GET", 0)
-    _kill_when(down, via, lambda: _methods(proxy).get("GET", 0) - gets >= FILES // 3)
+    gets = proxy.by_method.get("GET", 0)
+    _kill_when(down, via, lambda: proxy.by_method.get("GET", 0) - gets >= FILES // 3)
     here = _files(dst)
     assert 0 < len(here) < FILES, len(here)
     for rel, data in here.items():  # no half-written file at a destination name
         assert data == want[rel], rel
-    before = _methods(proxy)
+    before = proxy.by_method
     summary = _run(down, via)
-    after = _methods(proxy)
+    after = proxy.by_method
     # The listing (1,000 keys a page), then one GET per file still missing (an empty
     # object needs none: the listing says all there is).
     missing = [rel for rel in want if rel not in here and want[rel]]
@@ -149,14 +143,14 @@ def test_5000_files_up_and_down_killed_midway_then_rerun_copy_only_what_is_missi
     # A file changed in place (same size, new mtime) is copied again; the rest is not.
     changed = sorted(want)[17]
     (dst / changed).write_bytes(b"x" * len(want[changed]))
-    before = _methods(proxy)
+    before = proxy.by_method
     summary = _run(down, via)
-    assert _methods(proxy).get("GET", 0) - before.get("GET", 0) == PAGES + 1
+    assert proxy.by_method.get("GET", 0) - before.get("GET", 0) == PAGES + 1
     assert (summary["files"], summary["files_skipped"]) == (1, FILES - 1)
     assert (dst / changed).read_bytes() == want[changed]
 
     # --overwrite copies every file again.
-    before = _methods(proxy)
+    before = proxy.by_method
     summary = _run([*up[:-2], "--overwrite", *up[-2:]], via)
-    assert _methods(proxy).get("PUT", 0) - before.get("PUT", 0) == FILES
+    assert proxy.by_method.get("PUT", 0) - before.get("PUT", 0) == FILES
     assert summary["files_skipped"] == 0

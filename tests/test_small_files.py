@@ -45,12 +45,6 @@ def _tree(root: Path) -> dict[str, bytes]:
     return out
 
 
-def _methods(proxy: FaultProxy) -> dict[str, int]:
-    by = proxy.stats()["by_method"]
-    assert isinstance(by, dict)
-    return dict(by)
-
-
 def test_a_small_tree_goes_up_with_one_put_per_file_and_no_head(
     env: dict[str, str], tmp_path: Path, proxy: FaultProxy, store: S3Store, bucket: str
 ) -> None:
@@ -58,7 +52,7 @@ def test_a_small_tree_goes_up_with_one_put_per_file_and_no_head(
     via = modelhaul.load_profile(endpoint_url=proxy.url)
     stats = modelhaul.copy(str(tmp_path / "src"), f"s3://{bucket}/up/", profile=via, recursive=True)
     assert stats.files == FILES
-    by = _methods(proxy)
+    by = proxy.by_method
     assert by.get("PUT") == FILES, by
     assert by.get("HEAD", 0) == 0, by
     for rel, data in want.items():
@@ -77,7 +71,7 @@ def test_a_small_tree_comes_down_with_one_get_per_file_and_no_head(
         f"s3://{bucket}/down/", str(tmp_path / "dst"), profile=via, recursive=True
     )
     assert stats.files == FILES
-    by = _methods(proxy)
+    by = proxy.by_method
     assert by.get("HEAD", 0) == 0, by
     # One listing, then one GET per object.
     assert by.get("GET") == FILES + 1, by
