@@ -192,7 +192,8 @@ def test_rank_killed_mid_load_fails_every_rank(
     world=st_.integers(min_value=1, max_value=16),
 )
 def test_plan_is_balanced_and_rounds_cover_every_chunk(sizes: list[int], world: int) -> None:
-    from modelhaul.torch._distributed import ROUND, plan, rounds
+    from modelhaul._core.shares import owners as plan
+    from modelhaul.torch._distributed import ROUND, rounds
 
     owners = plan(sizes, world)
     load = [sum(s for s, o in zip(sizes, owners, strict=True) if o == r) for r in range(world)]

@@ -74,6 +74,9 @@ class FileLines(ProgressSubscriber):
             moved = format_size(data["bytes"])
             self._echo(f"  {data['file']}: {moved} read at {data['mb_s']} MB/s from "
                        f"{data['from']}, asked of {data['to']}")  # fmt: skip
+        elif kind == "share":
+            self._echo(f"rank {data['ranks']}: fetching {len(data['paths'])} file(s) first, "
+                       "then waiting for the other ranks'")  # fmt: skip
         elif kind == "waiting":
             self._echo(f"  {data['path']}: another process is fetching it ({data['holder']})")
         elif kind == "write_back":

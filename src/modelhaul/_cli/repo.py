@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .._core.config import MiB
+from .._core.shares import parse_ranks
 from .._core.units import format_size
 from .._repo.settings import load_repo_settings
 from .._transfer.engine import ProgressSubscriber
@@ -48,6 +49,10 @@ __all__ = ["pull_command", "push_command"]
 @click.option("--part-size", help="Range size, e.g. 16MiB.")
 @click.option("--require-signature", type=click.Path(path_type=Path),
               help="Public key (PEM): refuse revisions not signed by it.")  # fmt: skip
+@click.option("--ranks", metavar="R/N|auto",
+              help="One of N processes filling one shared cache (nodes of a job on a shared "
+              "filesystem): fetch this rank's share of the files first, then wait for the "
+              "others'. auto: the rank torchrun, srun or mpirun set.")  # fmt: skip
 @click.option("--lock", "lock_file", type=click.Path(path_type=Path),
               help="Pull every model of a lock file, pinned (modelhaul lock).")  # fmt: skip
 @common_options(json="JSON progress events on stdout.", quiet="Print only the folder's path.")
@@ -70,6 +75,7 @@ def pull_command(
     concurrency: int | None,
     part_size: str | None,
     require_signature: Path | None,
+    ranks: str | None,
     lock_file: Path | None,
 ) -> None:
     """Get model REPO (ORG/NAME[@REVISION]) into the cache; print its folder.
@@ -128,6 +134,7 @@ def pull_command(
         "include": include, "exclude": exclude, "local_dir": local_dir,
         "hf_cache": hf_cache, "profile": state.profile_name, "config": config,
         "progress": subs, "settings": settings,
+        "ranks": parse_ranks(ranks) if ranks is not None else None,
     }  # fmt: skip
     if lock_file is not None:
         from .._repo.lock import pull_locked

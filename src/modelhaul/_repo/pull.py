@@ -57,6 +57,7 @@ from .._core.errors import (
     TransferFailed,
     UnsafePath,
 )
+from .._core.shares import RankShare
 from .._core.uri import matches_filters, safe_join
 from .._store.factory import open_store
 from .._store.lease import Lease
@@ -578,17 +579,29 @@ class _Fetcher:
         settings: RepoSettings,
         config: TransferConfig,
         progress: list[ProgressSubscriber],
+        share: RankShare | None = None,
     ) -> None:
         self.plan = plan
         self.cache = cache
         self.settings = settings
         self.config = config
         self.progress = progress
+        self.share = share
         self.fetched: dict[str, str] = {}  # path -> source, for files fetched by us
         self.hashes: dict[str, str] = {}  # path -> sha256 of origin files
 
     def run(self) -> None:
         todo = [f for f in self.plan.files if f.source != "cache"]
+        if self.share is not None:
+            # This rank's share first; the rest after it, fetched here only when nobody
+            # holds it (its rank is late, or died): every rank computes the same split.
+            mine = self.share.mine([f.size or 0 for f in todo])
+            _emit(self.progress, "share", ranks=str(self.share),
+                  paths=[f.path for f, m in zip(todo, mine, strict=True) if m])  # fmt: skip
+            self._round([f for f, m in zip(todo, mine, strict=True) if m])
+        self._round(todo)
+
+    def _round(self, todo: list[PlannedFile]) -> None:
         waiting: list[tuple[PlannedFile, Lease]] = []
         while todo:
             mine: list[tuple[PlannedFile, Lease]] = []
@@ -812,6 +825,7 @@ def pull(
     settings: RepoSettings | None = None,
     require_signature: str | Path | None = None,
     pin: Pin | None = None,
+    ranks: RankShare | None = None,
 ) -> Path:
     """Get a model revision into the cache (and ``local_dir``); return its folder.
 
@@ -837,6 +851,10 @@ def pull(
             valid ``model_signing`` signature by it (default: ``[repo] require_signature``
             for the repository's org).
         pin: the content id (and files) the revision must have; what a lock file gives.
+        ranks: this process is one of several pulling the revision into one shared cache
+            (the nodes of a job on a shared filesystem): it fetches its share of the
+            files (balanced by size) first, then waits for the others' or takes over what
+            nobody holds. Every byte is fetched once, whichever rank starts first.
 
     Returns:
         The snapshot folder in the cache, or ``local_dir``.
@@ -878,7 +896,7 @@ def pull(
           id=plan.content_id, pinned=plan.pinned)  # fmt: skip
     if any(f.source != "cache" for f in plan.files):
         cache.check_writable()
-        _Fetcher(plan, cache, settings, config, subs).run()
+        _Fetcher(plan, cache, settings, config, subs, share=ranks).run()
     manifest = _final_manifest(plan)
     entries = [manifest.by_path()[f.path] for f in plan.files]
     if plan.manifest is None or cache.load_manifest(repo_id, manifest.revision) is None:

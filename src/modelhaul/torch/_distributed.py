@@ -33,8 +33,9 @@ import torch
 import torch.distributed as dist
 
 from .._core.errors import Cancelled, ConfigError, ModelhaulError, RankFailed
+from .._core.shares import owners as balance
 
-__all__ = ["ROUND", "Group", "Share", "exchange", "plan", "rounds"]
+__all__ = ["ROUND", "Group", "Share", "exchange", "rounds"]
 
 T = TypeVar("T")
 
@@ -161,17 +162,6 @@ class Share:
         return sum(p.numel() for p in self.parts)
 
 
-def plan(sizes: Sequence[int], world: int) -> list[int]:
-    """The owner of each chunk: the rank with the fewest bytes so far (lowest on a tie)."""
-    load = [0] * world
-    owners = []
-    for size in sizes:
-        owner = min(range(world), key=lambda r: (load[r], r))
-        owners.append(owner)
-        load[owner] += size
-    return owners
-
-
 def rounds(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
     """Consecutive runs ``[first, last)`` of chunks of at most ``limit`` bytes (at least one
     chunk each): one failure check per run, and the run's broadcasts in flight together."""
@@ -201,7 +191,7 @@ def exchange(
     Raises:
         RankFailed: some rank failed to fetch its part, or the group broke.
     """
-    owners = plan([s.size for s in shares], group.world)
+    owners = balance([s.size for s in shares], group.world)
     mine: dict[int, Future[None]] = {
         i: submit(s.fetch) for i, s in enumerate(shares) if owners[i] == group.rank
     }
