@@ -17,7 +17,7 @@ from modelhaul._core.checksum import combine_segments, crc32c
 from modelhaul._core.config import MAX_PARTS, MIN_PART_SIZE, download_part_size, upload_part_size
 from modelhaul._core.errors import redact
 from modelhaul._core.units import parse_age, parse_size
-from modelhaul._core.uri import parse_location, safe_join, safe_relpath
+from modelhaul._core.uri import SafeJoin, parse_location, safe_join, safe_relpath
 
 MiB = 1024 * 1024
 
@@ -188,6 +188,19 @@ def test_safe_join_refuses_symlink_escape(tmp_path: Path) -> None:
     assert safe_join(root, "a/b.txt") == root / "a" / "b.txt"
     with pytest.raises(modelhaul.UnsafePath, match="outside"):
         safe_join(root, "link/x")
+    # Many paths under one root (cp -r): each folder is resolved once, each file checked
+    # for being a link itself; every escape is still refused, deep or at the last part.
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "deep" / "er" / "up").symlink_to(tmp_path)
+    (root / "deep" / "file.bin").symlink_to(tmp_path / "outside.bin")
+    (root / "deep" / "inside.bin").symlink_to(root / "a.bin")
+    join = SafeJoin(root)
+    assert join("deep/er/x.bin") == root / "deep" / "er" / "x.bin"
+    assert join("deep/inside.bin") == root / "deep" / "inside.bin"
+    for bad in ("deep/er/up/x.bin", "deep/file.bin", "link/x", "deep/er/up/a/b.bin"):
+        with pytest.raises(modelhaul.UnsafePath, match="outside"):
+            join(bad)
+    assert join("deep/er/y.bin") == root / "deep" / "er" / "y.bin"  # the cache keeps it right
 
 
 def test_locations() -> None:

@@ -3,6 +3,8 @@
 The public API is the list below; everything in ``_``-prefixed modules is internal.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._core.config import PRESETS, Preset, Profile, TransferConfig, load_profile
 from ._core.errors import (
     AccessDenied,
@@ -58,17 +60,69 @@ from ._core.errors import (
     UnsafeSymlink,
     WrongRegion,
 )
-from ._mirror.config import SyncConfig, SyncRepo, load_sync_config
-from ._mirror.sync import SyncAction, SyncReport, sync_mirror
-from ._repo.pull import pull
-from ._repo.push import PushResult, push
-from ._server.settings import ServeSettings, load_serve_settings, serve_mirror
-from ._store.base import ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
-from ._store.embedded import EmbeddedServer, server_status, start_server, stop_server
-from ._store.factory import open_store
-from ._store.s3 import S3Store
-from ._transfer.copy import abort_uploads, copy, list_uploads
-from ._transfer.engine import ProgressSubscriber, TransferStats
+
+if TYPE_CHECKING:
+    from ._mirror.config import SyncConfig, SyncRepo, load_sync_config
+    from ._mirror.sync import SyncAction, SyncReport, sync_mirror
+    from ._repo.pull import pull
+    from ._repo.push import PushResult, push
+    from ._server.settings import ServeSettings, load_serve_settings, serve_mirror
+    from ._store.base import ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
+    from ._store.embedded import EmbeddedServer, server_status, start_server, stop_server
+    from ._store.factory import open_store
+    from ._store.s3 import S3Store
+    from ._transfer.copy import abort_uploads, copy, list_uploads
+    from ._transfer.engine import ProgressSubscriber, TransferStats
+
+# The rest of the API is imported when first used (PEP 562): a command that copies files
+# does not load the mirror, the repositories or botocore's service models before it needs
+# them, and ``import modelhaul`` costs the errors and the config alone.
+_LAZY = {
+    "SyncConfig": "._mirror.config",
+    "SyncRepo": "._mirror.config",
+    "load_sync_config": "._mirror.config",
+    "SyncAction": "._mirror.sync",
+    "SyncReport": "._mirror.sync",
+    "sync_mirror": "._mirror.sync",
+    "pull": "._repo.pull",
+    "PushResult": "._repo.push",
+    "push": "._repo.push",
+    "ServeSettings": "._server.settings",
+    "load_serve_settings": "._server.settings",
+    "serve_mirror": "._server.settings",
+    "ObjectInfo": "._store.base",
+    "ObjectStore": "._store.base",
+    "PartInfo": "._store.base",
+    "RangeReader": "._store.base",
+    "UploadInfo": "._store.base",
+    "EmbeddedServer": "._store.embedded",
+    "server_status": "._store.embedded",
+    "start_server": "._store.embedded",
+    "stop_server": "._store.embedded",
+    "open_store": "._store.factory",
+    "S3Store": "._store.s3",
+    "abort_uploads": "._transfer.copy",
+    "copy": "._transfer.copy",
+    "list_uploads": "._transfer.copy",
+    "ProgressSubscriber": "._transfer.engine",
+    "TransferStats": "._transfer.engine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelhaul' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,7 @@ import botocore.auth
 import botocore.config
 import botocore.exceptions
 import botocore.session
+import botocore.utils
 import urllib3.exceptions
 
 from .._core.config import Profile
@@ -99,6 +100,21 @@ _NETWORK_ERRORS = (
 
 
 _PLAIN_S3V4 = "modelhaul-s3v4"
+
+
+def _timestamp(value: Any) -> datetime.datetime:
+    """botocore's timestamp parser, fast for the ISO 8601 form listings use.
+
+    botocore parses every ``LastModified`` with dateutil: ~85 µs each, 0.85 s of a listing
+    of 10,000 keys. ``fromisoformat`` takes ~1 µs; anything else (the RFC 1123 dates of
+    headers, epoch numbers) goes to botocore's own parser.
+    """
+    if isinstance(value, str) and len(value) >= 20 and value[10:11] == "T":
+        with contextlib.suppress(ValueError):
+            parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if parsed.tzinfo is not None:
+                return parsed
+    return botocore.utils.parse_timestamp(value)
 
 
 def _choose_plain_signer(signature_version: Any = None, **_: Any) -> Any:
@@ -314,6 +330,9 @@ class S3Store(ObjectStore):
             )
             if p.access_key_id and p.secret_access_key:
                 session.set_credentials(p.access_key_id, p.secret_access_key, p.session_token)
+            session.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=_timestamp
+            )
             self._session = session
         config = botocore.config.Config(
             region_name=region,

@@ -27,10 +27,10 @@ from .._core.errors import (
 from .._core.retry import retry_call
 from .._core.uri import (
     S3URI,
+    SafeJoin,
     matches_filters,
     parse_location,
     parse_s3,
-    safe_join,
     safe_relpath,
 )
 from .._store.base import ObjectInfo, ObjectStore, UploadInfo
@@ -364,12 +364,13 @@ def _plan(
         if skip_existing and isinstance(target, S3URI):
             assert store_out is not None  # narrowing: an s3:// target has its store
             listed = _listing(store_out, _dir_target(target))
+        join = SafeJoin(target) if isinstance(target, Path) else None
         for info in objects:
             rel = safe_relpath(info.key[len(prefix) :])
             if not matches_filters(rel, include, exclude):
                 continue
-            if isinstance(target, Path):
-                path = safe_join(target, rel)
+            if join is not None:
+                path = join(rel)
                 if skip_existing and _downloaded(path, info):
                     skipped += 1
                     continue
@@ -382,7 +383,9 @@ def _plan(
                 else:
                     jobs.append(job)
             else:
-                assert store_out is not None  # narrowing: an s3:// target has its store
+                # narrowing: an s3:// target (no join) has its store
+                assert store_out is not None
+                assert isinstance(target, S3URI)
                 dest = _dir_target(target).child(rel)
                 if _there(listed, dest.key, info.size, info.last_modified):
                     skipped += 1
