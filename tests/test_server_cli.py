@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -245,3 +246,57 @@ def test_stop_never_signals_a_process_that_is_not_our_weed(
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_server_start_cluster_runs_each_role_as_a_process_and_keeps_its_data(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """`server start --cluster`: master, two volume servers, filer and gateway, each a
+    weed process of its own; env/status/stop find it in the default folder; a restart
+    serves what was written before."""
+    from modelhaul._core.process import pid_alive
+    from modelhaul._store.cluster import default_cluster_dir, stop_cluster
+
+    data = default_cluster_dir().resolve()
+    assert str(data).startswith(env["HOME"])  # the test's own home, not the user's
+    started = run_cli("server", "start", "--cluster", "--bucket", "models", env=env)
+    try:
+        exports = _exports(started.stdout)
+        state = json.loads((data / "cluster.json").read_text())
+        assert (data / "cluster.json").stat().st_mode & 0o777 == 0o600  # it holds the secret
+        pids = state["processes"]
+        assert set(pids) == {"master", "volume1", "volume2", "filer", "s3"}
+        assert len(set(pids.values())) == 5
+        for role, pid in pids.items():
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert command[0].endswith(b"weed") and command[1] in (
+                b"master", b"volume", b"filer", b"s3"
+            ), (role, command)  # fmt: skip
+        assert _exports(run_cli("server", "env", env=env).stdout) == exports
+        status = run_cli("server", "status", env=env)
+        assert "cluster of 5 processes (2 volume servers)" in status.stdout
+        assert exports["AWS_ENDPOINT_URL"] in status.stdout
+        src = make_file(tmp_path / "f.bin", 6 * MiB + 3)
+        run_cli("cp", str(src), "s3://models/f.bin", env=dict(env, **exports))
+        again = run_cli("server", "start", "--cluster", env=env)  # running: the same one
+        assert _exports(again.stdout) == exports
+        stopped = run_cli("server", "stop", env=env)
+    finally:
+        stop_cluster(data)  # whatever happened above, no process outlives the test
+    assert stopped.stdout == "stopped\n"
+    assert not any(pid_alive(pid) for pid in pids.values())
+    gone = run_cli("server", "status", "--data-dir", str(data), env=env, check=False)
+    assert gone.returncode == 1
+    restarted = run_cli("server", "start", "--cluster", "--data-dir", str(data), env=env)
+    try:
+        back = tmp_path / "back.bin"
+        run_cli("cp", "s3://models/f.bin", str(back), env=dict(env, **_exports(restarted.stdout)))
+        assert back.read_bytes() == src.read_bytes()
+    finally:
+        assert run_cli("server", "stop", "--data-dir", str(data), env=env).stdout == "stopped\n"
+
+
+def test_server_start_cluster_refuses_fewer_volumes_than_copies(env: dict[str, str]) -> None:
+    proc = run_cli("server", "start", "--cluster", "--volumes", "1", env=env, check=False)
+    assert proc.returncode == 2
+    assert "--replication 001 keeps 2 copies: it needs --volumes 2 or more" in proc.stderr

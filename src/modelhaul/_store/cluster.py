@@ -25,9 +25,23 @@ from pathlib import Path
 from .._core.errors import ServerStartError
 from .._core.process import pid_alive
 from .._core.uri import parse_s3
-from .embedded import _children, _command_line, _free_port, _s3_answers, weed_binary
+from .embedded import (
+    _children,
+    _command_line,
+    _free_port,
+    _reserve_port,
+    _s3_answers,
+    weed_binary,
+)
 
-__all__ = ["ClusterServer", "start_cluster", "stop_cluster"]
+__all__ = [
+    "ClusterServer",
+    "cluster_status",
+    "default_cluster_dir",
+    "holds_cluster",
+    "start_cluster",
+    "stop_cluster",
+]
 
 STATE = "cluster.json"
 
@@ -69,6 +83,15 @@ class ClusterServer:
             "MODELHAUL_PROVIDER": "seaweedfs",
         }
 
+    def export_lines(self) -> str:
+        return "\n".join(f"export {k}={v}" for k, v in self.env().items())
+
+    def is_running(self) -> bool:
+        """Every process of the cluster runs (and is still ours), and the gateway answers."""
+        return all(
+            pid_alive(pid) and _ours(self, role, pid) for role, pid in self.processes.items()
+        ) and _s3_answers(self.host, self.port, timeout=1.0)
+
     def volumes(self) -> list[str]:
         return sorted(r for r in self.processes if r.startswith("volume"))
 
@@ -107,12 +130,37 @@ def _wait(pid: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def default_cluster_dir() -> Path:
+    """``$XDG_DATA_HOME/modelhaul/cluster`` (``~/.local/share/modelhaul/cluster``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "modelhaul" / "cluster"
+
+
+def holds_cluster(data_dir: Path) -> bool:
+    """Whether ``data_dir`` is a cluster's folder (its state file is there)."""
+    return (data_dir.expanduser().resolve() / STATE).exists()
+
+
+def _read_state(data_dir: Path) -> ClusterServer | None:
+    try:
+        return ClusterServer(**json.loads((data_dir / STATE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def cluster_status(data_dir: Path) -> ClusterServer | None:
+    """The cluster started from ``data_dir`` if all of it runs, else None."""
+    cluster = _read_state(data_dir.expanduser().resolve())
+    return cluster if cluster is not None and cluster.is_running() else None
+
+
 def start_cluster(
     data_dir: Path,
     *,
     volumes: int = 2,
     replication: str = "001",
     host: str = "127.0.0.1",
+    port: int | None = None,
     access_key_id: str | None = None,
     secret_access_key: str | None = None,
     buckets: Sequence[str] = (),
@@ -121,25 +169,40 @@ def start_cluster(
     """Start a master, ``volumes`` volume servers, a filer and an S3 gateway, and wait until
     the gateway answers and the buckets exist.
 
+    If the whole cluster of ``data_dir`` already runs, it is returned as it is (with the
+    buckets made); if only part of it runs (a process died), the rest is stopped and the
+    cluster started again on its data.
+
+    Args:
+        port: the gateway's S3 port; None picks a free one (as for every other process).
+
     Raises:
-        ServerStartError: the binary is missing, a process exited, or it did not start in time.
+        ServerStartError: the binary is missing, the port is taken, a process exited, or it
+            did not start in time.
     """
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     for b in buckets:
         parse_s3(f"s3://{b}")
+    running = cluster_status(data_dir)
+    if running is not None:
+        _wait_ready(running, buckets, timeout)
+        return running
+    stop_cluster(data_dir)  # what is left of a cluster that lost a process
     binary = weed_binary()
     used: set[int] = set()
+    if port is not None:
+        _reserve_port(host, port, used)
 
-    def port() -> int:
+    def free() -> int:
         return _free_port(host, used)
 
     key_id = access_key_id or "mh" + secrets.token_hex(8)
     secret = secret_access_key or secrets.token_urlsafe(30)
-    master, master_grpc = port(), port()
-    filer, filer_grpc = port(), port()
-    s3, s3_grpc = port(), port()
+    master, master_grpc = free(), free()
+    filer, filer_grpc = free(), free()
+    s3, s3_grpc = port if port is not None else free(), free()
     maddr = f"{host}:{master}.{master_grpc}"
     identities = {
         "identities": [
@@ -164,8 +227,8 @@ def start_cluster(
         role = f"volume{n}"
         # A replica in another rack (replication x1x) needs racks to put it in.
         rack = f"rack{n}" if replication[1:2] not in ("", "0") else "rack1"
-        plans.append((role, ["volume", f"-dir={_tag(str(data_dir), role)}", f"-port={port()}",
-                             f"-port.grpc={port()}", f"-mserver={maddr}", "-max=200",
+        plans.append((role, ["volume", f"-dir={_tag(str(data_dir), role)}", f"-port={free()}",
+                             f"-port.grpc={free()}", f"-mserver={maddr}", "-max=200",
                              "-preStopSeconds=0", f"-rack={rack}", *ip]))  # fmt: skip
     plans.append(("filer", ["filer", f"-defaultStoreDir={_tag(str(data_dir), 'filer')}",
                             f"-port={filer}", f"-port.grpc={filer_grpc}", f"-master={maddr}",
@@ -267,9 +330,8 @@ def stop_cluster(data_dir: Path, *, timeout: float = 2.0) -> bool:
     """
     data_dir = data_dir.expanduser().resolve()
     path = data_dir / STATE
-    try:
-        cluster = ClusterServer(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+    cluster = _read_state(data_dir)
+    if cluster is None:
         return False
     live = [
         (role, pid)

@@ -279,6 +279,16 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _reserve_port(host: str, port: int, used: set[int]) -> None:
+    """Take ``port`` (the one a user asked for) into ``used``, or say it is taken."""
+    if not _port_free(host, port):
+        raise ServerStartError(
+            f"port {port} on {host} is already in use",
+            hint="choose another --port, or leave it out to pick a free one",
+        )
+    used.add(port)
+
+
 def _s3_answers(host: str, port: int, timeout: float) -> bool:
     # Any HTTP answer (403 for an unsigned request) means the S3 gateway is up.
     try:
@@ -353,12 +363,7 @@ def start_server(
     binary = weed_binary()
     used: set[int] = set()
     if port is not None:
-        if not _port_free(host, port):
-            raise ServerStartError(
-                f"port {port} on {host} is already in use",
-                hint="choose another --port, or leave it out to pick a free one",
-            )
-        used.add(port)
+        _reserve_port(host, port, used)
     s3_port = port or _free_port(host, used)
     names = [
         "s3.port.grpc",
