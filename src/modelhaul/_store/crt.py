@@ -16,6 +16,7 @@ same host, addressing style and region botocore would use (taken from a URL it s
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from awscrt import auth, http, io, s3
 
+from .._core.checksum import crc32c
+
 if TYPE_CHECKING:
     from .s3 import S3Store
 
@@ -35,6 +38,20 @@ __all__ = ["CrtReply", "CrtRequests"]
 log = logging.getLogger("modelhaul.store")
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+# The CRT is not fork-safe: its threads are gone in a child while its global state (locks a
+# thread may have held) is copied. A child of a process that made a CRT client never makes
+# one (botocore does its work); a child of one that made none (a DataLoader worker forked
+# before any read) is free to.
+_made_in: set[int] = set()
+
+
+def _after_fork_in_child() -> None:
+    if _made_in:
+        _made_in.add(-1)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -45,6 +62,23 @@ class CrtReply:
     status: int | None
     headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    #: the answer's body, for :meth:`CrtRequests.get_bytes`.
+    body: bytearray = field(default_factory=bytearray, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and 200 <= self.status < 300
+
+    def mismatch(self, data: bytes | bytearray, *, verify: bool = True) -> str | None:
+        """Why ``data`` (what the GET delivered) is not the object the answer describes
+        (its Content-Length, its stored CRC32C where the store gave one); None if it is."""
+        length = self.headers.get("content-length")
+        if length is not None and int(length) != len(data):
+            return f"{len(data)} bytes arrived of {length}"
+        stored = self.headers.get("x-amz-checksum-crc32c")
+        if verify and stored and base64.b64decode(stored) != crc32c(data).to_bytes(4, "big"):
+            return "the CRC32C of what arrived differs from the object's"
+        return None
 
 
 @dataclass(frozen=True)
@@ -94,7 +128,7 @@ class CrtRequests:
     def for_store(cls, store: S3Store, *, connect_timeout: float) -> CrtRequests | None:
         """The CRT path for ``store``, or None where it would not behave as botocore does
         (checksums off, an HTTP proxy in the environment, no credentials)."""
-        if not store.checksums:
+        if not store.checksums or -1 in _made_in:
             return None
         if any(os.environ.get(v) for v in _PROXY_VARS):
             return None
@@ -102,7 +136,9 @@ class CrtRequests:
         if credentials is None:
             return None
         try:
-            return cls(store, credentials, connect_timeout=connect_timeout)
+            made = cls(store, credentials, connect_timeout=connect_timeout)
+            _made_in.add(os.getpid())
+            return made
         except Exception as exc:  # an unusual platform: botocore does the work
             log.debug("the CRT S3 client is not available: %s", exc)
             return None
@@ -169,15 +205,39 @@ class CrtRequests:
             operation_name="GetObject", recv_filepath=str(dest),
         )  # fmt: skip
 
+    def get_bytes(self, bucket: str, key: str, etag: str, done: Callable[[CrtReply], None]) -> Any:
+        """GET ``key`` into memory (``reply.body``) in one request, only if its ETag still
+        is ``etag`` (412 otherwise), asking for its stored CRC32C as :meth:`get_file`."""
+        headers = [("x-amz-checksum-mode", "ENABLED")]
+        if etag:
+            headers.append(("If-Match", etag if etag.startswith('"') else f'"{etag}"'))
+        request = self._request("GET", bucket, key, headers)
+        reply = CrtReply(None)
+
+        def on_body(chunk: bytes, offset: int = 0, **_: Any) -> None:
+            body = reply.body
+            if offset == len(body):
+                body += chunk
+            else:  # the CRT gives offsets; never trust the order blindly
+                if len(body) < offset + len(chunk):
+                    body.extend(bytes(offset + len(chunk) - len(body)))
+                body[offset : offset + len(chunk)] = chunk
+
+        return self._make(
+            s3.S3RequestType.DEFAULT, request, bucket, done,
+            reply=reply, operation_name="GetObject", on_body=on_body,
+        )  # fmt: skip
+
     def _make(
         self,
         kind: s3.S3RequestType,
         request: Any,
         bucket: str,
         done: Callable[[CrtReply], None],
+        reply: CrtReply | None = None,
         **kwargs: Any,
     ) -> Any:
-        reply = CrtReply(None)
+        reply = reply if reply is not None else CrtReply(None)
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
             reply.status = status_code

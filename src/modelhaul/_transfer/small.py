@@ -19,7 +19,6 @@ would hit: wrong credentials, a missing bucket, a full disk).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import email.utils
 import fcntl
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._core.checksum import crc32c
 from .._store.base import ObjectInfo
 from .download import DownloadJob
 from .engine import CANCEL_GRACE, Engine, Job
@@ -181,7 +179,7 @@ class _SmallRun:
     # -- finishing ------------------------------------------------------------------------
 
     def _finish(self, item: Small, reply: CrtReply) -> bool:
-        if reply.error is not None or reply.status is None or not 200 <= reply.status < 300:
+        if not reply.ok:
             if isinstance(item, SmallDownload):
                 self._discard(item)
             return False
@@ -218,14 +216,8 @@ class _SmallRun:
         gets the object's time and is renamed into place."""
         headers = reply.headers
         data = os.pread(item.fd, item.info.size + 1, 0)
-        length = headers.get("content-length")
-        if length is not None and int(length) != len(data):
-            reply.error = f"{len(data)} bytes arrived of {length}"
-            return False
-        stored = headers.get("x-amz-checksum-crc32c")
-        verify = self.engine.config.verify and stored is not None
-        if verify and base64.b64decode(stored or "") != crc32c(data).to_bytes(4, "big"):
-            reply.error = "the CRC32C of what arrived differs from the object's"
+        reply.error = reply.mismatch(data, verify=self.engine.config.verify)
+        if reply.error is not None:
             return False
         etag = headers.get("etag", "")
         same = bool(item.info.etag) and etag.strip('"') == item.info.etag.strip('"')

@@ -6,13 +6,23 @@ across ranks); the iterable one splits the list itself: object ``i`` goes to the
 ``i mod (ranks x workers)``-th worker of all ranks, so across every DataLoader worker of
 every rank each object is read exactly once. Stores make their clients per process, so
 a dataset built before the DataLoader forks (or pickled to spawned workers) is safe.
+
+Objects up to ``SMALL_OBJECT`` (1 MiB) are read whole on the store's CRT client, as
+``cp -r`` moves small files: one request each, pinned to the listed ETag (``If-Match``),
+checked against the stored CRC32C and size; the streaming dataset keeps up to
+``SMALL_WINDOW`` of them in flight at the cost of a callback each, not a thread. Whatever
+does not go right is read again through botocore under the one retry policy, which
+raises the errors users know. A process forked from one that made a CRT client (the CRT
+is not fork-safe) uses botocore alone.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
@@ -20,11 +30,18 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from .._core.config import Profile, TransferConfig
 from .._core.errors import NoSuchKey
 from .._store.base import ObjectInfo, ObjectStore
+from .._transfer.small import SMALL_OBJECT
 from ._common import Retrier, prefix_uri, resolve_store
+
+if TYPE_CHECKING:
+    from .._store.crt import CrtReply
 
 __all__ = ["S3IterableDataset", "S3MapDataset"]
 
 T = TypeVar("T")
+
+#: CRT requests one streaming worker keeps in flight (at most 64 MiB of small objects).
+SMALL_WINDOW = 64
 Transform = Callable[[str, bytes], Any]
 
 
@@ -66,11 +83,66 @@ class _Objects:
         return objects
 
     def read(self, info: ObjectInfo) -> bytes:
+        """The object's bytes, as listed (pinned to its ETag)."""
+        pending = self.start(info)
+        if isinstance(pending, _Arriving):
+            return pending.result()
+        return self.read_slow(info)
+
+    def read_slow(self, info: ObjectInfo) -> bytes:
+        """Through botocore, under the one retry policy: what raises the errors users know
+        (ObjectChanged, AccessDenied ...)."""
         retrier = Retrier(self.config)
         buf = bytearray(info.size)
         if info.size:
             retrier.read_range(self.store, self.bucket, info, 0, memoryview(buf))
         return bytes(buf)
+
+    def start(self, info: ObjectInfo) -> _Arriving | None:
+        """A small object's GET on the store's CRT client, or None where it has none (or
+        the object is empty or larger than ``SMALL_OBJECT``)."""
+        if not 0 < info.size <= SMALL_OBJECT:
+            return None
+        crt = self.store.small_requests(connect_timeout=self.config.connect_timeout)
+        if crt is None:
+            return None
+        arriving = _Arriving(self, info)
+        try:
+            arriving.handle = crt.get_bytes(self.bucket, info.key, info.etag, arriving.done)
+        except Exception:
+            return None
+        return arriving
+
+
+class _Arriving:
+    """One object's GET in flight on the CRT: :meth:`result` waits for it and checks it
+    (status, size, the stored CRC32C), and reads through botocore whatever did not go
+    right (an error answer, a stall, a changed object, a flipped byte)."""
+
+    def __init__(self, objects: _Objects, info: ObjectInfo) -> None:
+        self.objects = objects
+        self.info = info
+        self.handle: Any = None
+        self._reply: CrtReply | None = None
+        self._arrived = threading.Event()
+
+    def done(self, reply: CrtReply) -> None:
+        self._reply = reply
+        self._arrived.set()
+
+    def result(self) -> bytes:
+        objects, info = self.objects, self.info
+        if not self._arrived.wait(objects.config.stall_timeout):
+            self.handle.cancel()
+        reply = self._reply
+        if (
+            reply is not None
+            and reply.ok
+            and len(reply.body) == info.size
+            and reply.mismatch(reply.body, verify=objects.config.verify) is None
+        ):
+            return bytes(reply.body)
+        return objects.read_slow(info)
 
 
 class S3MapDataset(Dataset[T], Generic[T]):
@@ -168,17 +240,32 @@ class S3IterableDataset(IterableDataset[T], Generic[T]):
             for info in mine:
                 yield self.transform(info.key, self._objects.read(info))
             return
+        objects = self._objects
         with ThreadPoolExecutor(self.prefetch, thread_name_prefix="modelhaul-data") as pool:
-            window: list[tuple[ObjectInfo, Future[bytes]]] = []
+            # Small objects on the CRT (up to SMALL_WINDOW in flight: a request costs a
+            # callback, not a thread), larger ones on ``prefetch`` threads; in list order.
+            window: deque[tuple[ObjectInfo, _Arriving | Future[bytes]]] = deque()
             queue = iter(mine)
-            for info in queue:
-                window.append((info, pool.submit(self._objects.read, info)))
-                if len(window) >= self.prefetch:
-                    break
+            threads = 0
+
+            def fill() -> None:
+                nonlocal threads
+                while len(window) < SMALL_WINDOW and threads < self.prefetch:
+                    info = next(queue, None)
+                    if info is None:
+                        return
+                    arriving = objects.start(info)
+                    if arriving is None:
+                        window.append((info, pool.submit(objects.read_slow, info)))
+                        threads += 1
+                    else:
+                        window.append((info, arriving))
+
+            fill()
             while window:
-                info, future = window.pop(0)
-                data = future.result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    window.append((nxt, pool.submit(self._objects.read, nxt)))
+                info, pending = window.popleft()
+                if isinstance(pending, Future):
+                    threads -= 1
+                data = pending.result()
+                fill()
                 yield self.transform(info.key, data)
