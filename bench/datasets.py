@@ -16,6 +16,11 @@ What it does:
   and the bytes;
 * case order alternates each repeat; medians of the repeats, with min and max.
 
+Styles: ``iter`` (the iterable dataset, item by item), ``map`` (``ds[i]`` for each index in
+order), ``batch`` (the map dataset through a ``DataLoader(batch_size=32, num_workers=0)``:
+what training loops do; torch hands a batch's indices to ``__getitems__`` where a dataset
+has one, as modelhaul's does; s3torchconnector's items are readers, read in the collate).
+
 Target (issue 14): objects per second >= 1.5x s3torchconnector, iterable and map-style.
 Client and server share the machine's cores: compare within a run.
 """
@@ -41,7 +46,10 @@ PREFIX = "ds/"
 PY = sys.executable
 HERE = Path(__file__).resolve()
 TARGET = 1.5
-CASES = ["iter-modelhaul", "iter-s3torchconnector", "map-modelhaul", "map-s3torchconnector"]
+CASES = ["iter-modelhaul", "iter-s3torchconnector", "map-modelhaul", "map-s3torchconnector",
+         "batch-modelhaul", "batch-s3torchconnector"]  # fmt: skip
+STYLES = ("iter", "map", "batch")
+BATCH = 32
 
 
 def child(kind: str) -> None:
@@ -65,6 +73,22 @@ def child(kind: str) -> None:
         for i in range(len(ds)):
             count += 1
             total += len(ds[i][1])
+    elif kind == "batch-modelhaul":
+        from torch.utils.data import DataLoader
+
+        for batch in DataLoader(mt.S3MapDataset(uri), batch_size=BATCH, collate_fn=list):
+            count += len(batch)
+            total += sum(len(data) for _, data in batch)
+    elif kind == "batch-s3torchconnector":
+        from torch.utils.data import DataLoader
+
+        bds = S3MapDataset.from_prefix(uri, region="us-east-1", endpoint=endpoint,
+                                       s3client_config=cfg)  # fmt: skip
+        for batch in DataLoader(
+            bds, batch_size=BATCH, collate_fn=lambda rs: [r.read() for r in rs]
+        ):
+            count += len(batch)
+            total += sum(len(data) for data in batch)
     elif kind == "iter-s3torchconnector":
         its = S3IterableDataset.from_prefix(uri, region="us-east-1", endpoint=endpoint,
                                             s3client_config=cfg)  # fmt: skip
@@ -160,7 +184,7 @@ def _report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> 
         print(f"{kind:26s} {statistics.median(rates):8.0f} "
               f"{min(rates):6.0f}-{max(rates):<6.0f} {rss:13.0f}")  # fmt: skip
     ratios = {}
-    for style in ("iter", "map"):
+    for style in STYLES:
         ours = _median(runs, f"{style}-modelhaul", "objects_per_s")
         peer = _median(runs, f"{style}-s3torchconnector", "objects_per_s")
         ratios[style] = ours / peer

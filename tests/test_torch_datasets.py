@@ -99,6 +99,13 @@ def test_small_objects_stream_whole_and_a_flipped_byte_never_reaches_the_loop(
         proxy.set_faults([Fault("reset", 1.0, method="GET", target="/data/", limit=1)])
         assert mapped[7] == ("data/shard-007.bin", objects["data/shard-007.bin"])
         assert proxy.injected["reset"] == 1
+        # A DataLoader batch: its GETs go out together; two flipped answers are re-read.
+        proxy.set_faults([Fault("corrupt", 1.0, method="GET", target="/data/", limit=2)])
+        before = _object_gets(proxy)
+        batch = next(iter(DataLoader(mapped, batch_size=8, collate_fn=list)))
+        assert batch == [(k, objects[k]) for k in sorted(objects)[:8]]
+        assert proxy.injected["corrupt"] == 3 + 2
+        assert _object_gets(proxy) - before == 8 + 2
 
 
 def test_an_object_replaced_after_the_listing_is_refused_not_mixed_in(

@@ -236,6 +236,9 @@ def start_cluster(
     plans.append(("s3", ["s3", f"-port={s3}", f"-port.grpc={s3_grpc}",
                          f"-filer={host}:{filer}.{filer_grpc}", f"-config={config}",
                          "-autoCreateBucket=false", "-metricsPort=0",
+                         # Its Iceberg and Lance listeners default to fixed ports (8181,
+                         # 9101): a second cluster on the machine would fail to start.
+                         "-port.iceberg=0", "-port.lance=0",
                          *ip]))  # fmt: skip
     # The gateway's command line names its config, which lives in the cluster's folder.
     processes: dict[str, int] = {}

@@ -186,6 +186,19 @@ class S3MapDataset(Dataset[T], Generic[T]):
         info = self.objects[index]
         return self.transform(info.key, self._objects.read(info))
 
+    def __getitems__(self, indices: list[int]) -> list[T]:
+        """A batch's items at once (a DataLoader with a ``batch_size`` calls this): the
+        small objects' GETs go out together, up to ``SMALL_WINDOW`` at a time."""
+        infos = [self.objects[i] for i in indices]
+        out: list[T] = []
+        for first in range(0, len(infos), SMALL_WINDOW):
+            chunk = infos[first : first + SMALL_WINDOW]
+            pending = [self._objects.start(info) for info in chunk]
+            for info, arriving in zip(chunk, pending, strict=True):
+                data = arriving.result() if arriving else self._objects.read_slow(info)
+                out.append(self.transform(info.key, data))
+        return out
+
 
 class S3IterableDataset(IterableDataset[T], Generic[T]):
     """Stream the objects under a prefix, split across DataLoader workers and ranks.
