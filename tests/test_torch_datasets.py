@@ -129,3 +129,30 @@ def test_an_object_replaced_after_the_listing_is_refused_not_mixed_in(
 def _drain(stream: Iterator[tuple[str, bytes]], want: dict[str, bytes]) -> None:
     for key, data in stream:
         assert data == want[key]
+
+
+def test_map_dataset_reads_ahead_in_a_steady_pattern_only(
+    server: EmbeddedServer, store: S3Store, bucket: str
+) -> None:
+    """ds[i] in order (or every n-th) is read ahead: no GET wasted on a full pass; random
+    access sends exactly one GET per item; a fork after reading ahead does not hang."""
+    objects = fill(store, bucket, count=60)
+    keys = sorted(objects)
+    with FaultProxy(server.host, server.port) as proxy:
+        via = S3Store(modelhaul.load_profile(endpoint_url=proxy.url))
+        dataset = S3MapDataset(f"s3://{bucket}/data/", store=via)
+        assert [dataset[i] for i in range(60)] == [(k, objects[k]) for k in keys]
+        assert _object_gets(proxy) == 60  # each once, nothing past the end
+        assert [dataset[i][0] for i in range(59, -1, -3)] == keys[59::-3]
+        assert _object_gets(proxy) == 60 + 20
+        before = _object_gets(proxy)
+        order = [17, 3, 44, 12, 58, 0, 31, 9, 26, 40]
+        assert [dataset[i][0] for i in order] == [keys[i] for i in order]
+        assert _object_gets(proxy) - before == len(order)  # random: nothing speculative
+        with pytest.raises(IndexError, match="index 60 is out of range"):
+            dataset[60]
+        assert dataset[-1] == (keys[-1], objects[keys[-1]])
+        for i in range(5):  # reading ahead again, then forked DataLoader workers
+            dataset[i]
+        seen = {key for key, _ in DataLoader(dataset, batch_size=None, num_workers=2)}
+        assert seen == set(keys)

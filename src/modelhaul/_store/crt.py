@@ -20,38 +20,77 @@ import base64
 import logging
 import os
 import threading
+import time
 import urllib.parse
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from awscrt import auth, http, io, s3
+from awscrt import auth, common, http, io, s3
 
 from .._core.checksum import crc32c
 
 if TYPE_CHECKING:
     from .s3 import S3Store
 
-__all__ = ["CrtReply", "CrtRequests"]
+__all__ = ["CrtReply", "CrtRequests", "orphan"]
 
 log = logging.getLogger("modelhaul.store")
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
 
-# The CRT is not fork-safe: its threads are gone in a child while its global state (locks a
-# thread may have held) is copied. A child of a process that made a CRT client never makes
-# one (botocore does its work); a child of one that made none (a DataLoader worker forked
-# before any read) is free to.
+# The CRT is not fork-safe: its threads are gone in a child while its global state (locks
+# a thread may have held) is copied. So before a fork (a DataLoader starting its workers)
+# every client of this process waits for its requests, lets go of its threads, and the
+# CRT's native threads are joined: the child starts clean and may make its own client,
+# and the parent makes a new one on its next request. Where that could not be done (a
+# request that never ended, a fork from another thread), the child never uses the CRT:
+# botocore does its work.
+_live: weakref.WeakSet[CrtRequests] = weakref.WeakSet()
 _made_in: set[int] = set()
+_clean_fork = True
+
+
+def _before_fork() -> None:
+    global _clean_fork
+    clients = list(_live)
+    if not clients:
+        _clean_fork = True
+        return
+    deadline = time.monotonic() + 5.0
+    while any(c.in_flight for c in clients) and time.monotonic() < deadline:
+        time.sleep(0.005)  # releases the GIL: the requests' callbacks need it
+    clean = not any(c.in_flight for c in clients)
+    for c in clients:
+        c.close()
+    del clients
+    if clean and threading.current_thread() is threading.main_thread():
+        try:
+            clean = bool(common.join_all_native_threads(timeout_sec=2.0))
+        except Exception:
+            clean = False
+    else:
+        clean = False
+    _clean_fork = clean
 
 
 def _after_fork_in_child() -> None:
-    if _made_in:
+    if _made_in and not _clean_fork:
         _made_in.add(-1)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+# CRT objects a child inherited: freeing one joins or signals threads that do not exist in
+# the child (a segfault), so they are kept, unused, for the life of the process.
+_orphans: list[object] = []
+
+
+def orphan(inherited: object) -> None:
+    """Keep ``inherited`` (a CRT object made before a fork) alive and never touch it."""
+    _orphans.append(inherited)
 
 
 @dataclass
@@ -97,6 +136,8 @@ class CrtRequests:
         self._store = store
         self._where: dict[str, _Where] = {}
         self._lock = threading.Lock()
+        self.in_flight = 0  # requests started whose on_done has not run yet
+        self.closed = False
         elg = io.EventLoopGroup(min(2, os.cpu_count() or 1))
         bootstrap = io.ClientBootstrap(elg, io.DefaultHostResolver(elg))
         provider = auth.AwsCredentialsProvider.new_delegate(lambda: _crt_credentials(credentials))
@@ -111,7 +152,7 @@ class CrtRequests:
             options = io.TlsContextOptions()
             options.override_default_trust_store_from_path(None, bundle)
             tls_options = io.ClientTlsContext(options).new_connection_options()
-        self._client = s3.S3Client(
+        self._client: s3.S3Client | None = s3.S3Client(
             bootstrap=bootstrap,
             region=store.profile.region,
             signing_config=self._signing[store.profile.region],
@@ -123,6 +164,12 @@ class CrtRequests:
             part_size=8 << 20,
             multipart_upload_threshold=64 << 20,
         )
+
+    def close(self) -> None:
+        """Let go of the client and its threads (before a fork); the store makes a new
+        one on its next request."""
+        self.closed = True
+        self._client = None
 
     @classmethod
     def for_store(cls, store: S3Store, *, connect_timeout: float) -> CrtRequests | None:
@@ -138,6 +185,7 @@ class CrtRequests:
         try:
             made = cls(store, credentials, connect_timeout=connect_timeout)
             _made_in.add(os.getpid())
+            _live.add(made)
             return made
         except Exception as exc:  # an unusual platform: botocore does the work
             log.debug("the CRT S3 client is not available: %s", exc)
@@ -250,16 +298,28 @@ class CrtRequests:
                 reply.status = status_code
             if error is not None:
                 reply.error = f"{getattr(error, 'name', type(error).__name__)} ({reply.status})"
+            with self._lock:
+                self.in_flight -= 1
             done(reply)
 
-        return self._client.make_request(
-            type=kind,
-            request=request,
-            signing_config=self._signing_for(bucket),
-            on_headers=on_headers,
-            on_done=on_done,
-            **kwargs,
-        )
+        client = self._client
+        if client is None:
+            raise RuntimeError("this CRT client was closed (a fork); the store makes another")
+        with self._lock:
+            self.in_flight += 1
+        try:
+            return client.make_request(
+                type=kind,
+                request=request,
+                signing_config=self._signing_for(bucket),
+                on_headers=on_headers,
+                on_done=on_done,
+                **kwargs,
+            )
+        except BaseException:
+            with self._lock:
+                self.in_flight -= 1
+            raise
 
 
 def _crt_credentials(credentials: Any) -> auth.AwsCredentials:

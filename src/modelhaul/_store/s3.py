@@ -290,10 +290,12 @@ class S3Store(ObjectStore):
     def small_requests(self, *, connect_timeout: float = 10.0) -> CrtRequests | None:
         """This process's CRT client for whole-object requests of small objects, or None
         where it would not behave as botocore does (see :mod:`modelhaul._store.crt`)."""
-        from .crt import CrtRequests  # awscrt's S3 client: loaded by the commands that use it
+        from .crt import CrtRequests, orphan  # awscrt's S3 client: for the commands using it
 
         pid = os.getpid()
-        if self._crt_pid != pid:
+        if self._crt_pid != pid or (self._crt is not None and self._crt.closed):
+            if self._crt is not None and self._crt_pid != pid:  # the parent's: keep it
+                orphan(self._crt)
             # One caller at a time makes it (a transfer command asks once, up front).
             self._crt = CrtRequests.for_store(self, connect_timeout=connect_timeout)
             self._crt_pid = pid
