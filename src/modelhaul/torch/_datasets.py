@@ -12,8 +12,10 @@ Objects up to ``SMALL_OBJECT`` (1 MiB) are read whole on the store's CRT client,
 checked against the stored CRC32C and size; the streaming dataset keeps up to
 ``SMALL_WINDOW`` of them in flight at the cost of a callback each, not a thread. Whatever
 does not go right is read again through botocore under the one retry policy, which
-raises the errors users know. A process forked from one that made a CRT client (the CRT
-is not fork-safe) uses botocore alone.
+raises the errors users know. The CRT is not fork-safe: before a fork (a DataLoader
+starting its workers) its clients finish their requests and let go of their threads
+(``_store/crt.py``), so workers make their own; where that cannot be done, they use
+botocore alone.
 """
 
 from __future__ import annotations
