@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig
 from .._core.errors import (
@@ -59,10 +59,12 @@ from .._core.errors import (
 )
 from .._core.shares import RankShare
 from .._core.uri import matches_filters, safe_join
+from .._store.base import ObjectInfo
 from .._store.factory import open_store
 from .._store.lease import Lease
 from .._transfer.download import Alternate
-from .._transfer.engine import Engine, ProgressSubscriber
+from .._transfer.engine import Engine, Job, ProgressSubscriber
+from .._transfer.small import SMALL_OBJECT, SmallDownload, run_small, small_client
 from .cache import Cache, place_file, sha256_file
 from .fetch import CacheFetchJob
 from .hub import HubRevision, OriginHub, git_blob_sha1, make_hub
@@ -77,6 +79,9 @@ from .manifest import (
 from .mirror import Mirror
 from .settings import RepoSettings, load_repo_settings
 from .sources import SourceChoice, rank_sources, record_outcome
+
+if TYPE_CHECKING:
+    from .._store.crt import CrtRequests
 
 __all__ = ["Pin", "PlannedFile", "PullPlan", "plan_pull", "pull", "verify_origin_file"]
 
@@ -713,7 +718,9 @@ class _Fetcher:
         layout = mirror.layout(plan.repo)
         elsewhere = [(m, m.layout(plan.repo), man.by_path()) for m, man in others]
         rates = {id(c.mirror): c.rate for c in plan.sources}
-        jobs = []
+        jobs: list[Job] = []
+        small: list[SmallDownload] = []
+        shas: set[str] = set()
         for f in files:
             entry = by_path[f.path]
             alternates = [
@@ -729,22 +736,32 @@ class _Fetcher:
             ]
             _emit(self.progress, "file_start", path=f.path, size=f.size, source="mirror",
                   where=str(mirror))  # fmt: skip
-            jobs.append(
-                CacheFetchJob(
-                    mirror.store,
-                    mirror.bucket,
-                    layout.file_key(plan.revision, f.path),
-                    entry,
-                    self.cache,
-                    label=f"{f.path} ← {mirror}",
-                    on_done=lambda e: self._done(e.path, "mirror"),
-                    verify="sha256" if self.plan.strict else self.settings.verify,
-                    revision=f"{plan.repo}@{plan.revision}",
-                    where=str(mirror),
-                    alternates=alternates,
-                )
+            job = CacheFetchJob(
+                mirror.store,
+                mirror.bucket,
+                layout.file_key(plan.revision, f.path),
+                entry,
+                self.cache,
+                label=f"{f.path} ← {mirror}",
+                on_done=lambda e: self._done(e.path, "mirror"),
+                verify="sha256" if self.plan.strict else self.settings.verify,
+                revision=f"{plan.repo}@{plan.revision}",
+                where=str(mirror),
+                alternates=alternates,
             )
-        engine = Engine(self.config, self.config.concurrency or DEFAULT_CONCURRENCY, self.progress)
+            if 0 < entry.size <= SMALL_OBJECT and entry.etag and entry.sha256 not in shas:
+                shas.add(entry.sha256)  # two paths of one content: one blob, one fetch
+                small.append(SmallDownload(job, job.dest, ObjectInfo(job.key, entry.size,
+                                                                      entry.etag)))  # fmt: skip
+            else:
+                jobs.append(job)
+        concurrency = self.config.concurrency or DEFAULT_CONCURRENCY
+        crt = small_client(small, self.config) if small else None
+        if crt is None:
+            jobs = [item.job for item in small] + jobs
+        else:
+            jobs = self._small_from_mirror(crt, small, concurrency) + jobs
+        engine = Engine(self.config, concurrency, self.progress)
         try:
             engine.run(jobs)
         except TransferFailed as exc:
@@ -753,6 +770,35 @@ class _Fetcher:
                 if isinstance(failure.cause, RevisionTampered):
                     raise failure.cause from exc
             raise
+
+    def _small_from_mirror(
+        self, crt: CrtRequests, small: list[SmallDownload], concurrency: int
+    ) -> list[Job]:
+        """Small files as one GET each on the CRT (as ``cp -r`` fetches them), each
+        hashed in full against its manifest entry before it becomes a blob; returns what
+        the engine must fetch (any file that did not go right: the engine's job raises
+        what is wrong with it, RevisionTampered included)."""
+        engine = Engine(self.config, concurrency, self.progress)
+        left = run_small(engine, crt, small)
+        taken = {id(job) for job in left}
+        for item in small:
+            job = item.job
+            if id(job) in taken:
+                continue
+            assert isinstance(job, CacheFetchJob)  # narrowing: built above
+            try:
+                actual = sha256_file(item.dest)
+            except OSError:
+                actual = ""
+            if actual != job.entry.sha256:
+                with contextlib.suppress(OSError):
+                    item.dest.unlink()
+                left.append(job)  # the engine finds out why (tampered, or a bad answer)
+                continue
+            self.cache.add_blob(item.dest, actual, hashed=True)
+            if job.on_done is not None:
+                job.on_done(job.entry)
+        return left
 
     def _done(self, path: str, source: str) -> None:
         self.fetched[path] = source

@@ -38,11 +38,11 @@ from .._store.factory import open_store
 from .download import DownloadJob
 from .engine import Engine, Job, ProgressSubscriber, TransferStats
 from .servercopy import COPY_PART, ServerCopyJob
-from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, run_small
+from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, run_small, small_client
 from .upload import LocalSource, ObjectSource, UploadJob
 
 if TYPE_CHECKING:
-    from .._store.crt import CrtRequests
+    pass
 
 __all__ = ["abort_uploads", "copy", "list_uploads"]
 
@@ -58,23 +58,6 @@ class _Plan:
     skipped: int = 0
     #: files of a recursive copy small enough for one request each (see _transfer.small)
     small: list[Small] = field(default_factory=list)
-
-
-# Below this many small files the CRT client's start-up (threads, a signed URL) is not
-# worth it.
-SMALL_BATCH_MIN = 8
-
-
-def _fast_path(items: Sequence[Small], config: TransferConfig) -> CrtRequests | None:
-    """The CRT client for the small files, where it applies: enough of them, no bandwidth
-    cap (the engine's bucket meters every byte), one S3 store on their side."""
-    if len(items) < SMALL_BATCH_MIN or config.bandwidth_limit:
-        return None
-    stores = {id(i.job.store): i.job.store for i in items}
-    if len(stores) != 1:
-        return None
-    (store,) = stores.values()
-    return store.small_requests(connect_timeout=config.connect_timeout)
 
 
 def _local_files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -219,7 +202,7 @@ def copy(
     started = time.monotonic()
     pending: list[Job] = jobs
     if plan.small:
-        crt = _fast_path(plan.small, config)
+        crt = small_client(plan.small, config)
         if crt is None:
             pending = [item.job for item in plan.small] + jobs
         else:

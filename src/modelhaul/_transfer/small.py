@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._core.config import TransferConfig
 from .._store.base import ObjectInfo
 from .download import DownloadJob
 from .engine import CANCEL_GRACE, Engine, Job
@@ -39,7 +40,7 @@ from .upload import UploadJob
 if TYPE_CHECKING:
     from .._store.crt import CrtReply, CrtRequests
 
-__all__ = ["SMALL_OBJECT", "SmallDownload", "SmallUpload", "run_small"]
+__all__ = ["SMALL_OBJECT", "SmallDownload", "SmallUpload", "run_small", "small_client"]
 
 log = logging.getLogger("modelhaul.transfer")
 
@@ -73,6 +74,22 @@ class SmallDownload:
 
 
 Small = SmallUpload | SmallDownload
+
+# Below this many small files the CRT client's start-up (threads, a signed URL) is not
+# worth it.
+SMALL_BATCH_MIN = 8
+
+
+def small_client(items: Sequence[Small], config: TransferConfig) -> CrtRequests | None:
+    """The CRT client for ``items``, where it applies: enough of them, no bandwidth cap
+    (the engine's bucket meters every byte), one S3 store on their side."""
+    if len(items) < SMALL_BATCH_MIN or config.bandwidth_limit:
+        return None
+    stores = {id(i.job.store): i.job.store for i in items}
+    if len(stores) != 1:
+        return None
+    (store,) = stores.values()
+    return store.small_requests(connect_timeout=config.connect_timeout)
 
 
 def run_small(engine: Engine, crt: CrtRequests, items: Sequence[Small]) -> list[Job]:
