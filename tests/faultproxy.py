@@ -318,6 +318,11 @@ class FaultProxy:
         with self._lock:
             return list(self._log)
 
+    def clear_log(self) -> None:
+        """Forget the requests logged so far (the counters by method stay)."""
+        with self._lock:
+            self._log.clear()
+
     @property
     def signed(self) -> list[tuple[str, str, str | None]]:
         """``(method, target, region signed for or None)`` of every request, in order."""

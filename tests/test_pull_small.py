@@ -1,5 +1,5 @@
-"""Pulls of a revision with many small files (tokenizers, configs, adapter shards): each small
-file is one GET on the CRT path, no HEAD, hashed in full against its manifest entry before
+"""Pushes and pulls of a revision with many small files (tokenizers, configs, adapter shards): each small
+file is one PUT / one GET on the CRT path, no HEAD, hashed in full against its manifest entry before
 it becomes a blob. Flipped bytes are fetched again; a replaced small object is
 ``RevisionTampered`` and nothing of it enters the cache."""
 
@@ -15,6 +15,7 @@ import pytest
 import modelhaul
 from modelhaul import EmbeddedServer, S3Store
 from modelhaul._repo.cache import Cache
+from modelhaul._repo.manifest import RepoId
 from tests.conftest import make_file
 from tests.faultproxy import Fault, FaultProxy
 from tests.reliability import MiB, tree
@@ -39,11 +40,19 @@ def proxy(server: EmbeddedServer) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def pushed(env: dict[str, str], tmp_path: Path, bucket: str) -> tuple[Path, str, str]:
-    """The model's folder, its mirror and its revision id."""
+def pushed(
+    env: dict[str, str], tmp_path: Path, bucket: str, proxy: FaultProxy
+) -> tuple[Path, str, str]:
+    """The model's folder, its mirror and its revision id, pushed through ``proxy`` (whose
+    log is then cleared)."""
     src = _model(tmp_path / "src")
     uri = f"s3://{bucket}/mirror"
-    return src, uri, modelhaul.push(src, uri, REPO).revision
+    via = modelhaul.load_profile(endpoint_url=proxy.url)
+    rev = modelhaul.push(src, uri, REPO, profile=via).revision
+    puts = _by_file(proxy, "PUT")
+    assert puts == Counter({f"tok/part-{n:02d}.json": 1 for n in range(SMALL)}), puts
+    proxy.clear_log()
+    return src, uri, rev
 
 
 def _holds_only_good_blobs(cache_dir: Path) -> None:
@@ -64,15 +73,21 @@ def _pull(tmp_path: Path, uri: str, proxy: FaultProxy) -> Path:
 
 
 def test_small_files_are_one_get_each_and_hashed_before_they_are_blobs(
-    tmp_path: Path, proxy: FaultProxy, pushed: tuple[Path, str, str]
+    tmp_path: Path, proxy: FaultProxy, store: S3Store, bucket: str, pushed: tuple[Path, str, str]
 ) -> None:
-    src, uri, _ = pushed
+    src, uri, rev = pushed
     got = _pull(tmp_path, uri, proxy)
     assert tree(got) == tree(src)
     gets = _by_file(proxy, "GET")
     assert gets == Counter({f"tok/part-{n:02d}.json": 1 for n in range(SMALL)}), gets
     assert _by_file(proxy, "HEAD") == Counter()
     _holds_only_good_blobs(tmp_path / "cache")
+    # The push recorded each small object's own ETag (what pinned reads compare).
+    manifest = Cache(tmp_path / "cache").load_manifest(RepoId("acme", "many"), rev)
+    assert manifest is not None
+    for entry in manifest.files:
+        if entry.path.startswith("tok/"):
+            assert entry.etag == store.head(bucket, f"mirror/{REPO}/{rev}/{entry.path}").etag
 
 
 def test_flipped_bytes_in_small_files_are_fetched_again_never_cached(

@@ -53,8 +53,9 @@ from .._core.uri import matches_filters, parse_store_uri, safe_relpath
 from .._store.base import ObjectStore
 from .._store.factory import open_store
 from .._store.lease import Lease, ObjectLeaseBackend
-from .._transfer.engine import Engine, ProgressSubscriber, TransferStats
+from .._transfer.engine import Engine, Job, ProgressSubscriber, TransferStats
 from .._transfer.journal import read_journal, remove_journal, state_dir, write_journal
+from .._transfer.small import SMALL_OBJECT, SmallUpload, run_small, small_client
 from .._transfer.upload import LocalSource, UploadJob
 from .manifest import (
     FileEntry,
@@ -445,6 +446,7 @@ def _push_locked(
     held = mirror.objects(repo, revision)
     entries: dict[str, FileEntry] = {}
     jobs: dict[str, UploadJob] = {}
+    small: list[SmallUpload] = []
     for rel, path in files:
         h = hashed[rel]
         known = journal.get(rel)
@@ -469,13 +471,33 @@ def _push_locked(
         jobs[rel] = UploadJob(
             store, bucket, layout.file_key(revision, rel), LocalSource(path), label=rel
         )
-    engine = Engine(config, config.concurrency or DEFAULT_CONCURRENCY, progress)
-    stats = engine.run(list(jobs.values()))
+        if h.identity[0] <= SMALL_OBJECT:
+            small.append(SmallUpload(jobs[rel], path, *h.identity))
+    concurrency = config.concurrency or DEFAULT_CONCURRENCY
+    pending: list[Job] = list(jobs.values())
+    crt = small_client(small, config)
+    first = None
+    by_crt: set[int] = set()  # jobs the CRT sent: it checked the file's identity after
+    if crt is not None:
+        # Small files as one PUT each on the CRT, as cp -r sends them; what does not go
+        # right (and every file not started then) goes to the engine.
+        first = Engine(config, concurrency, progress)
+        sent_small = {id(i.job) for i in small}
+        left = run_small(first, crt, small)
+        by_crt = sent_small - {id(j) for j in left}
+        pending = left + [j for j in jobs.values() if id(j) not in sent_small]
+    engine = Engine(config, concurrency, progress)
+    stats = engine.run(pending)
+    if first is not None:
+        stats.add(first.stats)
     stats.files_skipped = len(files) - len(jobs)
     for rel, job in jobs.items():
         h = hashed[rel]
-        sent = job.source.identity()
-        unchanged = [sent["size"], sent["mtime_ns"], sent["inode"]] == h.identity
+        if id(job) in by_crt:
+            unchanged = True  # run_small compared the file after its PUT with h.identity
+        else:
+            sent = job.source.identity()
+            unchanged = [sent["size"], sent["mtime_ns"], sent["inode"]] == h.identity
         if not unchanged or (job.crc is not None and crc32c_hex(job.crc) != h.crc32c):
             raise SourceChanged(
                 f"{job.source.label} changed while it was being pushed",

@@ -208,7 +208,7 @@ def copy(
         else:
             engine = Engine(config, concurrency, progress)
             pending = run_small(engine, crt, plan.small) + jobs
-            _merge(stats, engine.stats)
+            stats.add(engine.stats)
     for attempt in range(MAX_RESTARTS + 1):
         engine = Engine(config, concurrency, progress)
         try:
@@ -217,7 +217,7 @@ def copy(
             # The engine records every failure, whether it raised one alone or a summary.
             failures = engine.stats.failures
             changed = {f.what for f in failures if isinstance(f.cause, ObjectChanged)}
-            _merge(stats, engine.stats)
+            stats.add(engine.stats)
             if not changed or attempt == MAX_RESTARTS:
                 raise
             for label in sorted(changed):
@@ -225,22 +225,12 @@ def copy(
             stats.failures.extend(f for f in failures if f.what not in changed)
             pending = [_again(j) for j in pending if j.label in changed]
             continue
-        _merge(stats, run)
+        stats.add(run)
         break
     stats.seconds = time.monotonic() - started
     if stats.failures:
         raise TransferFailed(stats.failures)
     return stats
-
-
-def _merge(total: TransferStats, part: TransferStats) -> None:
-    total.files += part.files
-    total.files_skipped += part.files_skipped
-    total.bytes += part.bytes
-    total.bytes_resumed += part.bytes_resumed
-    total.total_bytes = max(total.total_bytes, part.total_bytes)
-    total.retries += part.retries
-    total.peak_buffer_bytes = max(total.peak_buffer_bytes, part.peak_buffer_bytes)
 
 
 def _s3_to_s3(

@@ -79,6 +79,16 @@ class TransferStats:
     failures: list[PartFailure] = field(default_factory=list)
     peak_buffer_bytes: int = 0
 
+    def add(self, part: TransferStats) -> None:
+        """Count ``part`` (another engine's run of the same command) in these figures."""
+        self.files += part.files
+        self.files_skipped += part.files_skipped
+        self.bytes += part.bytes
+        self.bytes_resumed += part.bytes_resumed
+        self.total_bytes = max(self.total_bytes, part.total_bytes)
+        self.retries += part.retries
+        self.peak_buffer_bytes = max(self.peak_buffer_bytes, part.peak_buffer_bytes)
+
     @property
     def mb_per_s(self) -> float:
         return self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0

@@ -19,6 +19,7 @@ would hit: wrong credentials, a missing bucket, a full disk).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import fcntl
@@ -210,6 +211,15 @@ class _SmallRun:
                 ):
                     reply.error = "the file changed while it was sent"
                     return False
+                etag = reply.headers.get("etag")
+                if not etag:
+                    reply.error = "the store's answer to the PUT had no ETag"
+                    return False
+                # What the engine's job would hold after its PUT (a push records both).
+                item.job.etag = etag
+                stored = reply.headers.get("x-amz-checksum-crc32c")
+                if stored:
+                    item.job.crc = int.from_bytes(base64.b64decode(stored), "big")
                 size = item.size
             else:
                 if not self._verified(item, reply):
