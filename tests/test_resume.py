@@ -194,3 +194,31 @@ def test_json_summary_from_cli(tmp_path: Path, env: dict[str, str], bucket: str)
     out = run_cli("cp", f"s3://{bucket}/c.bin", str(tmp_path / "c.out"), "--json", env=env)
     assert json.loads(out.stdout)["bytes"] == 3 * MiB
     assert (tmp_path / "c.out").read_bytes() == src.read_bytes()
+
+
+def test_an_upload_a_run_started_just_before_it_was_killed_is_aborted_by_the_rerun(
+    tmp_path: Path, env: dict[str, str], store: S3Store, bucket: str
+) -> None:
+    """Killed between the store's answer to CreateMultipartUpload and its journal: the run
+    had written only its intent. The rerun finds that upload and aborts it; an upload of
+    another key is left alone."""
+    from modelhaul._transfer.journal import upload_journal_path, write_journal
+
+    src = make_file(tmp_path / "big.bin", 12 * 1024 * 1024 + 3)
+    key = "orphan/big.bin"
+    config = TransferConfig(part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024)
+    journal = upload_journal_path(store.describe(), bucket, key, str(src.resolve()))
+    st = src.stat()
+    identity = {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "inode": st.st_ino}  # fmt: skip
+    write_journal(journal, {"bucket": bucket, "key": key, "upload_id": None,
+                            "identity": identity, "part_size": config.part_size, "parts": {},
+                            "creating": time.time()})  # fmt: skip
+    store.create_multipart(bucket, key)  # what the killed run's request made
+    other = store.create_multipart(bucket, "orphan/other.bin")
+    modelhaul.copy(str(src), f"s3://{bucket}/{key}", config=config)
+    assert store.get_bytes(bucket, key) == src.read_bytes()
+    assert [(u.key, u.upload_id) for u in store.list_uploads(bucket)] == [
+        ("orphan/other.bin", other)
+    ]
+    assert not journal.exists()

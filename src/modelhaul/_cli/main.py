@@ -58,6 +58,9 @@ class _LazyGroup(click.Group):
 
         module, attr = target.split(":")
         command: click.Command = getattr(importlib.import_module(f".{module}", __package__), attr)
+        # The command's imports (botocore ...) live as long as the process: out of the
+        # collector's reach, as main() does for what was loaded before.
+        gc.freeze()
         return command
 
 

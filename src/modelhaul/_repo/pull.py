@@ -599,11 +599,15 @@ class _Fetcher:
         todo = [f for f in self.plan.files if f.source != "cache"]
         if self.share is not None:
             # This rank's share first; the rest after it, fetched here only when nobody
-            # holds it (its rank is late, or died): every rank computes the same split.
-            mine = self.share.mine([f.size or 0 for f in todo])
+            # holds it (its rank is late, or died). Every rank computes the same split:
+            # over the whole revision in path order, whatever this rank's cache holds.
+            every = sorted(self.plan.files, key=lambda f: f.path)
+            dealt = self.share.mine([f.size or 0 for f in every])
+            ours = {f.path for f, m in zip(every, dealt, strict=True) if m}
+            mine = [f for f in todo if f.path in ours]
             _emit(self.progress, "share", ranks=str(self.share),
-                  paths=[f.path for f, m in zip(todo, mine, strict=True) if m])  # fmt: skip
-            self._round([f for f, m in zip(todo, mine, strict=True) if m])
+                  paths=[f.path for f in mine])  # fmt: skip
+            self._round(mine)
         self._round(todo)
 
     def _round(self, todo: list[PlannedFile]) -> None:

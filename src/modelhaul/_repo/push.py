@@ -472,7 +472,10 @@ def _push_locked(
             store, bucket, layout.file_key(revision, rel), LocalSource(path), label=rel
         )
         if h.identity[0] <= SMALL_OBJECT:
-            small.append(SmallUpload(jobs[rel], path, *h.identity))
+            size, mtime_ns, ino = h.identity
+            small.append(
+                SmallUpload(jobs[rel], path, size, mtime_ns, ino, crc32c=int(h.crc32c, 16))
+            )
     concurrency = config.concurrency or DEFAULT_CONCURRENCY
     pending: list[Job] = list(jobs.values())
     crt = small_client(small, config)

@@ -56,16 +56,18 @@ _clean_fork = True
 def _before_fork() -> None:
     global _clean_fork
     clients = list(_live)
-    if not clients:
-        _clean_fork = True
+    if not clients and os.getpid() not in _made_in:
+        _clean_fork = True  # this process never started the CRT's threads
         return
     deadline = time.monotonic() + 5.0
     while any(c.in_flight for c in clients) and time.monotonic() < deadline:
         time.sleep(0.005)  # releases the GIL: the requests' callbacks need it
     clean = not any(c.in_flight for c in clients)
-    for c in clients:
-        c.close()
+    events = [e for c in clients for e in c.close()]
     del clients
+    deadline = time.monotonic() + 2.0
+    for event in events:  # waiting releases the GIL, which their shutdown needs
+        clean = event.wait(max(0.0, deadline - time.monotonic())) and clean
     if clean and threading.current_thread() is threading.main_thread():
         try:
             clean = bool(common.join_all_native_threads(timeout_sec=2.0))
@@ -152,6 +154,8 @@ class CrtRequests:
             options = io.TlsContextOptions()
             options.override_default_trust_store_from_path(None, bundle)
             tls_options = io.ClientTlsContext(options).new_connection_options()
+        # Set when each has let go of its threads: what a fork waits for.
+        self._shutdown = [elg.shutdown_event, bootstrap.shutdown_event]
         self._client: s3.S3Client | None = s3.S3Client(
             bootstrap=bootstrap,
             region=store.profile.region,
@@ -165,11 +169,16 @@ class CrtRequests:
             multipart_upload_threshold=64 << 20,
         )
 
-    def close(self) -> None:
+    def close(self) -> list[threading.Event]:
         """Let go of the client and its threads (before a fork); the store makes a new
-        one on its next request."""
+        one on its next request. Returns the events set once they are gone."""
         self.closed = True
+        events = list(self._shutdown)
+        if self._client is not None:
+            events.append(self._client.shutdown_event)
         self._client = None
+        self._shutdown = []
+        return events
 
     @classmethod
     def for_store(cls, store: S3Store, *, connect_timeout: float) -> CrtRequests | None:
@@ -228,11 +237,28 @@ class CrtRequests:
         return http.HttpRequest(method, path, http.HttpHeaders([("Host", where.host), *headers]))
 
     def put_file(
-        self, bucket: str, key: str, path: Path, size: int, done: Callable[[CrtReply], None]
+        self,
+        bucket: str,
+        key: str,
+        path: Path,
+        size: int,
+        done: Callable[[CrtReply], None],
+        *,
+        crc32c: int | None = None,
     ) -> Any:
-        """PUT the file at ``path`` as ``key``, with its CRC32C (which the CRT computes and
-        the store checks). Returns a handle whose ``cancel()`` abandons the request."""
-        request = self._request("PUT", bucket, key, [("Content-Length", str(size))])
+        """PUT the file at ``path`` as ``key``, with its CRC32C, which the store checks:
+        ``crc32c`` where the caller hashed the file already (so bytes that changed since
+        are refused), else computed by the CRT as it sends. Returns a handle whose
+        ``cancel()`` abandons the request."""
+        headers = [("Content-Length", str(size))]
+        if crc32c is not None:
+            value = base64.b64encode(crc32c.to_bytes(4, "big")).decode()
+            headers.append(("x-amz-checksum-crc32c", value))
+            request = self._request("PUT", bucket, key, headers)
+            return self._make(
+                s3.S3RequestType.PUT_OBJECT, request, bucket, done, send_filepath=str(path)
+            )
+        request = self._request("PUT", bucket, key, headers)
         checksum = s3.S3ChecksumConfig(
             algorithm=s3.S3ChecksumAlgorithm.CRC32C, location=s3.S3ChecksumLocation.HEADER
         )

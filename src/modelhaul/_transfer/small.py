@@ -62,6 +62,9 @@ class SmallUpload:
     size: int
     mtime_ns: int
     ino: int
+    #: the file's CRC32C where the caller hashed it already (a push): sent as is, so the
+    #: store refuses bytes that changed since.
+    crc32c: int | None = None
 
 
 @dataclass(eq=False)
@@ -155,8 +158,9 @@ class _SmallRun:
         try:
             if isinstance(item, SmallUpload):
                 handle = self.crt.put_file(
-                    item.job.bucket, item.job.key, item.path, item.size, done
-                )
+                    item.job.bucket, item.job.key, item.path, item.size, done,
+                    crc32c=item.crc32c,
+                )  # fmt: skip
             else:
                 if not self._claim(item):
                     return
@@ -218,7 +222,9 @@ class _SmallRun:
                 # What the engine's job would hold after its PUT (a push records both).
                 item.job.etag = etag
                 stored = reply.headers.get("x-amz-checksum-crc32c")
-                if stored:
+                if item.crc32c is not None:
+                    item.job.crc = item.crc32c  # sent, and checked by the store
+                elif stored:
                     item.job.crc = int.from_bytes(base64.b64decode(stored), "big")
                 size = item.size
             else:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -288,6 +289,9 @@ class UploadJob(Job):
         )
         done = self._resume(engine)
         if self.upload_id is None:
+            # Said before the upload exists: a kill between the store's answer and the
+            # journal below would leave an upload nobody knows; the rerun looks for it.
+            self._save_journal(creating=time.time())
             self.upload_id = engine.retry(
                 lambda: self.store.create_multipart(self.bucket, self.key, metadata=self.metadata),
                 label=self.label,
@@ -312,6 +316,11 @@ class UploadJob(Job):
         if journal is None:
             return set()
         upload_id = journal.get("upload_id")
+        creating = journal.get("creating")
+        if not upload_id and isinstance(creating, (int, float)):
+            self._abort_orphans(engine, float(creating))
+            remove_journal(self._journal_path)
+            return set()
         if (
             journal.get("identity") != self.source.identity()
             or journal.get("part_size") != self.part_size
@@ -371,21 +380,38 @@ class UploadJob(Job):
             buf = _buffers.buffer = bytearray(length)
         return memoryview(buf)[:length]
 
-    def _save_journal(self) -> None:
+    def _abort_orphans(self, engine: Engine, creating: float) -> None:
+        """Abort the uploads of this key that an earlier run started just before it was
+        killed, before it could record their id (started from ``creating`` on, with a
+        minute of slack for the store's clock)."""
+        try:
+            uploads = engine.retry(
+                lambda: self.store.list_uploads(self.bucket, self.key), label=self.label, part=0
+            )
+        except Exception as exc:  # housekeeping: the upload goes on anyway
+            log.info("could not look for an orphaned upload of %s: %s", self.label, exc)
+            return
+        for upload in uploads:
+            if upload.key == self.key and upload.initiated >= creating - 60:
+                log.info("aborting the upload of %s a killed run left behind", self.label)
+                with contextlib.suppress(Exception):
+                    self.store.abort_multipart(self.bucket, self.key, upload.upload_id)
+
+    def _save_journal(self, *, creating: float | None = None) -> None:
         if self._journal_path is None:
             return
+        record: dict[str, Any] = {
+            "bucket": self.bucket,
+            "key": self.key,
+            "upload_id": self.upload_id,
+            "identity": self.source.identity(),
+            "part_size": self.part_size,
+            "parts": {str(n): list(v) for n, v in sorted(self._parts.items())},
+        }
+        if creating is not None:
+            record["creating"] = creating
         with self._journal_lock:
-            write_journal(
-                self._journal_path,
-                {
-                    "bucket": self.bucket,
-                    "key": self.key,
-                    "upload_id": self.upload_id,
-                    "identity": self.source.identity(),
-                    "part_size": self.part_size,
-                    "parts": {str(n): list(v) for n, v in sorted(self._parts.items())},
-                },
-            )
+            write_journal(self._journal_path, record)
 
     # -- scheduling ------------------------------------------------------------------------
 

@@ -140,12 +140,14 @@ class _ReadAhead:
     ) -> _Arriving | None:
         """What was read ahead for ``index`` (None: read it now), reading further ahead
         while the pattern holds."""
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's requests are not ours
+        if self._pid != os.getpid():  # forked: the parent's requests (and lock) not ours
+            if self._pending:
                 from .._store.crt import orphan  # loaded: the parent made these requests
 
                 orphan(self._pending)  # freeing them here would touch the parent's threads
-                self._reset()
+            self._lock = threading.Lock()  # another thread may have held it at the fork
+            self._reset()
+        with self._lock:
             mine = self._pending.pop(index, None)
             stride = index - self._last if self._last is not None else 0
             self._last = index
