@@ -68,13 +68,21 @@ def mirror(
         yield proxy, {**env, "AWS_ENDPOINT_URL": proxy.url}, uri, src
 
 
+def _three_ranks(
+    tmp_path: Path, mirror: tuple[FaultProxy, dict[str, str], str, Path]
+) -> tuple[FaultProxy, Path, int, Path, list[subprocess.Popen[str]]]:
+    """Ranks 0/3, 1/3 and 2/3 pulling at once into one cache: the proxy, the model's
+    folder and size, the cache, the processes."""
+    proxy, env, uri, src = mirror
+    cache = tmp_path / "shared-cache"
+    procs = [_pull(env, uri, cache, f"{r}/3") for r in range(3)]
+    return proxy, src, sum(p.stat().st_size for p in src.iterdir()), cache, procs
+
+
 def test_three_ranks_fetch_disjoint_balanced_shares_and_each_byte_once(
     tmp_path: Path, mirror: tuple[FaultProxy, dict[str, str], str, Path]
 ) -> None:
-    proxy, env, uri, src = mirror
-    size = sum(p.stat().st_size for p in src.iterdir())
-    cache = tmp_path / "shared-cache"
-    procs = [_pull(env, uri, cache, f"{r}/3") for r in range(3)]
+    proxy, src, size, _, procs = _three_ranks(tmp_path, mirror)
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
@@ -98,10 +106,7 @@ def test_three_ranks_fetch_disjoint_balanced_shares_and_each_byte_once(
 def test_a_rank_killed_mid_fetch_leaves_its_files_to_the_others(
     tmp_path: Path, mirror: tuple[FaultProxy, dict[str, str], str, Path]
 ) -> None:
-    proxy, env, uri, src = mirror
-    size = sum(p.stat().st_size for p in src.iterdir())
-    cache = tmp_path / "shared-cache"
-    procs = [_pull(env, uri, cache, f"{r}/3") for r in range(3)]
+    proxy, src, size, cache, procs = _three_ranks(tmp_path, mirror)
     victim = procs[1]
     assert victim.stdout is not None
     share: list[str] = []

@@ -3,7 +3,7 @@
 The public API is the list below; everything in ``_``-prefixed modules is internal.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._core.config import PRESETS, Preset, Profile, TransferConfig, load_profile
 from ._core.errors import (
@@ -60,6 +60,7 @@ from ._core.errors import (
     UnsafeSymlink,
     WrongRegion,
 )
+from ._core.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from ._mirror.config import SyncConfig, SyncRepo, load_sync_config
@@ -109,15 +110,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'modelhaul' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)
 
 
 def __dir__() -> list[str]:

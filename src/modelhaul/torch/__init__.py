@@ -10,9 +10,10 @@ raises the same for Lightning or fsspec only when the plugin is asked for).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._core.errors import MissingExtra
+from .._core.lazy import lazy_getattr
 
 try:
     import torch as _torch  # noqa: F401 - fail early, with the fix in the message
@@ -54,12 +55,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'modelhaul.torch' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)
