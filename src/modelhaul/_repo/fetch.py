@@ -253,7 +253,7 @@ class CacheFetchJob(DownloadJob):
         super().finish(engine)  # the store's CRC32C and the size; renames to tmp/<sha256>
         if actual != self.entry.sha256:
             self._reject("sha256", self.entry.sha256, actual)
-        self._commit(actual)
+        self.commit(actual)
 
     def _finish_by_crc(self, engine: Engine) -> None:
         actual = crc32c_hex(combine_segments(sorted(self._segments)))
@@ -262,7 +262,7 @@ class CacheFetchJob(DownloadJob):
             self._close()
             self._reject("crc32c", self.entry.crc32c, actual)
         super().finish(engine)  # also the store's own CRC32C and the size
-        self._commit(self.entry.sha256)
+        self.commit(self.entry.sha256)
 
     def _reject(self, algorithm: str, expected: str, actual: str) -> NoReturn:
         with contextlib.suppress(FileNotFoundError):
@@ -276,8 +276,11 @@ class CacheFetchJob(DownloadJob):
             "was altered after the push. Nothing was kept; push the revision again",
         )
 
-    def _commit(self, sha256: str) -> None:
-        self.cache.add_blob(self.dest, sha256, hashed=self.full_hash)
+    def commit(self, sha256: str, *, hashed: bool | None = None) -> None:
+        """Put the verified download (at ``dest``) into the blobs as ``sha256`` and report
+        it done; ``hashed``: whether that SHA-256 was computed from the bytes (default:
+        whether this job hashed them)."""
+        self.cache.add_blob(self.dest, sha256, hashed=self.full_hash if hashed is None else hashed)
         if self.on_done is not None:
             self.on_done(self.entry)
 

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig
 from .._core.errors import (
@@ -64,7 +64,7 @@ from .._store.factory import open_store
 from .._store.lease import Lease
 from .._transfer.download import Alternate
 from .._transfer.engine import Engine, Job, ProgressSubscriber
-from .._transfer.small import SMALL_OBJECT, SmallDownload, run_small, small_client
+from .._transfer.small import SMALL_OBJECT, SmallDownload, move_small
 from .cache import Cache, place_file, sha256_file
 from .fetch import CacheFetchJob
 from .hub import HubRevision, OriginHub, git_blob_sha1, make_hub
@@ -79,9 +79,6 @@ from .manifest import (
 from .mirror import Mirror
 from .settings import RepoSettings, load_repo_settings
 from .sources import SourceChoice, rank_sources, record_outcome
-
-if TYPE_CHECKING:
-    from .._store.crt import CrtRequests
 
 __all__ = ["Pin", "PlannedFile", "PullPlan", "plan_pull", "pull", "verify_origin_file"]
 
@@ -760,11 +757,7 @@ class _Fetcher:
             else:
                 jobs.append(job)
         concurrency = self.config.concurrency or DEFAULT_CONCURRENCY
-        crt = small_client(small, self.config) if small else None
-        if crt is None:
-            jobs = [item.job for item in small] + jobs
-        else:
-            jobs = self._small_from_mirror(crt, small, concurrency) + jobs
+        jobs = self._small_from_mirror(small, concurrency) + jobs
         engine = Engine(self.config, concurrency, self.progress)
         try:
             engine.run(jobs)
@@ -775,20 +768,16 @@ class _Fetcher:
                     raise failure.cause from exc
             raise
 
-    def _small_from_mirror(
-        self, crt: CrtRequests, small: list[SmallDownload], concurrency: int
-    ) -> list[Job]:
+    def _small_from_mirror(self, small: list[SmallDownload], concurrency: int) -> list[Job]:
         """Small files as one GET each on the CRT (as ``cp -r`` fetches them), each
         hashed in full against its manifest entry before it becomes a blob; returns what
         the engine must fetch (any file that did not go right: the engine's job raises
         what is wrong with it, RevisionTampered included)."""
-        engine = Engine(self.config, concurrency, self.progress)
-        left = run_small(engine, crt, small)
-        taken = {id(job) for job in left}
-        for item in small:
+        moved = move_small(small, self.config, concurrency, self.progress)
+        left = moved.left
+        for item in moved.done:
+            assert isinstance(item, SmallDownload)  # narrowing: built above
             job = item.job
-            if id(job) in taken:
-                continue
             assert isinstance(job, CacheFetchJob)  # narrowing: built above
             try:
                 actual = sha256_file(item.dest)
@@ -799,9 +788,7 @@ class _Fetcher:
                     item.dest.unlink()
                 left.append(job)  # the engine finds out why (tampered, or a bad answer)
                 continue
-            self.cache.add_blob(item.dest, actual, hashed=True)
-            if job.on_done is not None:
-                job.on_done(job.entry)
+            job.commit(actual, hashed=True)
         return left
 
     def _done(self, path: str, source: str) -> None:

@@ -53,9 +53,9 @@ from .._core.uri import matches_filters, parse_store_uri, safe_relpath
 from .._store.base import ObjectStore
 from .._store.factory import open_store
 from .._store.lease import Lease, ObjectLeaseBackend
-from .._transfer.engine import Engine, Job, ProgressSubscriber, TransferStats
+from .._transfer.engine import Engine, ProgressSubscriber, TransferStats
 from .._transfer.journal import read_journal, remove_journal, state_dir, write_journal
-from .._transfer.small import SMALL_OBJECT, SmallUpload, run_small, small_client
+from .._transfer.small import SMALL_OBJECT, SmallUpload, move_small
 from .._transfer.upload import LocalSource, UploadJob
 from .manifest import (
     FileEntry,
@@ -477,22 +477,15 @@ def _push_locked(
                 SmallUpload(jobs[rel], path, size, mtime_ns, ino, crc32c=int(h.crc32c, 16))
             )
     concurrency = config.concurrency or DEFAULT_CONCURRENCY
-    pending: list[Job] = list(jobs.values())
-    crt = small_client(small, config)
-    first = None
-    by_crt: set[int] = set()  # jobs the CRT sent: it checked the file's identity after
-    if crt is not None:
-        # Small files as one PUT each on the CRT, as cp -r sends them; what does not go
-        # right (and every file not started then) goes to the engine.
-        first = Engine(config, concurrency, progress)
-        sent_small = {id(i.job) for i in small}
-        left = run_small(first, crt, small)
-        by_crt = sent_small - {id(j) for j in left}
-        pending = left + [j for j in jobs.values() if id(j) not in sent_small]
-    engine = Engine(config, concurrency, progress)
-    stats = engine.run(pending)
-    if first is not None:
-        stats.add(first.stats)
+    # Small files as one PUT each on the CRT, as cp -r sends them; what does not go right
+    # (and every file not started then) goes to the engine.
+    moved = move_small(small, config, concurrency, progress)
+    by_crt = {id(item.job) for item in moved.done}  # the CRT checked their identity after
+    in_small = {id(item.job) for item in small}
+    pending = moved.left + [j for j in jobs.values() if id(j) not in in_small]
+    stats = Engine(config, concurrency, progress).run(pending)
+    if moved.stats is not None:
+        stats.add(moved.stats)
     stats.files_skipped = len(files) - len(jobs)
     for rel, job in jobs.items():
         h = hashed[rel]

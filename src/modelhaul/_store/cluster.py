@@ -31,6 +31,9 @@ from .embedded import (
     _free_port,
     _reserve_port,
     _s3_answers,
+    data_home,
+    export_lines,
+    s3_env,
     weed_binary,
 )
 
@@ -75,16 +78,10 @@ class ClusterServer:
 
     def env(self) -> dict[str, str]:
         """The environment variables that point any S3 tool at the cluster's gateway."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-            "AWS_REGION": "us-east-1",
-            "MODELHAUL_PROVIDER": "seaweedfs",
-        }
+        return s3_env(self.endpoint_url, self.access_key_id, self.secret_access_key)
 
     def export_lines(self) -> str:
-        return "\n".join(f"export {k}={v}" for k, v in self.env().items())
+        return export_lines(self.env())
 
     def is_running(self) -> bool:
         """Every process of the cluster runs (and is still ours), and the gateway answers."""
@@ -132,8 +129,7 @@ def _wait(pid: int, timeout: float) -> None:
 
 def default_cluster_dir() -> Path:
     """``$XDG_DATA_HOME/modelhaul/cluster`` (``~/.local/share/modelhaul/cluster``)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "modelhaul" / "cluster"
+    return data_home() / "cluster"
 
 
 def holds_cluster(data_dir: Path) -> bool:

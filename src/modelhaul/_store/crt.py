@@ -251,21 +251,18 @@ class CrtRequests:
         are refused), else computed by the CRT as it sends. Returns a handle whose
         ``cancel()`` abandons the request."""
         headers = [("Content-Length", str(size))]
+        extra: dict[str, Any] = {}
         if crc32c is not None:
             value = base64.b64encode(crc32c.to_bytes(4, "big")).decode()
             headers.append(("x-amz-checksum-crc32c", value))
-            request = self._request("PUT", bucket, key, headers)
-            return self._make(
-                s3.S3RequestType.PUT_OBJECT, request, bucket, done, send_filepath=str(path)
+        else:
+            extra["checksum_config"] = s3.S3ChecksumConfig(
+                algorithm=s3.S3ChecksumAlgorithm.CRC32C, location=s3.S3ChecksumLocation.HEADER
             )
         request = self._request("PUT", bucket, key, headers)
-        checksum = s3.S3ChecksumConfig(
-            algorithm=s3.S3ChecksumAlgorithm.CRC32C, location=s3.S3ChecksumLocation.HEADER
-        )
         return self._make(
-            s3.S3RequestType.PUT_OBJECT, request, bucket, done,
-            send_filepath=str(path), checksum_config=checksum,
-        )  # fmt: skip
+            s3.S3RequestType.PUT_OBJECT, request, bucket, done, send_filepath=str(path), **extra
+        )
 
     def get_file(self, bucket: str, key: str, dest: Path, done: Callable[[CrtReply], None]) -> Any:
         """GET ``key`` into ``dest`` (created or replaced) in one request, asking for its

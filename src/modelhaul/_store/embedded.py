@@ -45,10 +45,13 @@ from .._core.uri import parse_s3
 
 __all__ = [
     "EmbeddedServer",
+    "data_home",
     "default_server_dir",
     "discard_stale_state",
+    "export_lines",
     "remembered_servers",
     "resolve_server_dir",
+    "s3_env",
     "server_status",
     "start_server",
     "stop_server",
@@ -91,16 +94,10 @@ class EmbeddedServer:
 
     def env(self) -> dict[str, str]:
         """The environment variables that point any S3 tool at this server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-            "AWS_REGION": "us-east-1",
-            "MODELHAUL_PROVIDER": "seaweedfs",
-        }
+        return s3_env(self.endpoint_url, self.access_key_id, self.secret_access_key)
 
     def export_lines(self) -> str:
-        return "\n".join(f"export {k}={v}" for k, v in self.env().items())
+        return export_lines(self.env())
 
     def is_running(self) -> bool:
         return (
@@ -123,12 +120,33 @@ class EmbeddedServer:
         return None if ours else (command[:200] or "a process with no command line")
 
 
+def s3_env(endpoint_url: str, access_key_id: str, secret_access_key: str) -> dict[str, str]:
+    """The environment variables that point any S3 tool at a local SeaweedFS."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ACCESS_KEY_ID": access_key_id,
+        "AWS_SECRET_ACCESS_KEY": secret_access_key,
+        "AWS_REGION": "us-east-1",
+        "MODELHAUL_PROVIDER": "seaweedfs",
+    }
+
+
+def export_lines(env: dict[str, str]) -> str:
+    """``env`` as the lines a shell evaluates."""
+    return "\n".join(f"export {k}={v}" for k, v in env.items())
+
+
+def data_home() -> Path:
+    """``$XDG_DATA_HOME/modelhaul`` (``~/.local/share/modelhaul``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "modelhaul"
+
+
 def default_server_dir() -> Path:
     """``$MODELHAUL_SERVER_DIR``, else ``~/.local/share/modelhaul/server``."""
     if os.environ.get("MODELHAUL_SERVER_DIR"):
         return Path(os.environ["MODELHAUL_SERVER_DIR"]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "modelhaul" / "server"
+    return data_home() / "server"
 
 
 def _registry_dir() -> Path:

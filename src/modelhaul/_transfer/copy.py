@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .._core.config import DEFAULT_CONCURRENCY, Profile, TransferConfig
 from .._core.errors import (
@@ -38,11 +37,8 @@ from .._store.factory import open_store
 from .download import DownloadJob
 from .engine import Engine, Job, ProgressSubscriber, TransferStats
 from .servercopy import COPY_PART, ServerCopyJob
-from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, run_small, small_client
+from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, move_small
 from .upload import LocalSource, ObjectSource, UploadJob
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["abort_uploads", "copy", "list_uploads"]
 
@@ -200,15 +196,10 @@ def copy(
     concurrency = config.concurrency or DEFAULT_CONCURRENCY
     stats = TransferStats(files_skipped=plan.skipped)
     started = time.monotonic()
-    pending: list[Job] = jobs
-    if plan.small:
-        crt = small_client(plan.small, config)
-        if crt is None:
-            pending = [item.job for item in plan.small] + jobs
-        else:
-            engine = Engine(config, concurrency, progress)
-            pending = run_small(engine, crt, plan.small) + jobs
-            stats.add(engine.stats)
+    moved = move_small(plan.small, config, concurrency, progress)
+    if moved.stats is not None:
+        stats.add(moved.stats)
+    pending: list[Job] = moved.left + jobs
     for attempt in range(MAX_RESTARTS + 1):
         engine = Engine(config, concurrency, progress)
         try:

@@ -27,7 +27,7 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 from .._core.config import TransferConfig
 from .._store.base import ObjectInfo
 from .download import DownloadJob
-from .engine import CANCEL_GRACE, Engine, Job
+from .engine import CANCEL_GRACE, Engine, Job, ProgressSubscriber, TransferStats
 from .upload import UploadJob
 
 if TYPE_CHECKING:
     from .._store.crt import CrtReply, CrtRequests
 
-__all__ = ["SMALL_OBJECT", "SmallDownload", "SmallUpload", "run_small", "small_client"]
+__all__ = ["SMALL_OBJECT", "SmallDownload", "SmallOutcome", "SmallUpload", "move_small"]
 
 log = logging.getLogger("modelhaul.transfer")
 
@@ -94,6 +94,34 @@ def small_client(items: Sequence[Small], config: TransferConfig) -> CrtRequests 
         return None
     (store,) = stores.values()
     return store.small_requests(connect_timeout=config.connect_timeout)
+
+
+@dataclass
+class SmallOutcome:
+    """What :func:`move_small` did: ``done`` went through on the CRT; ``left`` is for the
+    engine (what did not go right, was not started, or every job where the CRT path does
+    not apply); ``stats`` counts the CRT batch (None where there was none)."""
+
+    left: list[Job]
+    done: list[Small]
+    stats: TransferStats | None
+
+
+def move_small(
+    items: Sequence[Small],
+    config: TransferConfig,
+    concurrency: int,
+    progress: Iterable[ProgressSubscriber] = (),
+) -> SmallOutcome:
+    """Move ``items`` on their store's CRT client where :func:`small_client` offers one,
+    reporting to ``progress``; the caller runs ``left`` on the engine."""
+    crt = small_client(items, config)
+    if crt is None:
+        return SmallOutcome([item.job for item in items], [], None)
+    engine = Engine(config, concurrency, progress)
+    left = run_small(engine, crt, items)
+    taken = {id(job) for job in left}
+    return SmallOutcome(left, [i for i in items if id(i.job) not in taken], engine.stats)
 
 
 def run_small(engine: Engine, crt: CrtRequests, items: Sequence[Small]) -> list[Job]:

@@ -88,9 +88,7 @@ class _Objects:
     def read(self, info: ObjectInfo) -> bytes:
         """The object's bytes, as listed (pinned to its ETag)."""
         pending = self.start(info)
-        if isinstance(pending, _Arriving):
-            return pending.result()
-        return self.read_slow(info)
+        return pending.result() if pending is not None else self.read_slow(info)
 
     def read_slow(self, info: ObjectInfo) -> bytes:
         """Through botocore, under the one retry policy: what raises the errors users know
@@ -111,9 +109,12 @@ class _Objects:
             return None
         arriving = _Arriving(self, info)
         try:
-            arriving.handle = crt.get_bytes(self.bucket, info.key, info.etag, arriving.done)
-        except Exception:
+            handle = crt.get_bytes(self.bucket, info.key, info.etag, arriving.done)
+        except Exception:  # the botocore path reports what is wrong
             return None
+        arriving.handle = handle
+        if arriving.arrived:  # done() ran first: holding the request would be a cycle
+            arriving.handle = None
         return arriving
 
 
@@ -180,6 +181,10 @@ class _Arriving:
         self.handle: Any = None
         self._reply: CrtReply | None = None
         self._arrived = threading.Event()
+
+    @property
+    def arrived(self) -> bool:
+        return self._arrived.is_set()
 
     def done(self, reply: CrtReply) -> None:
         self._reply = reply
