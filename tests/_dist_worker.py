@@ -41,6 +41,7 @@ def run_rank(
     die_after: float,
     results: Any,
     shared: bool = True,
+    exchange: str = "auto",
 ) -> None:
     """Load ``uri`` on this rank and put ``(rank, outcome, detail, seconds)`` on ``results``.
 
@@ -68,11 +69,11 @@ def run_rank(
             if uri.endswith("/run/"):  # a CheckpointManager run of the same tensors
                 from modelhaul.torch import CheckpointManager
 
-                got = CheckpointManager(uri).load_latest(process_group=group)
+                got = CheckpointManager(uri).load_latest(process_group=group, exchange=exchange)
             elif uri.endswith(".pt"):  # a torch.save checkpoint of the same tensors
-                got = load(uri, process_group=group)
+                got = load(uri, process_group=group, exchange=exchange)
             else:
-                got = load_safetensors(uri, process_group=group)
+                got = load_safetensors(uri, process_group=group, exchange=exchange)
         except RankFailed as exc:
             results.put((rank, "RankFailed", str(exc), time.monotonic() - began))
             return
@@ -89,6 +90,14 @@ def run_rank(
             if n not in got or got[n].dtype != t.dtype or not torch.equal(got[n], t)
         ]
         extra = sorted(set(got) - set(want))
+        # A rank that changes its tensors in place changes its own copy, not another's
+        # (with one shared copy on the host, every rank's tensors start on the same pages).
+        for t in got.values():
+            t.reshape(-1).view(torch.uint8).fill_(rank)
+        dist.barrier()
+        bad += [
+            n for n, t in got.items() if not bool((t.reshape(-1).view(torch.uint8) == rank).all())
+        ]
         results.put((rank, "ok" if not bad and not extra else "wrong", bad + extra, took))
         dist.barrier()
     finally:

@@ -57,6 +57,7 @@ def run_job(
     die_rank: int | None = None,
     die_after: float = 0.0,
     shared: bool = True,
+    exchange: str = "auto",
 ) -> tuple[dict[int, tuple[str, Any, float]], dict[int, int | None]]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -64,7 +65,19 @@ def run_job(
     procs = [
         ctx.Process(
             target=run_rank,
-            args=(rank, WORLD, port, env, uri, SHARDS, die_rank, die_after, results, shared),
+            args=(
+                rank,
+                WORLD,
+                port,
+                env,
+                uri,
+                SHARDS,
+                die_rank,
+                die_after,
+                results,
+                shared,
+                exchange,
+            ),
         )
         for rank in range(WORLD)
     ]
@@ -92,22 +105,44 @@ def run_job(
     return got, {rank: p.exitcode for rank, p in enumerate(procs)}
 
 
+def shm_files() -> list[Path]:
+    """The shared copies of loads on this host (each removed once every rank opened it)."""
+    return sorted(Path("/dev/shm").glob("modelhaul-load-*"))
+
+
+# Every rank here runs on this host: "shared-memory" is the one shared copy ("auto" picks
+# it), "broadcast" the path ranks on several hosts take.
+EXCHANGES = ["shared-memory", "broadcast"]
+
+
+@pytest.mark.parametrize("exchange", EXCHANGES)
 def test_four_ranks_share_one_read(
-    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
+    server: EmbeddedServer,
+    env: dict[str, str],
+    store: S3Store,
+    bucket: str,
+    tmp_path: Path,
+    exchange: str,
 ) -> None:
-    size = upload_model(store, bucket, tmp_path, "org/shared")
+    size = upload_model(store, bucket, tmp_path, f"org/shared-{exchange}")
     with FaultProxy(server.host, server.port) as proxy:
-        got, codes = run_job({**env, "AWS_ENDPOINT_URL": proxy.url}, f"s3://{bucket}/org/shared/")
+        got, codes = run_job(
+            {**env, "AWS_ENDPOINT_URL": proxy.url},
+            f"s3://{bucket}/org/shared-{exchange}/",
+            exchange=exchange,
+        )
         served = proxy.body_bytes
     assert codes == dict.fromkeys(range(WORLD), 0), got
     assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
     # Each byte once per job (plus rank 0's header probes, up to 1 MiB a shard, the listing
     # and each rank's copy of the index), not once per rank.
     assert size < served <= 1.05 * size, (served, size)
+    assert shm_files() == []
 
 
+@pytest.mark.parametrize("exchange", EXCHANGES)
 def test_four_ranks_share_one_checkpoint_read(
-    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, exchange: str
 ) -> None:
     import io
 
@@ -120,13 +155,16 @@ def test_four_ranks_share_one_checkpoint_read(
     store.put(bucket, "ckpt/step-1.pt", data)
     with FaultProxy(server.host, server.port) as proxy:
         got, codes = run_job(
-            {**env, "AWS_ENDPOINT_URL": proxy.url}, f"s3://{bucket}/ckpt/step-1.pt"
+            {**env, "AWS_ENDPOINT_URL": proxy.url},
+            f"s3://{bucket}/ckpt/step-1.pt",
+            exchange=exchange,
         )
         served = proxy.body_bytes
     assert codes == dict.fromkeys(range(WORLD), 0), got
     assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
     # The records once per job; each rank reads the zip's directory and pickle itself.
     assert len(data) * 0.95 < served <= 1.05 * len(data), (served, len(data))
+    assert shm_files() == []
 
 
 def test_four_ranks_share_load_latest(
@@ -164,17 +202,24 @@ def test_independent_ranks_read_four_times(
     assert served >= WORLD * size * 0.99, (served, size)
 
 
+@pytest.mark.parametrize("exchange", ["auto", "broadcast"])
 def test_rank_killed_mid_load_fails_every_rank(
-    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
+    server: EmbeddedServer,
+    env: dict[str, str],
+    store: S3Store,
+    bucket: str,
+    tmp_path: Path,
+    exchange: str,
 ) -> None:
-    upload_model(store, bucket, tmp_path, "org/killed")
+    upload_model(store, bucket, tmp_path, f"org/killed-{exchange}")
     # 1 MB/s a response: the load takes several seconds, so rank 2 dies in its middle.
     with FaultProxy(server.host, server.port, body_rate=1_000_000) as proxy:
         got, codes = run_job(
             {**env, "AWS_ENDPOINT_URL": proxy.url},
-            f"s3://{bucket}/org/killed/",
+            f"s3://{bucket}/org/killed-{exchange}/",
             die_rank=2,
             die_after=1.5,
+            exchange=exchange,
         )
     assert codes[2] == 3, (codes, got)
     survivors = [0, 1, 3]
@@ -185,6 +230,7 @@ def test_rank_killed_mid_load_fails_every_rank(
         assert "process group broke" in message, message
         assert took < 20 + 5, took  # within the group's timeout, not a hang
     assert codes[0] == codes[1] == codes[3] == 0, codes
+    assert shm_files() == []
 
 
 @given(

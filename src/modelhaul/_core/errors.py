@@ -368,13 +368,14 @@ class SourceChanged(IntegrityError):
 class DiskFull(ModelhaulError, OSError):
     """The local disk has no room (or a file-size limit was hit)."""
 
-    def __init__(self, path: str, needed: int | None = None) -> None:
+    def __init__(self, path: str, needed: int | None = None, *, hint: str | None = None) -> None:
         self.path = path
         self.needed = needed
         need = f" ({needed:,} bytes needed)" if needed is not None else ""
         super().__init__(
             f"no space left to write {path}{need}",
-            hint="free some space on that disk (or raise the file-size limit), then run the "
+            hint=hint
+            or "free some space on that disk (or raise the file-size limit), then run the "
             "same command again: finished parts are kept and only the rest is fetched",
         )
 

@@ -341,20 +341,25 @@ class CheckpointManager:
     # -- loading -------------------------------------------------------------------------
 
     def load_latest(
-        self, *, map_location: Any = None, weights_only: bool = True, process_group: Any = None
+        self,
+        *,
+        map_location: Any = None,
+        weights_only: bool = True,
+        process_group: Any = None,
+        exchange: str = "auto",
     ) -> Any:
         """``torch.load`` the checkpoint ``latest`` names.
 
         With ``process_group``, every rank of the group calls this alike: rank 0 reads
         ``latest`` and tells the others (so a save in between cannot make ranks load
         different checkpoints), then the ranks share the fetch as
-        :func:`modelhaul.torch.load` does.
+        :func:`modelhaul.torch.load` does (``exchange`` as there).
 
         Raises:
             NoSuchKey: the run has no checkpoint yet.
             RankFailed: with ``process_group``: a rank failed or died.
         """
-        group = shared_group(process_group)
+        group = shared_group(process_group, exchange)
         if group is None:
             checkpoint = self.latest()
         else:
@@ -379,6 +384,7 @@ class CheckpointManager:
             map_location=map_location,
             weights_only=weights_only,
             process_group=process_group,
+            exchange=exchange,
         )
 
     def load(
@@ -419,10 +425,11 @@ class CheckpointManager:
         map_location: Any = None,
         weights_only: bool = True,
         process_group: Any = None,
+        exchange: str = "auto",
     ) -> Any:
         """``torch.load`` one checkpoint from :meth:`list` or :meth:`latest`; with
         ``process_group``, its ranks share the fetch (see :func:`modelhaul.torch.load`)."""
-        group = shared_group(process_group)
+        group = shared_group(process_group, exchange)
         with ObjectReader(
             self.store,
             self.bucket,

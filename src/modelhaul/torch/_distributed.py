@@ -1,7 +1,14 @@
 """Loads shared across the ranks of a ``torch.distributed`` process group: each rank fetches
-a disjoint, balanced part of the bytes and broadcasts it to the others, so the store serves
+a disjoint, balanced part of the bytes and gives it to the others, so the store serves
 each byte once per job, not once per rank (the pattern of runai-model-streamer's
 distributed mode, on the group the job already runs: gloo on CPU, NCCL on GPU).
+
+How the bytes reach the other ranks (``exchange``): when every rank maps the same
+``/dev/shm`` (one host, one container) and the load lands on the CPU, each rank fetches
+its part into one shared copy (:class:`Arena`) and no byte is sent between ranks: the group
+only agrees that every part is in. Otherwise each part is broadcast from its owner over
+the group's backend. The group is the coordinator either way: the same failure checks,
+the same errors.
 
 The bytes are cut into the loader's chunks (about ``chunk_size`` each); chunk ``i`` goes to
 the rank that holds the fewest bytes so far (every rank computes the same plan). Each rank
@@ -23,19 +30,26 @@ hanging.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import mmap
+import os
+import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .._core.errors import Cancelled, ConfigError, ModelhaulError, RankFailed
+from .._core.errors import Cancelled, ConfigError, DiskFull, ModelhaulError, RankFailed
+from .._core.process import pid_alive
 from .._core.shares import owners as balance
 
-__all__ = ["ROUND", "Group", "Share", "exchange", "rounds"]
+__all__ = ["EXCHANGES", "ROUND", "Arena", "Group", "Share", "exchange", "open_arena", "rounds"]
 
 T = TypeVar("T")
 
@@ -44,10 +58,22 @@ T = TypeVar("T")
 ROUND = 64 * 1024 * 1024
 
 
+# How the ranks get each other's bytes: "auto" (one copy in shared memory when every rank
+# maps the same one, else broadcast), "broadcast" (over the group's backend), or
+# "shared-memory" (that, or ConfigError).
+EXCHANGES = ("auto", "broadcast", "shared-memory")
+
+
 class Group:
     """The process group one load is shared across, and the collectives it needs."""
 
-    def __init__(self, group: Any) -> None:
+    def __init__(self, group: Any, exchange: str = "auto") -> None:
+        if exchange not in EXCHANGES:
+            raise ConfigError(
+                f"exchange={exchange!r} is not one of {', '.join(map(repr, EXCHANGES))}",
+                hint="leave it out (auto) unless you need one way",
+            )
+        self.exchange = exchange
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError(
                 "process_group was given, but torch.distributed is not initialized",
@@ -107,6 +133,14 @@ class Group:
             rank=first,
         ) from error
 
+    def all_true(self, value: bool, what: str) -> bool:
+        """Whether ``value`` is true on every rank."""
+        flag = torch.tensor([int(value)], dtype=torch.int32, device=self.device)
+        self._collective(
+            lambda: dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group), what
+        )
+        return bool(flag.item())
+
     def share_object(self, value: Any, src: int, what: str) -> Any:
         """``value`` from rank ``src``, on every rank."""
         box = [value if self.rank == src else None]
@@ -148,6 +182,174 @@ class Group:
         return dist.broadcast(buffer, src=self._global(src), group=self.group, async_op=True)
 
 
+# -- one copy per host ------------------------------------------------------------------
+
+SHM = Path("/dev/shm")
+_PREFIX = "modelhaul-load-"
+_HEADER = mmap.PAGESIZE  # the token every rank checks; the bytes start one page in
+_ALIGN = 64  # each slot's start: safe for any dtype's view
+_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
+
+
+class Arena:
+    """One copy of a load's bytes that every rank of a host maps: a file in ``/dev/shm``,
+    removed as soon as every rank has it open (so nothing is left behind however the job
+    ends). Each rank fetches its share into the *landing* mapping (shared: the others see
+    the bytes), and returns tensors over its *result* mapping (private, copy-on-write: a
+    rank that changes a tensor in place changes its own copy of that page, never another
+    rank's). The host holds the model once instead of once per rank, and no byte crosses a
+    socket between ranks of one host (gloo's broadcast sends it through loopback TCP once
+    per receiving rank, which costs more than reading it from the store)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+        length = _HEADER + size
+        rw = mmap.PROT_READ | mmap.PROT_WRITE
+        self._landing = mmap.mmap(fd, length, mmap.MAP_SHARED, rw)
+        self._result = mmap.mmap(fd, length, mmap.MAP_PRIVATE, rw)
+        self._base = torch.frombuffer(self._landing, dtype=torch.uint8, count=1).data_ptr()
+        self._next = 0
+
+    @staticmethod
+    def layout(sizes: Sequence[int]) -> tuple[list[int], int]:
+        """Each slot's offset for byte counts ``sizes``, and the arena's size."""
+        offsets, at = [], 0
+        for n in sizes:
+            offsets.append(at)
+            at += -(-n // _ALIGN) * _ALIGN
+        return offsets, at
+
+    def landing(self, offset: int, count: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+        """The slot at ``offset`` in the shared mapping, as ``count`` items of ``dtype``."""
+        return torch.frombuffer(self._landing, dtype=dtype, count=count, offset=_HEADER + offset)
+
+    def result(self, offset: int, count: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+        """The same slot in this rank's private mapping: a tensor with its own storage."""
+        return torch.frombuffer(self._result, dtype=dtype, count=count, offset=_HEADER + offset)
+
+    def reserve(self, parts: Sequence[torch.Tensor]) -> None:
+        """Allocate the memory under landing views ``parts`` before anything writes there:
+        a full ``/dev/shm`` is then a clear error, not a SIGBUS on the write.
+
+        Raises:
+            DiskFull: ``/dev/shm`` has no room left.
+        """
+        if not parts:
+            return
+        lo = min(p.data_ptr() for p in parts) - self._base
+        hi = max(p.data_ptr() + p.numel() * p.element_size() for p in parts) - self._base
+        try:
+            os.posix_fallocate(self._fd, lo, hi - lo)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFull(
+                f"{SHM} (the ranks' shared copy of the load)",
+                needed=self.size,
+                hint=f"free memory in {SHM} (or give the container a larger one), or load "
+                "with exchange='broadcast'",
+            ) from exc
+
+    def ready(self) -> None:
+        """Map every page of the result now (one call instead of a fault per page later)."""
+        # On an older kernel the pages fault in on first touch instead.
+        with contextlib.suppress(OSError):
+            self._result.madvise(_POPULATE_READ)
+
+    def close(self) -> None:
+        """Drop the file handle; the mappings live as long as the tensors over them."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _create(size: int) -> tuple[str, bytes]:
+    """Rank 0: make the arena's file, empty, with a fresh token in its first page."""
+    if not SHM.is_dir():
+        raise OSError(errno.ENOENT, f"{SHM} does not exist on this host")
+    for stale in SHM.glob(_PREFIX + "*"):  # a rank 0 killed between create and unlink
+        pid = stale.name[len(_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    st = os.statvfs(SHM)
+    free = st.f_bavail * st.f_frsize
+    if free < _HEADER + size:
+        raise OSError(
+            errno.ENOSPC, f"{SHM} has {free:,} bytes free, the load needs {_HEADER + size:,}"
+        )
+    token = secrets.token_bytes(16)
+    path = SHM / f"{_PREFIX}{os.getpid()}-{token.hex()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, _HEADER + size)
+        os.pwrite(fd, token, 0)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return str(path), token
+
+
+def _attach(path: str, token: bytes, size: int) -> Arena:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if os.fstat(fd).st_size != _HEADER + size or os.pread(fd, len(token), 0) != token:
+            raise OSError(errno.ESTALE, f"{path} is not this job's file")
+        return Arena(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_arena(group: Group, size: int, what: str) -> Arena | None:
+    """An :class:`Arena` of ``size`` bytes that every rank of ``group`` maps, or None when
+    the ranks do not share one (on several hosts, in separate containers, no room in
+    ``/dev/shm``) or ``group.exchange`` is ``"broadcast"``. Every rank calls this alike
+    and gets the same answer.
+
+    Raises:
+        ConfigError: ``group.exchange`` is ``"shared-memory"`` and the ranks share none.
+        RankFailed: the group broke.
+    """
+    if group.exchange == "broadcast" or group.world == 1:
+        return None
+    offer: tuple[str, bytes] | None = None
+    reason = ""
+    if group.rank == 0:
+        try:
+            offer = _create(size)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    offer, reason = group.share_object((offer, reason), 0, what)
+    arena = None
+    if offer is not None:
+        try:
+            arena = _attach(offer[0], offer[1], size)
+        except OSError as exc:
+            reason = (
+                f"rank {group.rank} cannot open {offer[0]} ({exc.strerror or exc}): "
+                "the ranks are not on one host, or do not share its /dev/shm"
+            )
+    try:
+        everyone = group.all_true(arena is not None, what)
+    finally:
+        if offer is not None and group.rank == 0:
+            Path(offer[0]).unlink(missing_ok=True)
+    if everyone:
+        return arena
+    if arena is not None:
+        arena.close()
+    if group.exchange == "shared-memory":
+        raise ConfigError(
+            f"exchange='shared-memory' was asked for, but the ranks share no memory for the "
+            f"load: {reason or 'another rank could not open the shared copy'}",
+            hint="leave exchange out (auto) to broadcast over the process group instead",
+        )
+    return None
+
+
 @dataclass
 class Share:
     """One chunk: ``fetch`` reads it from the store into ``parts`` (uint8 views of the
@@ -182,8 +384,11 @@ def exchange(
     shares: list[Share],
     submit: Callable[[Callable[[], None]], Future[None]],
     cancel: Callable[[], None],
+    arena: Arena | None = None,
 ) -> None:
-    """Fetch this rank's shares and broadcast every share from its owner.
+    """Fetch this rank's shares and give every share to every rank: broadcast from its
+    owner or, with ``arena`` (the shares' parts are its landing views), nothing to send:
+    once every rank has fetched its own, all the bytes are in the shared copy.
 
     ``submit`` runs a fetch on ``pool`` (throwing the loader's stop switch if it fails);
     ``cancel`` throws that switch. When this raises, every fetch of this rank has ended.
@@ -192,8 +397,14 @@ def exchange(
         RankFailed: some rank failed to fetch its part, or the group broke.
     """
     owners = balance([s.size for s in shares], group.world)
+
+    def fetch(share: Share) -> None:
+        if arena is not None:
+            arena.reserve(share.parts)
+        share.fetch()
+
     mine: dict[int, Future[None]] = {
-        i: submit(s.fetch) for i, s in enumerate(shares) if owners[i] == group.rank
+        i: submit(partial(fetch, s)) for i, s in enumerate(shares) if owners[i] == group.rank
     }
     try:
         for first, last in rounds([s.size for s in shares], ROUND):
@@ -206,7 +417,8 @@ def exchange(
             errors = [e for j in done if (e := j.exception()) is not None]
             error = next((e for e in errors if not isinstance(e, Cancelled)), None)
             group.agree(error or (errors[0] if errors else None), what)
-            group.broadcast_many([(shares[i].parts, owners[i]) for i in batch], what)
+            if arena is None:
+                group.broadcast_many([(shares[i].parts, owners[i]) for i in batch], what)
     except BaseException:
         cancel()
         for j in mine.values():

@@ -56,6 +56,7 @@ def load(
     store: ObjectStore | None = None,
     config: TransferConfig | None = None,
     process_group: Any = None,
+    exchange: str = "auto",
     **pickle_load_args: Any,
 ) -> Any:
     """``torch.load`` the checkpoint at ``s3://bucket/key``, fetching all its tensors in
@@ -75,6 +76,10 @@ def load(
             broadcasts it to the others, so the store serves those bytes once per job (as
             :func:`load_safetensors` does; every rank still reads the zip's directory and
             pickle itself). None (the default): this process fetches everything.
+        exchange: with ``process_group``, how the ranks get each other's records: as for
+            :func:`load_safetensors` (``"auto"``: one shared copy when the ranks share a
+            host's ``/dev/shm``, else ``"broadcast"``; ``"shared-memory"``: that, or
+            ConfigError).
         pickle_load_args: passed to the unpickler, as ``torch.load`` does.
 
     Returns:
@@ -88,7 +93,7 @@ def load(
         RankFailed: with ``process_group``, on every rank alike: a rank failed to fetch
             its part (its reason is in the message), died, or the group's timeout passed.
     """
-    group = shared_group(process_group)
+    group = shared_group(process_group, exchange)
     where = object_uri(uri)
     target = resolve_store(store, profile, config)
     with ObjectReader(
@@ -103,13 +108,13 @@ def load(
         )
 
 
-def shared_group(process_group: Any) -> Group | None:
+def shared_group(process_group: Any, exchange: str = "auto") -> Group | None:
     """The :class:`Group` a load is shared across, or None for ``process_group=None``."""
     if process_group is None:
         return None
     from ._distributed import Group  # torch.distributed only for those who share loads
 
-    return Group(process_group)
+    return Group(process_group, exchange)
 
 
 def reader_block(group: Group | None) -> int:
@@ -218,7 +223,7 @@ class _Fetch:
                 self._pool.submit(self._run, job)
             return
         try:
-            self._exchange(group, jobs)
+            self._exchange(group, records, jobs)
         except BaseException:
             self.close()
             raise
@@ -226,12 +231,19 @@ class _Fetch:
             if not record.done.done():
                 record.done.set_result(None)
 
-    def _exchange(self, group: Group, jobs: list[_Job]) -> None:
-        from ._distributed import Share, exchange
+    def _exchange(self, group: Group, records: list[_Record], jobs: list[_Job]) -> None:
+        from ._distributed import Arena, Share, exchange, open_arena
 
         def cancel() -> None:
             self._closed = True
 
+        offsets, size = Arena.layout([r.size for r in records])
+        arena = open_arena(group, size, f"sharing memory to load {self._reader.uri}")
+        results = []
+        if arena is not None:  # fetch into the shared copy, hand the loader the private one
+            for r, at in zip(records, offsets, strict=True):
+                r.tensor = arena.landing(at, r.size) if r.size else r.tensor
+                results.append(arena.result(at, r.size) if r.size else r.tensor)
         shares = [
             Share(
                 partial(self._copy, job),
@@ -240,7 +252,15 @@ class _Fetch:
             )
             for job in jobs
         ]
-        exchange(group, shares, partial(self._pool.submit), cancel)
+        try:
+            exchange(group, shares, partial(self._pool.submit), cancel, arena)
+        finally:
+            if arena is not None:
+                arena.close()
+        if arena is not None:
+            arena.ready()
+            for r, result in zip(records, results, strict=True):
+                r.tensor = result
 
     def wait(self, name: str) -> _Record | None:
         record = self.records.get(name)

@@ -50,7 +50,7 @@ from .._transfer.budget import MemoryBudget
 from ._common import Retrier, byte_view, resolve_store
 
 if TYPE_CHECKING:
-    from ._distributed import Group, Share
+    from ._distributed import Arena, Group, Share
 
 __all__ = ["load_safetensors"]
 
@@ -422,6 +422,7 @@ def load_safetensors(
     config: TransferConfig | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     process_group: Any = None,
+    exchange: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file, or of a sharded model, from a bucket or a
     local folder.
@@ -448,6 +449,12 @@ def load_safetensors(
             broadcasts it to the others over the group's backend, so the store serves each
             byte once per job (see :mod:`modelhaul.torch._distributed`). Each broadcast is
             one chunk. None (the default): this process loads everything itself.
+        exchange: with ``process_group``, how the ranks get each other's bytes.
+            ``"auto"`` (the default): on the CPU, when every rank maps the same
+            ``/dev/shm`` (one host) and it has room, the ranks fetch into one shared copy
+            and each returns copy-on-write tensors over it (the host holds the model once,
+            nothing is sent between ranks); otherwise ``"broadcast"``: each part goes over
+            the group's backend. ``"shared-memory"``: that copy, or ConfigError.
 
     Returns:
         Tensor names to tensors, on ``device``.
@@ -457,7 +464,10 @@ def load_safetensors(
         TruncatedObject: a file is shorter than its header says.
         NoSuchKey, NoSuchBucket, AccessDenied, LocalFileNotFound: the model is not there,
             or the store refuses.
-        ConfigError: a CUDA device was asked for and CUDA is not available.
+        ConfigError: a CUDA device was asked for and CUDA is not available; or
+            ``exchange="shared-memory"`` and the ranks share no memory (or ``device`` is
+            CUDA).
+        DiskFull: ``/dev/shm`` filled up while the ranks' shared copy was being written.
         RankFailed: with ``process_group``, on every rank alike: a rank failed (the reason
             it gave is in the message), died, or the group's timeout passed.
     """
@@ -477,7 +487,12 @@ def load_safetensors(
     if process_group is not None:
         from ._distributed import Group  # torch.distributed only for those who share loads
 
-        group = Group(process_group)
+        group = Group(process_group, exchange)
+        if exchange == "shared-memory" and target.type != "cpu":
+            raise ConfigError(
+                "exchange='shared-memory' loads to the CPU, not to a CUDA device",
+                hint="load with exchange='broadcast' (NCCL) or device='cpu'",
+            )
     try:
         if text.startswith("s3://"):
             sources, weight_map = _object_sources(
@@ -525,32 +540,47 @@ def _load(
             )
 
         headers = read_headers() if group is None else _shared_headers(group, read_headers)
-        tensors: dict[str, torch.Tensor] = {}
         owner: dict[str, str] = {}
         for source, entries in zip(sources, headers, strict=True):
             for e in entries:
-                if e.name in tensors:
+                if e.name in owner:
                     raise InvalidSafetensors(
                         source.where, f"tensor {e.name!r} is also in {owner[e.name]}"
                     )
-                tensors[e.name] = torch.empty(e.shape, dtype=e.dtype, device=device)
                 owner[e.name] = source.where
         _check_index(weight_map, owner)
+        everything = [e for entries in headers for e in entries]
+        arena = None
+        if group is not None and device.type == "cpu":
+            arena = _open_arena(group, everything, sources[0].where if sources else "")
+        if arena is None:
+            tensors = {
+                e.name: torch.empty(e.shape, dtype=e.dtype, device=device) for e in everything
+            }
+            landing = tensors
+        else:
+            landing, tensors = _arena_tensors(arena, everything)
         cuda = device.type == "cuda"
         chunk_size = max(chunk_size, 64 * 1024)
         default_budget = DEFAULT_CUDA_STAGING if cuda else concurrency * chunk_size
         budget = MemoryBudget(max(max_memory or default_budget, chunk_size))
-        views = {} if cuda else {n: byte_view(t) for n, t in tensors.items() if t.numel()}
+        views = {} if cuda else {n: byte_view(t) for n, t in landing.items() if t.numel()}
         staging = _Staging(chunk_size) if cuda else None
         if group is not None:
             from ._distributed import exchange
 
-            shares = _shares(sources, headers, chunk_size, tensors, views, budget, staging, stop)
+            shares = _shares(sources, headers, chunk_size, landing, views, budget, staging, stop)
 
             def submit(fetch: Callable[[], None]) -> Future[None]:
                 return pool.submit(_job, retrier, fetch)
 
-            exchange(group, shares, submit, retrier.cancel)
+            try:
+                exchange(group, shares, submit, retrier.cancel, arena)
+            finally:
+                if arena is not None:
+                    arena.close()
+            if arena is not None:
+                arena.ready()
             return tensors
         jobs = []
         for source, entries in zip(sources, headers, strict=True):
@@ -588,6 +618,30 @@ def _shared_headers(
     group.agree(error, "reading the safetensors headers")
     shared: list[list[_Entry]] = group.share_object(headers, 0, "sharing the headers")
     return shared
+
+
+def _open_arena(group: Group, entries: list[_Entry], where: str) -> Arena | None:
+    from ._distributed import Arena, open_arena
+
+    _, size = Arena.layout([e.end - e.begin for e in entries])
+    return open_arena(group, size, f"sharing memory to load {where}")
+
+
+def _arena_tensors(
+    arena: Arena, entries: list[_Entry]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each tensor's landing bytes (uint8, shared) and the tensor this rank returns (the
+    same slot, private), in the arena's layout."""
+    offsets, _ = arena.layout([e.end - e.begin for e in entries])
+    landing, result = {}, {}
+    for e, at in zip(entries, offsets, strict=True):
+        n = e.end - e.begin
+        if n == 0:
+            landing[e.name] = result[e.name] = torch.empty(e.shape, dtype=e.dtype)
+            continue
+        landing[e.name] = arena.landing(at, n)
+        result[e.name] = arena.result(at, n // e.dtype.itemsize, e.dtype).view(e.shape)
+    return landing, result
 
 
 def _shares(
