@@ -1,7 +1,10 @@
 """Distributed loading benchmark: 4 ranks loading one sharded safetensors model with
-``process_group`` (each byte fetched once, then broadcast over gloo), against 4 ranks each
-reading the whole model independently (the s3torchconnector / boto3 pattern), against one
-rank alone.
+``process_group`` (each byte fetched once: ``exchange="shared-memory"``, one copy in
+/dev/shm that every rank maps, and ``exchange="broadcast"``, each part broadcast over
+gloo), against 4 ranks each reading the whole model independently (the s3torchconnector /
+boto3 pattern), against runai-model-streamer's distributed mode (``RUNAI_STREAMER_DIST=1``,
+its ranks on one host split the read and broadcast over the same gloo group; skipped when
+``runai-model-streamer-s3`` is not installed), against one rank alone.
 
 Run:  .venv/bin/python bench/distributed.py [--size-mib 1024] [--shards 4] [--ranks 4]
       [--repeat 3] [--json-out PATH]
@@ -11,9 +14,13 @@ What it does:
 * starts its own SeaweedFS (``modelhaul.start_server``) in a temp dir, uploads a model of
   ``--shards`` safetensors files totalling ``--size-mib`` MiB, and removes both at the end;
 * each scenario spawns its ranks with ``torch.multiprocessing`` (spawn), joins a gloo group,
-  waits at a barrier, and times ``load_safetensors`` on every rank; the scenario's wall time
-  is the slowest rank's (start-up and the barrier are not counted);
-* scenario order alternates each repeat; medians of the repeats, with min and max.
+  waits at a barrier, and times the load on every rank until it holds every tensor (for
+  runai: the tensors its iterator gives, kept in a dict); the scenario's wall time is the
+  slowest rank's (start-up and the barrier are not counted); every rank checks it got
+  the model's byte count;
+* scenario order alternates each repeat; medians of the repeats, with min and max, and each
+  scenario's peak RSS (the largest rank's, read by that rank from its own
+  ``ru_maxrss``: a fresh child per rank).
 
 Targets (issue 15): shared <= 1.3x one rank alone, and >= 2x faster than independent.
 On a machine with fewer cores than ranks the ranks share the CPU with each other and with
@@ -23,6 +30,7 @@ SeaweedFS: compare within a run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -46,13 +54,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank(rank: int, world: int, port: int, uri: str, shared: bool, results: Any) -> None:
+def _rank(rank: int, world: int, port: int, uri: str, mode: str, results: Any) -> None:
+    import resource
+
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    from modelhaul.torch import load_safetensors
-
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -61,25 +69,43 @@ def _rank(rank: int, world: int, port: int, uri: str, shared: bool, results: Any
         timeout=timedelta(seconds=300),
     )
     try:
-        dist.barrier()
-        began = time.monotonic()
-        got = load_safetensors(uri, process_group=dist.group.WORLD if shared else None)
+        if mode == "runai":
+            os.environ["RUNAI_STREAMER_DIST"] = "1"  # its distributed mode on gloo / CPU
+            from runai_model_streamer import SafetensorsStreamer, list_safetensors
+
+            files = list_safetensors(uri)
+            dist.barrier()
+            began = time.monotonic()
+            with SafetensorsStreamer() as streamer:
+                streamer.stream_files(files, device="cpu", is_distributed=True)
+                got = dict(streamer.get_tensors())
+        else:
+            from modelhaul.torch import load_safetensors
+
+            dist.barrier()
+            began = time.monotonic()
+            if mode in ("shared-memory", "broadcast"):
+                got = load_safetensors(uri, process_group=dist.group.WORLD, exchange=mode)
+            else:
+                got = load_safetensors(uri)
         took = time.monotonic() - began
         nbytes = sum(t.numel() * t.element_size() for t in got.values())
-        results.put((rank, took, nbytes))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        results.put((rank, took, nbytes, rss))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def run_scenario(world: int, uri: str, shared: bool) -> float:
+def run_scenario(world: int, uri: str, mode: str) -> tuple[float, int]:
+    """The slowest rank's seconds and the largest rank's peak RSS."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
     procs = [
-        ctx.Process(target=_rank, args=(r, world, port, uri, shared, results)) for r in range(world)
+        ctx.Process(target=_rank, args=(r, world, port, uri, mode, results)) for r in range(world)
     ]
     for p in procs:
         p.start()
@@ -88,10 +114,10 @@ def run_scenario(world: int, uri: str, shared: bool) -> float:
         p.join(timeout=60)
     if any(p.exitcode != 0 for p in procs):
         raise SystemExit(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
-    sizes = {n for _, _, n in got}
+    sizes = {n for _, _, n, _ in got}
     if len(sizes) != 1:
         raise SystemExit(f"ranks loaded different sizes: {sizes}")
-    return max(t for _, t, _ in got)
+    return max(t for _, t, _, _ in got), max(r for _, _, _, r in got)
 
 
 def write_model(store: Any, size_mib: int, shards: int, work: Path) -> int:
@@ -144,19 +170,27 @@ def main() -> None:
     os.environ.update(server.env())
     uri = f"s3://{BUCKET}/model/"
     runs: dict[str, list[float]] = {}
+    peaks: dict[str, int] = {}
     try:
         store = modelhaul.S3Store(modelhaul.load_profile())
         size = write_model(store, args.size_mib, args.shards, work)
+        n = args.ranks
         scenarios = [
-            (f"shared ({args.ranks} ranks, process_group)", args.ranks, True),
-            (f"independent ({args.ranks} ranks)", args.ranks, False),
-            ("alone (1 rank)", 1, False),
+            (f"shared-memory ({n} ranks, process_group)", n, "shared-memory"),
+            (f"broadcast ({n} ranks, process_group, gloo)", n, "broadcast"),
+            (f"independent ({n} ranks)", n, "independent"),
+            ("alone (1 rank)", 1, "alone"),
         ]
+        if importlib.util.find_spec("runai_model_streamer_s3") is not None:
+            scenarios.append((f"runai-model-streamer distributed ({n} ranks, gloo)", n, "runai"))
+        else:
+            print("runai-model-streamer-s3 is not installed: its scenario is skipped")
         for rep in range(args.repeat):
-            for name, world, shared in scenarios if rep % 2 == 0 else scenarios[::-1]:
-                seconds = run_scenario(world, uri, shared)
+            for name, world, mode in scenarios if rep % 2 == 0 else scenarios[::-1]:
+                seconds, rss = run_scenario(world, uri, mode)
                 runs.setdefault(name, []).append(seconds)
-                print(f"  {name:34s} {seconds:7.2f}s", flush=True)
+                peaks[name] = max(peaks.get(name, 0), rss)
+                print(f"  {name:48s} {seconds:7.2f}s  rss {rss / MiB:6.0f} MiB", flush=True)
     finally:
         modelhaul.stop_server(work / "server")
         import shutil
@@ -164,21 +198,29 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmodel {size / MiB:.0f} MiB in {args.shards} shards, {args.repeat} repeats")
-    print("| scenario | median | min | max | job MB/s (median) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| scenario | median | min | max | job MB/s (median) | peak RSS a rank |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     medians = {}
     for name, times in runs.items():
         med = statistics.median(times)
         medians[name] = med
         print(
             f"| {name} | {med:.2f} s | {min(times):.2f} s | {max(times):.2f} s | "
-            f"{size / 1e6 / med:.0f} |"
+            f"{size / 1e6 / med:.0f} | {peaks[name] / MiB:.0f} MiB |"
         )
-    shared_m, indep_m, alone_m = (medians[s[0]] for s in scenarios)
+    shm_m, bcast_m, indep_m, alone_m = (medians[s[0]] for s in scenarios[:4])
     print(
-        f"\nshared / alone: {shared_m / alone_m:.2f}x (target <= {TARGET_VS_ALONE}x); "
-        f"independent / shared: {indep_m / shared_m:.2f}x (target >= {TARGET_VS_INDEPENDENT}x)"
+        f"\nshared-memory / alone: {shm_m / alone_m:.2f}x (target <= {TARGET_VS_ALONE}x); "
+        f"independent / shared-memory: {indep_m / shm_m:.2f}x "
+        f"(target >= {TARGET_VS_INDEPENDENT}x)"
     )
+    print(
+        f"broadcast / alone: {bcast_m / alone_m:.2f}x; "
+        f"independent / broadcast: {indep_m / bcast_m:.2f}x"
+    )
+    if len(scenarios) > 4:
+        runai_m = medians[scenarios[4][0]]
+        print(f"runai distributed / shared-memory: {runai_m / shm_m:.2f}x")
     if args.json_out:
         args.json_out.write_text(
             json.dumps(
@@ -187,6 +229,7 @@ def main() -> None:
                     "shards": args.shards,
                     "ranks": args.ranks,
                     "runs": runs,
+                    "peak_rss": peaks,
                     "cpus": os.cpu_count(),
                     "machine": platform.platform(),
                 },

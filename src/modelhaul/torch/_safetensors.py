@@ -262,19 +262,19 @@ def _entry(where: str, name: str, spec: Any, base: int) -> _Entry:
 # -- finding the files --------------------------------------------------------------------
 
 
-def _object_sources(
+def _find_objects(
     uri: S3URI, store: ObjectStore, retrier: Retrier
-) -> tuple[list[_Source], dict[str, str] | None]:
+) -> tuple[list[ObjectInfo], dict[str, str] | None]:
+    """The safetensors objects ``uri`` names (a file, an index, or a prefix holding either),
+    and the index's weight map if there is one."""
+
     def head(key: str) -> ObjectInfo:
         return retrier.call(lambda: store.head(uri.bucket, key), what=f"s3://{uri.bucket}/{key}")
 
-    def source(info: ObjectInfo) -> _Source:
-        return _ObjectSource(store, uri.bucket, info, retrier)
-
     if uri.key.endswith(".safetensors"):
-        return [source(head(uri.key))], None
+        return [head(uri.key)], None
     if uri.key.endswith(".json"):
-        return _from_index_object(uri, head(uri.key), store, retrier, source)
+        return _from_index_object(uri, head(uri.key), store, retrier)
     prefix = uri.key if uri.is_prefix else uri.key + "/"
     listed = {
         o.key[len(prefix) :]: o
@@ -283,7 +283,7 @@ def _object_sources(
     }
     index = _pick_index(listed)
     if index is not None:
-        return _from_index_object(uri, listed[index], store, retrier, source, listed)
+        return _from_index_object(uri, listed[index], store, retrier, listed)
     files = sorted(name for name in listed if name.endswith(".safetensors"))
     if not files:
         raise NoSuchKey(
@@ -292,7 +292,7 @@ def _object_sources(
             bucket=uri.bucket,
             key=prefix,
         )
-    return [source(listed[name]) for name in files], None
+    return [listed[name] for name in files], None
 
 
 def _pick_index(names: Iterable[str]) -> str | None:
@@ -327,9 +327,8 @@ def _from_index_object(
     info: ObjectInfo,
     store: ObjectStore,
     retrier: Retrier,
-    source: Callable[[ObjectInfo], _Source],
     listed: dict[str, ObjectInfo] | None = None,
-) -> tuple[list[_Source], dict[str, str]]:
+) -> tuple[list[ObjectInfo], dict[str, str]]:
     where = f"s3://{uri.bucket}/{info.key}"
     raw = retrier.call(lambda: store.get_bytes(uri.bucket, info.key), what=where)
     weight_map = _weight_map(where, raw)
@@ -342,7 +341,7 @@ def _from_index_object(
             shard_info = retrier.call(
                 partial(store.head, uri.bucket, key), what=f"s3://{uri.bucket}/{key}"
             )
-        out.append(source(shard_info))
+        out.append(shard_info)
     return out, weight_map
 
 
@@ -493,11 +492,15 @@ def load_safetensors(
                 "exchange='shared-memory' loads to the CPU, not to a CUDA device",
                 hint="load with exchange='broadcast' (NCCL) or device='cpu'",
             )
+    sources: list[_Source] = []
+    weight_map: dict[str, str] | None = None
+    found: tuple[list[ObjectInfo], dict[str, str] | None] | None = None
     try:
         if text.startswith("s3://"):
-            sources, weight_map = _object_sources(
-                parse_s3(text), resolve_store(store, profile, config), retrier
-            )
+            uri, client = parse_s3(text), resolve_store(store, profile, config)
+            # Shared, rank 0 finds the files and tells the others: one listing a job.
+            if group is None or group.rank == 0:
+                found = _find_objects(uri, client, retrier)
         else:
             sources, weight_map = _local_sources(Path(text))
     except Exception as exc:
@@ -508,10 +511,15 @@ def load_safetensors(
     if group is not None:
         try:
             group.agree(None, f"finding {text}")
+            if text.startswith("s3://"):
+                found = group.share_object(found, 0, f"sharing the files of {text}")
         except BaseException:
             for s in sources:
                 s.close()
             raise
+    if found is not None:
+        infos, weight_map = found
+        sources = [_ObjectSource(client, uri.bucket, info, retrier) for info in infos]
     try:
         return _load(sources, weight_map, target, max_memory, config, chunk_size, retrier, group)
     finally:
