@@ -42,16 +42,24 @@ def run_rank(
     results: Any,
     shared: bool = True,
     exchange: str = "auto",
+    shm: str | None = None,
 ) -> None:
     """Load ``uri`` on this rank and put ``(rank, outcome, detail, seconds)`` on ``results``.
 
     ``die_rank`` leaves the job with ``os._exit(3)`` ``die_after`` seconds into the load.
+    ``shm`` is the folder the ranks' shared copy goes in instead of /dev/shm.
     """
     os.environ.update(env)
     torch.set_num_threads(1)
-    from modelhaul import RankFailed
+    from modelhaul import ConfigError, RankFailed
     from modelhaul.torch import load, load_safetensors
 
+    if shm is not None:
+        from pathlib import Path
+
+        from modelhaul.torch import _distributed
+
+        _distributed.SHM = Path(shm)
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -74,8 +82,8 @@ def run_rank(
                 got = load(uri, process_group=group, exchange=exchange)
             else:
                 got = load_safetensors(uri, process_group=group, exchange=exchange)
-        except RankFailed as exc:
-            results.put((rank, "RankFailed", str(exc), time.monotonic() - began))
+        except (RankFailed, ConfigError) as exc:
+            results.put((rank, type(exc).__name__, str(exc), time.monotonic() - began))
             return
         except BaseException:
             results.put((rank, "error", traceback.format_exc(), time.monotonic() - began))

@@ -58,6 +58,7 @@ def run_job(
     die_after: float = 0.0,
     shared: bool = True,
     exchange: str = "auto",
+    shm: str | None = None,
 ) -> tuple[dict[int, tuple[str, Any, float]], dict[int, int | None]]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -77,6 +78,7 @@ def run_job(
                 results,
                 shared,
                 exchange,
+                shm,
             ),
         )
         for rank in range(WORLD)
@@ -138,6 +140,55 @@ def test_four_ranks_share_one_read(
     # and each rank's copy of the index), not once per rank.
     assert size < served <= 1.05 * size, (served, size)
     assert shm_files() == []
+
+
+@pytest.fixture
+def small_shm(tmp_path: Path) -> Any:
+    """A 4 MiB tmpfs: too small for the test model's shared copy."""
+    import subprocess
+
+    where = tmp_path / "shm"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_no_room_for_the_shared_copy(
+    server: EmbeddedServer,
+    env: dict[str, str],
+    store: S3Store,
+    bucket: str,
+    tmp_path: Path,
+    small_shm: Path,
+) -> None:
+    """Too little shared memory: exchange='shared-memory' fails on every rank saying how
+    much is free and needed, before a byte is fetched; 'auto' broadcasts instead."""
+    size = upload_model(store, bucket, tmp_path, "org/noroom")
+    uri = f"s3://{bucket}/org/noroom/"
+    with FaultProxy(server.host, server.port) as proxy:
+        got, codes = run_job(
+            {**env, "AWS_ENDPOINT_URL": proxy.url},
+            uri,
+            exchange="shared-memory",
+            shm=str(small_shm),
+        )
+        refused_bytes = proxy.body_bytes
+    assert codes == dict.fromkeys(range(WORLD), 0), got
+    for rank, (outcome, message, _) in got.items():
+        assert outcome == "ConfigError", (rank, got[rank])
+        assert "share no memory" in message and "bytes free, the load needs" in message, message
+    assert refused_bytes < size / 10, refused_bytes  # the headers, not the tensors
+    with FaultProxy(server.host, server.port) as proxy:
+        got, codes = run_job(
+            {**env, "AWS_ENDPOINT_URL": proxy.url}, uri, exchange="auto", shm=str(small_shm)
+        )
+        served = proxy.body_bytes
+    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    assert size < served <= 1.05 * size, (served, size)
+    assert list(small_shm.iterdir()) == []
 
 
 @pytest.mark.parametrize("exchange", EXCHANGES)

@@ -189,6 +189,7 @@ _PREFIX = "modelhaul-load-"
 _HEADER = mmap.PAGESIZE  # the token every rank checks; the bytes start one page in
 _ALIGN = 64  # each slot's start: safe for any dtype's view
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
+_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
 class Arena:
@@ -237,8 +238,7 @@ class Arena:
         """
         if not parts:
             return
-        lo = min(p.data_ptr() for p in parts) - self._base
-        hi = max(p.data_ptr() + p.numel() * p.element_size() for p in parts) - self._base
+        lo, hi = self._span(parts)
         try:
             os.posix_fallocate(self._fd, lo, hi - lo)
         except OSError as exc:
@@ -250,12 +250,28 @@ class Arena:
                 hint=f"free memory in {SHM} (or give the container a larger one), or load "
                 "with exchange='broadcast'",
             ) from exc
+        # Map the pages in one call rather than a fault per 4 KiB as the bytes arrive (~15%
+        # of the copy's cost); an older kernel faults them in instead.
+        with contextlib.suppress(OSError):
+            self._landing.madvise(_POPULATE_WRITE, lo, hi - lo)
 
-    def ready(self) -> None:
-        """Map every page of the result now (one call instead of a fault per page later)."""
+    def ready(self, parts: Sequence[torch.Tensor]) -> None:
+        """Map the result's pages under landing views ``parts`` (every rank has written
+        them) now, in one call, instead of a fault per 4 KiB when the caller first reads
+        them. A page also holding bytes not yet written is fine: until this rank writes to
+        it, its private mapping shows the shared page as it is."""
+        if not parts:
+            return
+        lo, hi = self._span(parts)
         # On an older kernel the pages fault in on first touch instead.
         with contextlib.suppress(OSError):
-            self._result.madvise(_POPULATE_READ)
+            self._result.madvise(_POPULATE_READ, lo, hi - lo)
+
+    def _span(self, parts: Sequence[torch.Tensor]) -> tuple[int, int]:
+        """The file range under landing views ``parts``, from a page boundary."""
+        lo = min(p.data_ptr() for p in parts) - self._base
+        hi = max(p.data_ptr() + p.numel() * p.element_size() for p in parts) - self._base
+        return lo - lo % mmap.PAGESIZE, hi
 
     def close(self) -> None:
         """Drop the file handle; the mappings live as long as the tensors over them."""
@@ -419,6 +435,8 @@ def exchange(
             group.agree(error or (errors[0] if errors else None), what)
             if arena is None:
                 group.broadcast_many([(shares[i].parts, owners[i]) for i in batch], what)
+            else:  # the round is in: map it while the next rounds arrive
+                arena.ready([p for i in batch for p in shares[i].parts])
     except BaseException:
         cancel()
         for j in mine.values():

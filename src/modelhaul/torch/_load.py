@@ -258,7 +258,6 @@ class _Fetch:
             if arena is not None:
                 arena.close()
         if arena is not None:
-            arena.ready()
             for r, result in zip(records, results, strict=True):
                 r.tensor = result
 

@@ -587,8 +587,6 @@ def _load(
             finally:
                 if arena is not None:
                     arena.close()
-            if arena is not None:
-                arena.ready()
             return tensors
         jobs = []
         for source, entries in zip(sources, headers, strict=True):
