@@ -20,7 +20,9 @@ What it does:
   the model's byte count;
 * scenario order alternates each repeat; medians of the repeats, with min and max, and each
   scenario's peak RSS (the largest rank's, read by that rank from its own
-  ``ru_maxrss``: a fresh child per rank).
+  ``ru_maxrss``: a fresh child per rank) and the job's PSS after the load (the ranks'
+  proportional set sizes summed: a page the ranks share counts once, where RSS counts it
+  in every rank).
 
 Targets (issue 15): shared <= 1.3x one rank alone, and >= 2x faster than independent.
 On a machine with fewer cores than ranks the ranks share the CPU with each other and with
@@ -52,6 +54,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _pss() -> int:
+    """This process's proportional set size now (shared pages divided among their
+    mappers: what the host really holds for it; RSS counts a shared page in full in every
+    process), or 0 where /proc has no smaps_rollup."""
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _rank(rank: int, world: int, port: int, uri: str, mode: str, results: Any) -> None:
@@ -91,14 +106,15 @@ def _rank(rank: int, world: int, port: int, uri: str, mode: str, results: Any) -
         took = time.monotonic() - began
         nbytes = sum(t.numel() * t.element_size() for t in got.values())
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        results.put((rank, took, nbytes, rss))
+        results.put((rank, took, nbytes, rss, _pss()))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def run_scenario(world: int, uri: str, mode: str) -> tuple[float, int]:
-    """The slowest rank's seconds and the largest rank's peak RSS."""
+def run_scenario(world: int, uri: str, mode: str) -> tuple[float, int, int]:
+    """The slowest rank's seconds, the largest rank's peak RSS, and the ranks' PSS summed
+    after the load (the memory the whole job holds)."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -114,10 +130,10 @@ def run_scenario(world: int, uri: str, mode: str) -> tuple[float, int]:
         p.join(timeout=60)
     if any(p.exitcode != 0 for p in procs):
         raise SystemExit(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
-    sizes = {n for _, _, n, _ in got}
+    sizes = {g[2] for g in got}
     if len(sizes) != 1:
         raise SystemExit(f"ranks loaded different sizes: {sizes}")
-    return max(t for _, t, _, _ in got), max(r for _, _, _, r in got)
+    return max(g[1] for g in got), max(g[3] for g in got), sum(g[4] for g in got)
 
 
 def write_model(store: Any, size_mib: int, shards: int, work: Path) -> int:
@@ -171,6 +187,7 @@ def main() -> None:
     uri = f"s3://{BUCKET}/model/"
     runs: dict[str, list[float]] = {}
     peaks: dict[str, int] = {}
+    held: dict[str, int] = {}
     try:
         store = modelhaul.S3Store(modelhaul.load_profile())
         size = write_model(store, args.size_mib, args.shards, work)
@@ -187,10 +204,15 @@ def main() -> None:
             print("runai-model-streamer-s3 is not installed: its scenario is skipped")
         for rep in range(args.repeat):
             for name, world, mode in scenarios if rep % 2 == 0 else scenarios[::-1]:
-                seconds, rss = run_scenario(world, uri, mode)
+                seconds, rss, pss = run_scenario(world, uri, mode)
                 runs.setdefault(name, []).append(seconds)
                 peaks[name] = max(peaks.get(name, 0), rss)
-                print(f"  {name:48s} {seconds:7.2f}s  rss {rss / MiB:6.0f} MiB", flush=True)
+                held[name] = max(held.get(name, 0), pss)
+                print(
+                    f"  {name:48s} {seconds:7.2f}s  rss {rss / MiB:6.0f} MiB  "
+                    f"job pss {pss / MiB:6.0f} MiB",
+                    flush=True,
+                )
     finally:
         modelhaul.stop_server(work / "server")
         import shutil
@@ -198,15 +220,19 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmodel {size / MiB:.0f} MiB in {args.shards} shards, {args.repeat} repeats")
-    print("| scenario | median | min | max | job MB/s (median) | peak RSS a rank |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| scenario | median | min | max | job MB/s (median) | peak RSS a rank "
+        "| job PSS after load |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     medians = {}
     for name, times in runs.items():
         med = statistics.median(times)
         medians[name] = med
         print(
             f"| {name} | {med:.2f} s | {min(times):.2f} s | {max(times):.2f} s | "
-            f"{size / 1e6 / med:.0f} | {peaks[name] / MiB:.0f} MiB |"
+            f"{size / 1e6 / med:.0f} | {peaks[name] / MiB:.0f} MiB | "
+            f"{held[name] / MiB:.0f} MiB |"
         )
     shm_m, bcast_m, indep_m, alone_m = (medians[s[0]] for s in scenarios[:4])
     print(
@@ -230,6 +256,7 @@ def main() -> None:
                     "ranks": args.ranks,
                     "runs": runs,
                     "peak_rss": peaks,
+                    "job_pss_after_load": held,
                     "cpus": os.cpu_count(),
                     "machine": platform.platform(),
                 },
