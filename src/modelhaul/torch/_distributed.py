@@ -35,6 +35,7 @@ import errno
 import mmap
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -286,8 +287,13 @@ def _create(size: int) -> tuple[str, bytes]:
         raise OSError(errno.ENOENT, f"{SHM} does not exist on this host")
     for stale in SHM.glob(_PREFIX + "*"):  # a rank 0 killed between create and unlink
         pid = stale.name[len(_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a file lives a moment: an old one is stale
+            if (
+                pid.isdigit()
+                and not pid_alive(int(pid))
+                and time.time() - stale.stat().st_mtime > 60
+            ):
+                stale.unlink()
     st = os.statvfs(SHM)
     free = st.f_bavail * st.f_frsize
     if free < _HEADER + size:
@@ -331,28 +337,32 @@ def open_arena(group: Group, size: int, what: str) -> Arena | None:
     """
     if group.exchange == "broadcast" or group.world == 1:
         return None
-    offer: tuple[str, bytes] | None = None
+    made: tuple[str, bytes] | None = None
     reason = ""
     if group.rank == 0:
         try:
-            offer = _create(size)
+            made = _create(size)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-    offer, reason = group.share_object((offer, reason), 0, what)
     arena = None
-    if offer is not None:
-        try:
-            arena = _attach(offer[0], offer[1], size)
-        except OSError as exc:
-            reason = (
-                f"rank {group.rank} cannot open {offer[0]} ({exc.strerror or exc}): "
-                "the ranks are not on one host, or do not share its /dev/shm"
-            )
     try:
+        offer, reason = group.share_object((made, reason), 0, what)
+        if offer is not None:
+            try:
+                arena = _attach(offer[0], offer[1], size)
+            except OSError as exc:
+                reason = (
+                    f"rank {group.rank} cannot open {offer[0]} ({exc.strerror or exc}): "
+                    "the ranks are not on one host, or do not share its /dev/shm"
+                )
         everyone = group.all_true(arena is not None, what)
-    finally:
-        if offer is not None and group.rank == 0:
-            Path(offer[0]).unlink(missing_ok=True)
+    except BaseException:
+        if arena is not None:
+            arena.close()
+        raise
+    finally:  # every rank has opened it, or never will: nothing is left behind
+        if made is not None:
+            Path(made[0]).unlink(missing_ok=True)
     if everyone:
         return arena
     if arena is not None:
