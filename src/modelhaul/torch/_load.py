@@ -240,19 +240,19 @@ class _Fetch:
         offsets, size = Arena.layout([r.size for r in records])
         arena = open_arena(group, size, f"sharing memory to load {self._reader.uri}")
         results = []
-        if arena is not None:  # fetch into the shared copy, hand the loader the private one
-            for r, at in zip(records, offsets, strict=True):
-                r.tensor = arena.landing(at, r.size) if r.size else r.tensor
-                results.append(arena.result(at, r.size) if r.size else r.tensor)
-        shares = [
-            Share(
-                partial(self._copy, job),
-                [r.tensor[at : at + n] for r, at, n in job[2]],
-                f"{self._reader.uri} bytes {job[0]}-{job[1]}",
-            )
-            for job in jobs
-        ]
         try:
+            if arena is not None:  # fetch into the shared copy, hand the loader the private one
+                for r, at in zip(records, offsets, strict=True):
+                    r.tensor = arena.landing(at, r.size) if r.size else r.tensor
+                    results.append(arena.result(at, r.size) if r.size else r.tensor)
+            shares = [
+                Share(
+                    partial(self._copy, job),
+                    [r.tensor[at : at + n] for r, at, n in job[2]],
+                    f"{self._reader.uri} bytes {job[0]}-{job[1]}",
+                )
+                for job in jobs
+            ]
             exchange(group, shares, partial(self._pool.submit), cancel, arena)
         finally:
             if arena is not None:
