@@ -561,51 +561,55 @@ def _load(
         arena = None
         if group is not None and device.type == "cpu":
             arena = _open_arena(group, everything, sources[0].where if sources else "")
-        if arena is None:
-            tensors = {
-                e.name: torch.empty(e.shape, dtype=e.dtype, device=device) for e in everything
-            }
-            landing = tensors
-        else:
-            landing, tensors = _arena_tensors(arena, everything)
-        cuda = device.type == "cuda"
-        chunk_size = max(chunk_size, 64 * 1024)
-        default_budget = DEFAULT_CUDA_STAGING if cuda else concurrency * chunk_size
-        budget = MemoryBudget(max(max_memory or default_budget, chunk_size))
-        views = {} if cuda else {n: byte_view(t) for n, t in landing.items() if t.numel()}
-        staging = _Staging(chunk_size) if cuda else None
-        if group is not None:
-            from ._distributed import exchange
+        # From here on the shared copy's handle is closed whatever fails (the tensors this
+        # rank returns keep their own private mapping of it).
+        try:
+            if arena is None:
+                tensors = {
+                    e.name: torch.empty(e.shape, dtype=e.dtype, device=device) for e in everything
+                }
+                landing = tensors
+            else:
+                landing, tensors = _arena_tensors(arena, everything)
+            cuda = device.type == "cuda"
+            chunk_size = max(chunk_size, 64 * 1024)
+            default_budget = DEFAULT_CUDA_STAGING if cuda else concurrency * chunk_size
+            budget = MemoryBudget(max(max_memory or default_budget, chunk_size))
+            views = {} if cuda else {n: byte_view(t) for n, t in landing.items() if t.numel()}
+            staging = _Staging(chunk_size) if cuda else None
+            if group is not None:
+                from ._distributed import exchange
 
-            shares = _shares(sources, headers, chunk_size, landing, views, budget, staging, stop)
-
-            def submit(fetch: Callable[[], None]) -> Future[None]:
-                return pool.submit(_job, retrier, fetch)
-
-            try:
-                exchange(group, shares, submit, retrier.cancel, arena)
-            finally:
-                if arena is not None:
-                    arena.close()
-            return tensors
-        jobs = []
-        for source, entries in zip(sources, headers, strict=True):
-            for pieces in _chunks([e for e in entries if e.end > e.begin], chunk_size):
-                jobs.append(
-                    pool.submit(
-                        _job,
-                        retrier,
-                        _fetch_chunk,
-                        source,
-                        pieces,
-                        tensors,
-                        views,
-                        budget,
-                        staging,
-                        stop,
-                    )
+                shares = _shares(
+                    sources, headers, chunk_size, landing, views, budget, staging, stop
                 )
-        _all_or_none(retrier, jobs)
+
+                def submit(fetch: Callable[[], None]) -> Future[None]:
+                    return pool.submit(_job, retrier, fetch)
+
+                exchange(group, shares, submit, retrier.cancel, arena)
+                return tensors
+            jobs = []
+            for source, entries in zip(sources, headers, strict=True):
+                for pieces in _chunks([e for e in entries if e.end > e.begin], chunk_size):
+                    jobs.append(
+                        pool.submit(
+                            _job,
+                            retrier,
+                            _fetch_chunk,
+                            source,
+                            pieces,
+                            tensors,
+                            views,
+                            budget,
+                            staging,
+                            stop,
+                        )
+                    )
+            _all_or_none(retrier, jobs)
+        finally:
+            if arena is not None:
+                arena.close()
     return tensors
 
 
