@@ -47,9 +47,13 @@ def run_rank(
     """Load ``uri`` on this rank and put ``(rank, outcome, detail, seconds)`` on ``results``.
 
     ``die_rank`` leaves the job with ``os._exit(3)`` ``die_after`` seconds into the load.
-    ``shm`` is the folder the ranks' shared copy goes in instead of /dev/shm.
+    ``shm`` is the folder the ranks' shared copy goes in instead of /dev/shm. ``{rank}`` in
+    ``uri`` is this rank's number; ``exchange`` may list one value a rank, comma-separated.
     """
     os.environ.update(env)
+    uri = uri.replace("{rank}", str(rank))
+    ways = exchange.split(",")
+    exchange = ways[rank % len(ways)]
     torch.set_num_threads(1)
     from modelhaul import ConfigError, RankFailed
     from modelhaul.torch import load, load_safetensors

@@ -218,6 +218,58 @@ def test_four_ranks_share_one_checkpoint_read(
     assert shm_files() == []
 
 
+@pytest.mark.parametrize("fault", ["missing", "truncated"])
+def test_a_rank_that_cannot_open_the_checkpoint_stops_every_rank(
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, fault: str
+) -> None:
+    """Rank 1's checkpoint is not there, or is cut short (no zip directory): every rank
+    fails at once, naming it, not at the group's 20 s timeout waiting for rank 1 to join
+    the exchange."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model_shard(0), buf)
+    data = buf.getvalue()
+    for rank in (0, 2, 3):
+        store.put(bucket, f"{fault}/r{rank}.pt", data)
+    if fault == "truncated":
+        store.put(bucket, f"{fault}/r1.pt", data[: len(data) // 2])
+    got, codes = run_job(env, f"s3://{bucket}/{fault}/r{{rank}}.pt")
+    assert codes == dict.fromkeys(range(WORLD), 0), got
+    assert sorted(got) == list(range(WORLD)), got
+    stage = "opening" if fault == "missing" else "reading the zip directory of"
+    for rank, (outcome, message, took) in got.items():
+        assert outcome == "RankFailed", (rank, got[rank])
+        # (each rank names its own object in "while ...": a real job loads one everywhere)
+        assert f"rank 1 of 4 failed while {stage} s3://{bucket}/{fault}/r" in message, message
+        if fault == "missing":
+            assert f"NoSuchKey: s3://{bucket}/missing/r1.pt does not exist" in message, message
+            assert "hint: check the key" in message, message
+        else:
+            assert "failed finding central directory" in message, message
+        assert took < 10, took
+
+
+def test_ranks_asking_for_different_exchanges_fail_at_once(
+    server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str, tmp_path: Path
+) -> None:
+    upload_model(store, bucket, tmp_path, "org/mixed")
+    with FaultProxy(server.host, server.port) as proxy:
+        got, codes = run_job(
+            {**env, "AWS_ENDPOINT_URL": proxy.url},
+            f"s3://{bucket}/org/mixed/",
+            exchange="auto,broadcast",
+        )
+        served = proxy.body_bytes
+    assert codes == dict.fromkeys(range(WORLD), 0), got
+    assert sorted(got) == list(range(WORLD)), got
+    for rank, (outcome, message, took) in got.items():
+        assert outcome == "ConfigError", (rank, got[rank])
+        assert "the ranks passed different exchange= values" in message, message
+        assert took < 10, took
+    assert served < 4 * 1024 * 1024, served  # the headers, not the tensors
+
+
 def test_four_ranks_share_load_latest(
     server: EmbeddedServer, env: dict[str, str], store: S3Store, bucket: str
 ) -> None:

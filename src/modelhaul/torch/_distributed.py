@@ -41,7 +41,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -123,16 +123,41 @@ class Group:
         if self.rank == first:
             assert error is not None
             text = error.message if isinstance(error, ModelhaulError) else str(error)
-            reason[0] = f"{type(error).__name__}: {text}"
+            hint = error.hint if isinstance(error, ModelhaulError) else ""
+            reason[0] = (f"{type(error).__name__}: {text}", hint)
         self._collective(
             lambda: dist.broadcast_object_list(reason, src=self._global(first), group=self.group),
             what,
         )
         others = f" (and ranks {failed[1:]})" if len(failed) > 1 else ""
+        text, hint = reason[0]
         raise RankFailed(
-            f"rank {first} of {self.world}{others} failed while {what}: {reason[0]}",
+            f"rank {first} of {self.world}{others} failed while {what}: {text}",
             rank=first,
+            hint=hint,
         ) from error
+
+    def together(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()`` on every rank; if it raised on any rank, every rank raises alike
+        (the ranks that succeeded close what ``fn`` returned, where it can be closed).
+
+        Raises:
+            RankFailed: ``fn`` raised on some rank, or the group broke.
+        """
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+        try:
+            self.agree(error, what)
+        except BaseException:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise
+        return cast(T, result)
 
     def all_true(self, value: bool, what: str) -> bool:
         """Whether ``value`` is true on every rank."""
@@ -141,6 +166,15 @@ class Group:
             lambda: dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group), what
         )
         return bool(flag.item())
+
+    def same(self, value: int, what: str) -> bool:
+        """Whether every rank passed the same ``value``."""
+        both = torch.tensor([value, -value], dtype=torch.int64, device=self.device)
+        self._collective(
+            lambda: dist.all_reduce(both, op=dist.ReduceOp.MIN, group=self.group), what
+        )
+        least, most = both.tolist()
+        return bool(least == -most)
 
     def share_object(self, value: Any, src: int, what: str) -> Any:
         """``value`` from rank ``src``, on every rank."""
@@ -294,6 +328,11 @@ def _create(size: int) -> tuple[str, bytes]:
                 and time.time() - stale.stat().st_mtime > 60
             ):
                 stale.unlink()
+    kind = _filesystem(SHM)
+    if kind not in ("tmpfs", "unknown"):
+        # posix_fallocate's emulation elsewhere writes into the ranks' bytes, and a disk
+        # file is no shared memory anyway
+        raise OSError(errno.EOPNOTSUPP, f"{SHM} is {kind}, not tmpfs")
     st = os.statvfs(SHM)
     free = st.f_bavail * st.f_frsize
     if free < _HEADER + size:
@@ -314,6 +353,27 @@ def _create(size: int) -> tuple[str, bytes]:
     return str(path), token
 
 
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (from /proc/self/mountinfo), or
+    ``"unknown"``."""
+    target = os.path.realpath(path)
+    best, kind = "", "unknown"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = parts[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, rest.split()[0]
+    return kind
+
+
 def _attach(path: str, token: bytes, size: int) -> Arena:
     fd = os.open(path, os.O_RDWR)
     try:
@@ -332,10 +392,21 @@ def open_arena(group: Group, size: int, what: str) -> Arena | None:
     and gets the same answer.
 
     Raises:
-        ConfigError: ``group.exchange`` is ``"shared-memory"`` and the ranks share none.
+        ConfigError: ``group.exchange`` is ``"shared-memory"`` and the ranks share none,
+            or the ranks passed different ``exchange`` values.
         RankFailed: the group broke.
     """
-    if group.exchange == "broadcast" or group.world == 1:
+    if group.world == 1:
+        return None
+    # Ranks that went different ways would wait on each other's collectives until the
+    # group's timeout: one all-reduce first, so each says why at once instead.
+    if not group.same(EXCHANGES.index(group.exchange), what):
+        raise ConfigError(
+            f"the ranks passed different exchange= values (this rank {group.exchange!r}) "
+            f"while {what}",
+            hint="pass the same exchange on every rank, or leave it out (auto) everywhere",
+        )
+    if group.exchange == "broadcast":
         return None
     made: tuple[str, bytes] | None = None
     reason = ""

@@ -96,9 +96,15 @@ def load(
     group = shared_group(process_group, exchange)
     where = object_uri(uri)
     target = resolve_store(store, profile, config)
-    with ObjectReader(
-        target, where.bucket, where.key, config=config, readahead=0, block_size=reader_block(group)
-    ) as reader:
+
+    def open_reader() -> ObjectReader:
+        block = reader_block(group)
+        return ObjectReader(
+            target, where.bucket, where.key, config=config, readahead=0, block_size=block
+        )
+
+    opened = open_reader() if group is None else group.together(open_reader, f"opening {uri}")
+    with opened as reader:
         return load_from_reader(
             reader,
             map_location=map_location,
@@ -135,12 +141,12 @@ def load_from_reader(
     """:func:`load` through an open :class:`ObjectReader` (a reader made with
     ``readahead=0`` fetches nothing twice)."""
     loader = getattr(torch.serialization, "_load", None)
-    zip_file = _torch_zip(reader) if loader is not None else None
-    if zip_file is None and group is not None:
-        raise ConfigError(
-            f"{reader.uri}: process_group needs a checkpoint saved by torch.save (a zip), "
-            "not a legacy pickle or TorchScript file",
-            hint="load it without process_group, or save it again with torch.save",
+    if group is None:
+        zip_file = _torch_zip(reader) if loader is not None else None
+    else:  # a rank that cannot read the directory stops them all now, not at the timeout
+        zip_file = group.together(
+            partial(_shared_zip, reader, loader is not None),
+            f"reading the zip directory of {reader.uri}",
         )
     if zip_file is None:
         reader.seek(0)
@@ -164,6 +170,22 @@ def load_from_reader(
             ) from None
     finally:
         fetch.close()
+
+
+def _shared_zip(reader: ObjectReader, zip_loader: bool) -> Any:
+    """The zip reader of a checkpoint loaded with ``process_group``.
+
+    Raises:
+        ConfigError: it is not a zip checkpoint (or this torch has no zip loader).
+    """
+    zip_file = _torch_zip(reader) if zip_loader else None
+    if zip_file is None:
+        raise ConfigError(
+            f"{reader.uri}: process_group needs a checkpoint saved by torch.save (a zip), "
+            "not a legacy pickle or TorchScript file",
+            hint="load it without process_group, or save it again with torch.save",
+        )
+    return zip_file
 
 
 def _torch_zip(reader: ObjectReader) -> Any:
