@@ -8,6 +8,7 @@ import threading
 import time
 import traceback
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,11 +44,13 @@ def run_rank(
     shared: bool = True,
     exchange: str = "auto",
     shm: str | None = None,
+    cores_per_fetcher: float | None = None,
 ) -> None:
     """Load ``uri`` on this rank and put ``(rank, outcome, detail, seconds)`` on ``results``.
 
     ``die_rank`` leaves the job with ``os._exit(3)`` ``die_after`` seconds into the load.
-    ``shm`` is the folder the ranks' shared copy goes in instead of /dev/shm. ``{rank}`` in
+    ``shm`` is the folder the ranks' shared copy goes in instead of /dev/shm;
+    ``cores_per_fetcher`` sets how many ranks fetch into it (2 cores / 0.5 = 4). ``{rank}`` in
     ``uri`` is this rank's number; ``exchange`` may list one value a rank, comma-separated.
     """
     os.environ.update(env)
@@ -59,11 +62,13 @@ def run_rank(
     from modelhaul.torch import load, load_safetensors
 
     if shm is not None:
-        from pathlib import Path
-
         from modelhaul.torch import _distributed
 
         _distributed.SHM = Path(shm)
+    if cores_per_fetcher is not None:
+        from modelhaul.torch import _distributed
+
+        _distributed.CORES_PER_FETCHER = cores_per_fetcher
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -102,6 +107,10 @@ def run_rank(
             if n not in got or got[n].dtype != t.dtype or not torch.equal(got[n], t)
         ]
         extra = sorted(set(got) - set(want))
+        # Whether the tensors are over the host's one shared copy (its file is unlinked,
+        # but this rank still maps it).
+        maps = Path("/proc/self/maps").read_text()
+        where = "shared" if "modelhaul-load-" in maps else "private"
         # A rank that changes its tensors in place changes its own copy, not another's
         # (with one shared copy on the host, every rank's tensors start on the same pages).
         for t in got.values():
@@ -110,7 +119,10 @@ def run_rank(
         bad += [
             n for n, t in got.items() if not bool((t.reshape(-1).view(torch.uint8) == rank).all())
         ]
-        results.put((rank, "ok" if not bad and not extra else "wrong", bad + extra, took))
+        if bad or extra:
+            results.put((rank, "wrong", bad + extra, took))
+        else:
+            results.put((rank, "ok", where, took))
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -59,6 +59,7 @@ def run_job(
     shared: bool = True,
     exchange: str = "auto",
     shm: str | None = None,
+    cores_per_fetcher: float | None = None,
 ) -> tuple[dict[int, tuple[str, Any, float]], dict[int, int | None]]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -79,6 +80,7 @@ def run_job(
                 shared,
                 exchange,
                 shm,
+                cores_per_fetcher,
             ),
         )
         for rank in range(WORLD)
@@ -115,6 +117,12 @@ def shm_files() -> list[Path]:
 # Every rank here runs on this host: "shared-memory" is the one shared copy ("auto" picks
 # it), "broadcast" the path ranks on several hosts take.
 EXCHANGES = ["shared-memory", "broadcast"]
+# Where each rank's tensors are, as the worker reports it (its /proc/self/maps).
+WHERE = {"shared-memory": "shared", "broadcast": "private", "auto": "shared"}
+
+
+def outcomes(got: dict[int, tuple[str, Any, float]]) -> dict[int, tuple[str, Any]]:
+    return {r: (o, d) for r, (o, d, _) in got.items()}
 
 
 @pytest.mark.parametrize("exchange", EXCHANGES)
@@ -135,7 +143,7 @@ def test_four_ranks_share_one_read(
         )
         served = proxy.body_bytes
     assert codes == dict.fromkeys(range(WORLD), 0), got
-    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    assert outcomes(got) == dict.fromkeys(range(WORLD), ("ok", WHERE[exchange])), got
     # Each byte once per job (plus rank 0's header probes, up to 1 MiB a shard, the listing
     # and each rank's copy of the index), not once per rank.
     assert size < served <= 1.05 * size, (served, size)
@@ -186,7 +194,7 @@ def test_no_room_for_the_shared_copy(
             {**env, "AWS_ENDPOINT_URL": proxy.url}, uri, exchange="auto", shm=str(small_shm)
         )
         served = proxy.body_bytes
-    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    assert outcomes(got) == dict.fromkeys(range(WORLD), ("ok", "private")), got
     assert size < served <= 1.05 * size, (served, size)
     assert list(small_shm.iterdir()) == []
 
@@ -204,15 +212,17 @@ def test_four_ranks_share_one_checkpoint_read(
     torch.save(state, buf)
     data = buf.getvalue()
     store.put(bucket, "ckpt/step-1.pt", data)
+    # Every rank fetches its part here (on this 2-core host one rank would fetch for all).
     with FaultProxy(server.host, server.port) as proxy:
         got, codes = run_job(
             {**env, "AWS_ENDPOINT_URL": proxy.url},
             f"s3://{bucket}/ckpt/step-1.pt",
             exchange=exchange,
+            cores_per_fetcher=0.5,
         )
         served = proxy.body_bytes
     assert codes == dict.fromkeys(range(WORLD), 0), got
-    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    assert outcomes(got) == dict.fromkeys(range(WORLD), ("ok", WHERE[exchange])), got
     # The records once per job; each rank reads the zip's directory and pickle itself.
     assert len(data) * 0.95 < served <= 1.05 * len(data), (served, len(data))
     assert shm_files() == []
@@ -286,7 +296,7 @@ def test_four_ranks_share_load_latest(
         got, codes = run_job({**env, "AWS_ENDPOINT_URL": proxy.url}, f"s3://{bucket}/exp/run/")
         served = proxy.body_bytes
     assert codes == dict.fromkeys(range(WORLD), 0), got
-    assert {r: o for r, (o, _, _) in got.items()} == dict.fromkeys(range(WORLD), "ok"), got
+    assert outcomes(got) == dict.fromkeys(range(WORLD), ("ok", WHERE["auto"])), got
     assert size * 0.95 < served <= 1.05 * size, (served, size)
 
 

@@ -50,7 +50,16 @@ from .._core.errors import Cancelled, ConfigError, DiskFull, ModelhaulError, Ran
 from .._core.process import pid_alive
 from .._core.shares import owners as balance
 
-__all__ = ["EXCHANGES", "ROUND", "Arena", "Group", "Share", "exchange", "open_arena", "rounds"]
+__all__ = [
+    "EXCHANGES",
+    "ROUND",
+    "Arena",
+    "Group",
+    "Share",
+    "exchange",
+    "open_arena",
+    "rounds",
+]
 
 T = TypeVar("T")
 
@@ -245,7 +254,7 @@ class Arena:
         self._landing = mmap.mmap(fd, length, mmap.MAP_SHARED, rw)
         self._result = mmap.mmap(fd, length, mmap.MAP_PRIVATE, rw)
         self._base = torch.frombuffer(self._landing, dtype=torch.uint8, count=1).data_ptr()
-        self._next = 0
+        self.fetchers = 1  # the ranks that fetch into it (0..fetchers-1); open_arena sets it
 
     @staticmethod
     def layout(sizes: Sequence[int]) -> tuple[list[int], int]:
@@ -435,6 +444,12 @@ def open_arena(group: Group, size: int, what: str) -> Arena | None:
         if made is not None:
             Path(made[0]).unlink(missing_ok=True)
     if everyone:
+        assert arena is not None
+        try:
+            arena.fetchers = _fetchers(group, what)
+        except BaseException:
+            arena.close()
+            raise
         return arena
     if arena is not None:
         arena.close()
@@ -476,6 +491,26 @@ def rounds(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
     return out
 
 
+# Cores a rank fetching for the host's shared copy keeps busy (its pool's HTTP reads and
+# copies, in one interpreter): a host fetches with one rank per this many cores.
+CORES_PER_FETCHER = 4.0
+
+
+def _fetchers(group: Group, what: str) -> int:
+    """How many ranks fetch for a shared copy (ranks ``0..n-1``). All the store's bytes
+    land in one host's memory whoever fetches them, so more fetching ranks than the host
+    has cores to run only contend for those cores (on 2 cores, 4 fetching ranks load a
+    1 GiB model about 1.4x slower than one). The cores are those any rank may run on (the
+    union of their affinities: ranks bound to their own cores each bring theirs)."""
+    count = os.cpu_count() or 1
+    mask = torch.zeros(count, dtype=torch.int32, device=group.device)
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(count)
+    mask[[c for c in mine if c < count]] = 1
+    group._collective(lambda: dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group.group), what)
+    cores = int(mask.sum().item())
+    return max(1, min(group.world, int(cores // CORES_PER_FETCHER)))
+
+
 def exchange(
     group: Group,
     shares: list[Share],
@@ -493,7 +528,7 @@ def exchange(
     Raises:
         RankFailed: some rank failed to fetch its part, or the group broke.
     """
-    owners = balance([s.size for s in shares], group.world)
+    owners = balance([s.size for s in shares], group.world if arena is None else arena.fetchers)
 
     def fetch(share: Share) -> None:
         if arena is not None:
