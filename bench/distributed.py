@@ -4,7 +4,9 @@
 gloo), against 4 ranks each reading the whole model independently (the s3torchconnector /
 boto3 pattern), against runai-model-streamer's distributed mode (``RUNAI_STREAMER_DIST=1``,
 its ranks on one host split the read and broadcast over the same gloo group; skipped when
-``runai-model-streamer-s3`` is not installed), against one rank alone.
+``runai-model-streamer-s3`` is not installed), against one rank alone. The shared copy is
+fetched by one rank per 4 of the host's cores (one on a 2-core VM); "all ranks fetching"
+is the same load with every rank fetching its part, for the A/B.
 
 Run:  .venv/bin/python bench/distributed.py [--size-mib 1024] [--shards 4] [--ranks 4]
       [--repeat 3] [--json-out PATH]
@@ -99,7 +101,14 @@ def _rank(rank: int, world: int, port: int, uri: str, mode: str, results: Any) -
 
             dist.barrier()
             began = time.monotonic()
-            if mode in ("shared-memory", "broadcast"):
+            if mode == "shared-memory-all":  # every rank fetches its part, whatever the cores
+                from modelhaul.torch import _distributed
+
+                _distributed.CORES_PER_FETCHER = 1e-6
+                got = load_safetensors(
+                    uri, process_group=dist.group.WORLD, exchange="shared-memory"
+                )
+            elif mode in ("shared-memory", "broadcast"):
                 got = load_safetensors(uri, process_group=dist.group.WORLD, exchange=mode)
             else:
                 got = load_safetensors(uri)
@@ -198,6 +207,9 @@ def main() -> None:
             (f"independent ({n} ranks)", n, "independent"),
             ("alone (1 rank)", 1, "alone"),
         ]
+        scenarios.append(
+            (f"shared-memory, all {n} ranks fetching", n, "shared-memory-all"),
+        )
         if importlib.util.find_spec("runai_model_streamer_s3") is not None:
             scenarios.append((f"runai-model-streamer distributed ({n} ranks, gloo)", n, "runai"))
         else:
@@ -244,8 +256,10 @@ def main() -> None:
         f"broadcast / alone: {bcast_m / alone_m:.2f}x; "
         f"independent / broadcast: {indep_m / bcast_m:.2f}x"
     )
-    if len(scenarios) > 4:
-        runai_m = medians[scenarios[4][0]]
+    all_m = medians[scenarios[4][0]]
+    print(f"all ranks fetching / shared-memory: {all_m / shm_m:.2f}x")
+    if len(scenarios) > 5:
+        runai_m = medians[scenarios[5][0]]
         print(f"runai distributed / shared-memory: {runai_m / shm_m:.2f}x")
     if args.json_out:
         args.json_out.write_text(
