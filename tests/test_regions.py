@@ -81,6 +81,9 @@ def test_uploads_follow_the_bucket_too(
     assert store.get_bytes(bucket, "up.bin") == src.read_bytes()
     assert _regions(proxy).count("us-east-1") == 1
     assert set(_regions(proxy)) == {"us-east-1", HOME_REGION}
+    # The re-signed PUT sends the whole body again: once refused, once stored, and no third
+    # try after the store waited out its read timeout for the bytes the first one used up.
+    assert [(m, path) for m, path, _ in proxy.signed] == [("PUT", f"/{bucket}/up.bin")] * 2
 
 
 def test_a_region_the_user_gave_is_kept_and_the_error_names_the_buckets(

@@ -51,7 +51,7 @@ from .._core.errors import (
     WrongRegion,
     redact,
 )
-from .base import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo
+from .base import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo, ViewBody
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -375,15 +375,21 @@ class S3Store(ObjectStore):
         *,
         bucket: str | None = None,
         key: str | None = None,
+        body: Body | None = None,
     ) -> T:
         """Run one request, translating every foreign error.
 
         A bucket in another region than the one signed for is followed once, with a
         warning, when the region was only a guess (the preset's); a region the user gave
         (argument, environment, config file, ``~/.aws``) is kept, and the request fails
-        with :class:`WrongRegion` naming the bucket's region.
+        with :class:`WrongRegion` naming the bucket's region. The request's ``body`` (a
+        stream the first answer may have read part of) is sent again from where it began:
+        otherwise the store waits for bytes that never come, until the read timeout.
         """
-        for _ in range(2):
+        start = body.tell() if isinstance(body, ViewBody) else 0
+        for attempt in range(2):
+            if attempt and isinstance(body, ViewBody):
+                body.seek(start)
             try:
                 return fn(self.client(bucket))
             except ModelhaulError:
@@ -769,7 +775,9 @@ class S3Store(ObjectStore):
             kwargs["IfNoneMatch"] = "*"
         if metadata:
             kwargs["Metadata"] = dict(metadata)
-        r = self._call("PutObject", lambda c: c.put_object(**kwargs), bucket=bucket, key=key)
+        r = self._call(
+            "PutObject", lambda c: c.put_object(**kwargs), bucket=bucket, key=key, body=body
+        )
         return r.get("ETag", "")
 
     def create_multipart(
@@ -814,7 +822,9 @@ class S3Store(ObjectStore):
         }
         if crc32c is not None and self.checksums:
             kwargs["ChecksumCRC32C"] = _b64(crc32c)
-        r = self._call("UploadPart", lambda c: c.upload_part(**kwargs), bucket=bucket, key=key)
+        r = self._call(
+            "UploadPart", lambda c: c.upload_part(**kwargs), bucket=bucket, key=key, body=body
+        )
         return r["ETag"]
 
     def presigned_get(
