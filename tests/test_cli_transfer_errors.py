@@ -22,9 +22,9 @@ def _error_and_hint(stderr: str) -> tuple[str, str]:
     return lines[-2], lines[-1]
 
 
-def _slow_cp(src: str, dst: str, env: dict[str, str]) -> subprocess.Popen[str]:
+def _slow_cp(src: str, dst: str, env: dict[str, str], rate: str = "1MB/s") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "modelhaul", "cp", src, dst, "--bandwidth-limit", "1MB/s"],
+        [sys.executable, "-m", "modelhaul", "cp", src, dst, "--bandwidth-limit", rate],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -57,9 +57,9 @@ def test_second_download_to_one_file_is_busy(
 def test_source_shrinking_during_upload(
     tmp_path: Path, env: dict[str, str], bucket: str, store: S3Store
 ) -> None:
-    src = make_file(tmp_path / "src.bin", 24 * MiB, seed=22)
-    proc = _slow_cp(str(src), f"s3://{bucket}/changing.bin", env)
-    time.sleep(2.0)  # started, far from done at 1 MB/s
+    src = make_file(tmp_path / "src.bin", 24 * MiB, seed=22)  # multipart: 3 parts
+    proc = _slow_cp(str(src), f"s3://{bucket}/changing.bin", env, rate="3MB/s")
+    time.sleep(1.5)  # started, far from done (8 s at 3 MB/s)
     assert proc.poll() is None, proc.communicate()
     os.truncate(src, 6 * MiB)
     _, err = proc.communicate(timeout=120)
@@ -83,3 +83,27 @@ def test_cancelled_says_what_to_do() -> None:
     assert "run the same command again" in err.hint
     busy = modelhaul.TransferBusy("another process writes x")
     assert "wait for the other process" in busy.hint
+
+
+def test_source_changing_during_a_single_put(
+    tmp_path: Path, env: dict[str, str], bucket: str, store: S3Store
+) -> None:
+    """A file small enough for one PUT, changed while the PUT is on the wire: the store
+    holds the bytes as they were read (a whole object, its CRC32C checked), and the error
+    says so rather than claiming nothing was stored."""
+    src = make_file(tmp_path / "small.bin", 4 * MiB, seed=23)
+    before = src.read_bytes()
+    proc = _slow_cp(str(src), f"s3://{bucket}/small.bin", env)
+    time.sleep(1.5)  # read, and being sent at 1 MB/s
+    assert proc.poll() is None, proc.communicate()
+    with src.open("r+b") as f:
+        f.write(b"changed")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    error, hint = _error_and_hint(err)
+    assert error == (
+        f"error: SourceChanged: {src} changed while it was being uploaded; "
+        f"s3://{bucket}/small.bin holds it as it was when it was read"
+    )
+    assert hint == "  hint: let the program writing it finish, then upload again"
+    assert store.get_bytes(bucket, "small.bin") == before

@@ -70,8 +70,9 @@ class Source(abc.ABC):
         """Whether parts kept from a journal can be re-checked cheaply against the source."""
         return False
 
-    def check_unchanged(self) -> None:  # noqa: B027 - optional: most sources cannot change
-        """Raise if the source changed since :meth:`open`."""
+    def check_unchanged(self, stored: str | None = None) -> None:  # noqa: B027 - optional
+        """Raise if the source changed since :meth:`open` (most sources cannot change).
+        ``stored`` is where its bytes already are, read before the change (one PUT)."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the source."""
@@ -123,7 +124,7 @@ class LocalSource(Source):
     def verifiable(self) -> bool:
         return True
 
-    def check_unchanged(self) -> None:
+    def check_unchanged(self, stored: str | None = None) -> None:
         assert self._stat is not None  # set by open(), which prepare() runs first
         now = os.stat(self.path)
         if (now.st_size, now.st_mtime_ns, now.st_ino) != (
@@ -131,8 +132,13 @@ class LocalSource(Source):
             self._stat.st_mtime_ns,
             self._stat.st_ino,
         ):
+            outcome = (
+                "the upload was not completed"
+                if stored is None
+                else f"{stored} holds it as it was when it was read"
+            )
             raise SourceChanged(
-                f"{self.path} changed while it was being uploaded; the upload was not completed",
+                f"{self.path} changed while it was being uploaded; {outcome}",
                 hint="let the program writing it finish, then upload again",
             )
 
@@ -439,6 +445,8 @@ class UploadJob(Job):
         try:
             view = self._buffer(length)
             self.source.read_into(task.start, view, engine, task.number)
+            if self._single:  # changed while it was read: store nothing
+                self.source.check_unchanged()
             crc = crc32c(view)
 
             def body() -> Body:
@@ -487,7 +495,8 @@ class UploadJob(Job):
 
     def finish(self, engine: Engine) -> None:
         try:
-            self.source.check_unchanged()
+            # One PUT has stored the bytes as they were read: say so, not "not completed".
+            self.source.check_unchanged(f"s3://{self.bucket}/{self.key}" if self._single else None)
             if not self._single:
                 self._complete(engine)
             self._verify(engine)
