@@ -325,13 +325,13 @@ def test_rank_killed_mid_load_fails_every_rank(
     exchange: str,
 ) -> None:
     upload_model(store, bucket, tmp_path, f"org/killed-{exchange}")
-    # 1 MB/s a response: the load takes several seconds, so rank 2 dies in its middle.
-    with FaultProxy(server.host, server.port, body_rate=1_000_000) as proxy:
+    # 2 MB/s a response: each 8 MiB chunk takes 4 s, so rank 2 dies mid-load.
+    with FaultProxy(server.host, server.port, body_rate=2_000_000) as proxy:
         got, codes = run_job(
             {**env, "AWS_ENDPOINT_URL": proxy.url},
             f"s3://{bucket}/org/killed-{exchange}/",
             die_rank=2,
-            die_after=1.5,
+            die_after=1.0,
             exchange=exchange,
         )
     assert codes[2] == 3, (codes, got)

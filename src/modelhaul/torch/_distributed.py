@@ -499,8 +499,9 @@ CORES_PER_FETCHER = 4.0
 def _fetchers(group: Group, what: str) -> int:
     """How many ranks fetch for a shared copy (ranks ``0..n-1``). All the store's bytes
     land in one host's memory whoever fetches them, so more fetching ranks than the host
-    has cores to run only contend for those cores (on 2 cores, 4 fetching ranks load a
-    1 GiB model about 1.4x slower than one). The cores are those any rank may run on (the
+    has cores to run only contend for those cores (on 2 cores, 4 ranks of which one fetches
+    load a 1 GiB model 1.01-1.10x faster than with all 4 fetching: bench/RESULTS.md). The
+    cores are those any rank may run on (the
     union of their affinities: ranks bound to their own cores each bring theirs)."""
     count = os.cpu_count() or 1
     mask = torch.zeros(count, dtype=torch.int32, device=group.device)
