@@ -362,3 +362,33 @@ def test_plan_is_balanced_and_rounds_cover_every_chunk(sizes: list[int], world: 
     assert [i for first, last in runs for i in range(first, last)] == list(range(len(sizes)))
     for first, last in runs:
         assert last - first == 1 or sum(sizes[first:last]) <= ROUND
+
+
+def test_a_dead_rank_zeros_copy_is_swept_unless_its_lock_is_held(tmp_path: Path) -> None:
+    """A shared copy left by a rank 0 that died is removed by the next job; one whose pid
+    merely looks dead (another PID namespace sharing /dev/shm) but whose lock is held is
+    kept: that job is alive."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from modelhaul.torch._distributed import _remove_if_stale
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = int(gone.stdout)
+    left, live = (tmp_path / f"modelhaul-load-{dead}-{tag}" for tag in ("aa", "bb"))
+    left.write_bytes(b"x" * 4096)
+    live.write_bytes(b"x" * 4096)
+    holder = os.open(live, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        _remove_if_stale(left)
+        _remove_if_stale(live)
+        assert not left.exists()
+        assert live.exists()
+    finally:
+        os.close(holder)
+    _remove_if_stale(live)  # its holder is gone now
+    assert not live.exists()

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import mmap
 import os
 import secrets
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -324,19 +324,13 @@ class Arena:
             self._fd = -1
 
 
-def _create(size: int) -> tuple[str, bytes]:
-    """Rank 0: make the arena's file, empty, with a fresh token in its first page."""
+def _create(size: int) -> tuple[str, bytes, int]:
+    """Rank 0: make the arena's file, empty, with a fresh token in its first page; its
+    path, the token, and a descriptor holding its lock (close it once it is unlinked)."""
     if not SHM.is_dir():
         raise OSError(errno.ENOENT, f"{SHM} does not exist on this host")
     for stale in SHM.glob(_PREFIX + "*"):  # a rank 0 killed between create and unlink
-        pid = stale.name[len(_PREFIX) :].split("-", 1)[0]
-        with contextlib.suppress(OSError):  # a file lives a moment: an old one is stale
-            if (
-                pid.isdigit()
-                and not pid_alive(int(pid))
-                and time.time() - stale.stat().st_mtime > 60
-            ):
-                stale.unlink()
+        _remove_if_stale(stale)
     kind = _filesystem(SHM)
     if kind not in ("tmpfs", "unknown"):
         # posix_fallocate's emulation elsewhere writes into the ranks' bytes, and a disk
@@ -352,14 +346,31 @@ def _create(size: int) -> tuple[str, bytes]:
     path = SHM / f"{_PREFIX}{os.getpid()}-{token.hex()}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        # Held until the file is unlinked: a sweep from another PID namespace (a container
+        # sharing this /dev/shm), to which this pid looks dead, cannot take it for stale.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, _HEADER + size)
         os.pwrite(fd, token, 0)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
         raise
-    os.close(fd)
-    return str(path), token
+    return str(path), token, fd
+
+
+def _remove_if_stale(path: Path) -> None:
+    """Remove a shared copy whose rank 0 died before unlinking it: its pid is gone here
+    and no process holds its lock (so a live job in another PID namespace keeps its own)."""
+    pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit() or pid_alive(int(pid)):
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: held, it is alive
+            path.unlink()
+        finally:
+            os.close(fd)
 
 
 def _filesystem(path: Path) -> str:
@@ -418,10 +429,12 @@ def open_arena(group: Group, size: int, what: str) -> Arena | None:
     if group.exchange == "broadcast":
         return None
     made: tuple[str, bytes] | None = None
+    lock = -1
     reason = ""
     if group.rank == 0:
         try:
-            made = _create(size)
+            path, token, lock = _create(size)
+            made = (path, token)
         except OSError as exc:
             reason = exc.strerror or str(exc)
     arena = None
@@ -443,6 +456,8 @@ def open_arena(group: Group, size: int, what: str) -> Arena | None:
     finally:  # every rank has opened it, or never will: nothing is left behind
         if made is not None:
             Path(made[0]).unlink(missing_ok=True)
+        if lock >= 0:
+            os.close(lock)
     if everyone:
         assert arena is not None
         try:
