@@ -491,17 +491,9 @@ class DownloadJob(Job):
             victim = max(slow, key=lambda t: t.end - t.pos)
             was = self._source.get(victim.number, 0)
             rate = rates[victim.number] or 0.0
-            self._slow.add(was)
-            choices = [
-                i for i in range(1, len(self.alternates) + 1)
-                if i not in self._slow
-                and ((r := self.alternates[i - 1].rate) is None or r > 2 * rate)
-            ]  # fmt: skip
-            if 0 not in self._slow:
-                choices.insert(0, 0)
-            if not choices:
+            to = self._next_source(was, rate)
+            if to is None:
                 return None
-            to = choices[0]
             # The victim keeps the chunk its read in flight may be writing (it was sized
             # against the old end); the rest after it is asked of the other source.
             cut = min(
@@ -516,16 +508,41 @@ class DownloadJob(Job):
             victim.end = cut
             self._running.append(rest)
             moved = rest.end - rest.start
-        log.info("%s: %d bytes read at %.1f MB/s (best %.1f): asking %s instead",
-                 self.label, moved, rate / 1e6, best / 1e6,
-                 self._describe(to))  # fmt: skip
-        if self._engine is not None:  # to subscribers that take events (JSON, lines)
-            self._engine.emit("event", "range_hedged", {
-                "file": self.label, "from": self._describe(was), "to": self._describe(to),
-                "bytes": moved, "mb_s": round(rate / 1e6, 2),
-                "best_mb_s": round(best / 1e6, 2),
-            })  # fmt: skip
+        self._report_switch(was, to, moved, rate, best)
         return rest
+
+    def _next_source(self, was: int, rate: float) -> int | None:
+        """Mark source ``was`` slow (a range read from it at ``rate``) and pick the source
+        to read from instead, or None. Under ``self._lock``."""
+        self._slow.add(was)
+        choices = [
+            i for i in range(1, len(self.alternates) + 1)
+            if i not in self._slow
+            and ((r := self.alternates[i - 1].rate) is None or r > 2 * rate)
+        ]  # fmt: skip
+        if 0 not in self._slow:
+            choices.insert(0, 0)
+        return choices[0] if choices else None
+
+    def _switch_self(self, task: Task) -> tuple[int, int, int, float, float] | None:
+        """Whether the range this worker reads is far slower than its siblings' best, with
+        enough left to move: then its source becomes the next one, and the caller reads
+        the rest from there. (Idle workers move slow ranges too (:meth:`steal`), but when
+        the source slows for every stream at once no worker is idle.) Returns what
+        :meth:`_report_switch` says of it, or None. Under ``self._lock``."""
+        if not self.alternates or task.end - task.pos < HEDGE_MIN:
+            return None
+        rate = self._rates.get(task.number)
+        best = self._engine.best_range_rate if self._engine is not None else 0.0
+        if rate is None or rate * HEDGE_FACTOR >= best:
+            return None
+        was = self._source.get(task.number, 0)
+        to = self._next_source(was, rate)
+        if to is None:
+            return None
+        self._source[task.number] = to
+        self._rates.pop(task.number, None)
+        return was, to, task.end - task.pos, rate, best
 
     def _describe(self, source: int) -> str:
         if source == 0:
@@ -579,13 +596,7 @@ class DownloadJob(Job):
 
     def run_task(self, task: Task, engine: Engine) -> None:
         assert self.info is not None  # set by prepare(), before any task exists
-        etag = self.info.etag or None
         size = self.info.size
-        store, bucket, key = self.store, self.bucket, self.key
-        source = self._source.get(task.number, 0)
-        if source:
-            alt = self.alternates[source - 1]
-            store, bucket, key, etag = alt.store, alt.bucket, alt.key, alt.etag or None
         chunk = engine.config.chunk_size
         view = _worker_buffer(chunk)
         mark = [task.pos]
@@ -595,11 +606,19 @@ class DownloadJob(Job):
             mark[0] = task.pos
             return moved
 
-        def attempt() -> None:
+        def attempt() -> bool:
+            """Read the range on; True when it is to go on from another source."""
+            assert self.info is not None
             with self._lock:
                 end = task.end
+                source = self._source.get(task.number, 0)
+            store, bucket, key = self.store, self.bucket, self.key
+            etag = self.info.etag or None
+            if source:
+                alt = self.alternates[source - 1]
+                store, bucket, key, etag = alt.store, alt.bucket, alt.key, alt.etag or None
             if task.pos >= end:
-                return
+                return False
             with self._lock:
                 self._began[task.number] = (time.monotonic(), task.pos)
             with store.open_range(
@@ -620,7 +639,7 @@ class DownloadJob(Job):
                     with self._lock:
                         end = task.end
                     if task.pos >= end:
-                        return
+                        return False
                     want = min(chunk, end - task.pos)
                     if self._direct_fd >= 0 and task.pos % DIRECT_ALIGN:
                         # Back onto a block boundary (after a broken read or a split).
@@ -639,22 +658,40 @@ class DownloadJob(Job):
                         # An idle worker may have taken the tail meanwhile.
                         n = min(n, task.end - task.pos)
                     if n <= 0:
-                        return
+                        return False
                     self._write(view[:n], task.pos)
                     crc = crc32c(view[:n], task.crc)
                     with self._lock:
                         task.crc = crc
                         task.pos += n
+                        switch = None
                         if self.alternates:
                             self._window_rate(task, time.monotonic())
+                            switch = None if broken else self._switch_self(task)
                     engine.add_bytes(self.label, n)
                     engine.bandwidth.consume(n)
                     if task.pos - task.saved >= JOURNAL_EVERY:
                         self._save_journal()
                     if broken is not None:
                         raise broken  # after keeping what arrived before the break
+                    if switch is not None:
+                        self._report_switch(*switch)
+                        return True
 
-        engine.retry(attempt, label=self.label, part=task.number, progressed=progressed)
+        while engine.retry(attempt, label=self.label, part=task.number, progressed=progressed):
+            pass  # the rest of the range, from the source it moved to
+
+    def _report_switch(self, was: int, to: int, moved: int, rate: float, best: float) -> None:
+        """Log and emit a range's move from source ``was`` to ``to`` (outside the lock)."""
+        log.info("%s: %d bytes read at %.1f MB/s (best %.1f): asking %s instead",
+                 self.label, moved, rate / 1e6, best / 1e6,
+                 self._describe(to))  # fmt: skip
+        if self._engine is not None:  # to subscribers that take events (JSON, lines)
+            self._engine.emit("event", "range_hedged", {
+                "file": self.label, "from": self._describe(was), "to": self._describe(to),
+                "bytes": moved, "mb_s": round(rate / 1e6, 2),
+                "best_mb_s": round(best / 1e6, 2),
+            })  # fmt: skip
 
     # -- committing ---------------------------------------------------------------------------
 
