@@ -381,13 +381,19 @@ def test_a_dead_rank_zeros_copy_is_swept_unless_its_lock_is_held(tmp_path: Path)
     left, live = (tmp_path / f"modelhaul-load-{dead}-{tag}" for tag in ("aa", "bb"))
     left.write_bytes(b"x" * 4096)
     live.write_bytes(b"x" * 4096)
+    young = tmp_path / f"modelhaul-load-{dead}-cc"  # made a moment ago: not locked yet
+    young.write_bytes(b"x")
+    old = time.time() - 60
+    for path in (left, live):
+        os.utime(path, (old, old))
     holder = os.open(live, os.O_RDWR)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
         _remove_if_stale(left)
         _remove_if_stale(live)
+        _remove_if_stale(young)
         assert not left.exists()
-        assert live.exists()
+        assert live.exists() and young.exists()
     finally:
         os.close(holder)
     _remove_if_stale(live)  # its holder is gone now

@@ -542,6 +542,7 @@ class DownloadJob(Job):
             return None
         self._source[task.number] = to
         self._rates.pop(task.number, None)
+        self._began.pop(task.number, None)  # the new source's window starts at its first read
         return was, to, task.end - task.pos, rate, best
 
     def _describe(self, source: int) -> str:

@@ -36,6 +36,7 @@ import fcntl
 import mmap
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -365,6 +366,9 @@ def _remove_if_stale(path: Path) -> None:
     if not pid.isdigit() or pid_alive(int(pid)):
         return
     with contextlib.suppress(OSError):
+        # A file made this moment may not hold its lock yet (create, then flock).
+        if time.time() - path.stat().st_mtime < 10:
+            return
         fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: held, it is alive
@@ -518,10 +522,14 @@ def _fetchers(group: Group, what: str) -> int:
     load a 1 GiB model 1.01-1.10x faster than with all 4 fetching: bench/RESULTS.md). The
     cores are those any rank may run on (the
     union of their affinities: ranks bound to their own cores each bring theirs)."""
-    count = os.cpu_count() or 1
-    mask = torch.zeros(count, dtype=torch.int32, device=group.device)
-    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(count)
-    mask[[c for c in mine if c < count]] = 1
+    mine = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+    mine = mine or set(range(os.cpu_count() or 1))
+    # The mask's length must be the same on every rank (containers may see different CPU
+    # counts): the largest CPU number any rank can run on, first.
+    width = torch.tensor([max(mine) + 1], dtype=torch.int64, device=group.device)
+    group._collective(lambda: dist.all_reduce(width, op=dist.ReduceOp.MAX, group=group.group), what)
+    mask = torch.zeros(int(width.item()), dtype=torch.int32, device=group.device)
+    mask[sorted(mine)] = 1
     group._collective(lambda: dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group.group), what)
     cores = int(mask.sum().item())
     return max(1, min(group.world, int(cores // CORES_PER_FETCHER)))
