@@ -26,6 +26,12 @@ __all__ = ["cli", "main"]
 
 log = logging.getLogger("modelhaul.cli")
 
+# botocore.httpsession imports urllib3's pyOpenSSL shim only to reach the standard
+# library's SSLContext, which it falls back to when the shim is missing; where pyOpenSSL is
+# installed (the [sign] extra) the shim loads pyOpenSSL and cryptography, ~50 ms of every
+# command's start. Nothing in this process uses the shim (signing uses pyOpenSSL itself).
+sys.modules.setdefault("urllib3.contrib.pyopenssl", None)  # type: ignore[arg-type]
+
 
 # Each command's module, loaded when the command runs (or for --help): `modelhaul cp` does
 # not import the cache, the mirror or the server, ~70 ms of every command's start.

@@ -5,20 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING
 
 from .._core.errors import known_secrets, redact
 from .._transfer.engine import ProgressSubscriber
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 __all__ = ["RedactingFilter", "RichProgress", "setup_logging"]
 
@@ -30,6 +24,15 @@ class RichProgress(ProgressSubscriber):
     """An overall bar (bytes, MB/s, ETA) and one line per file in flight."""
 
     def __init__(self, console: Console, title: str) -> None:
+        from rich.progress import (  # only where a bar is drawn: not for -q or --json
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),

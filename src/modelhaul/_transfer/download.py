@@ -479,18 +479,13 @@ class DownloadJob(Job):
         with self._lock:
             for t in self._running:
                 self._window_rate(t, now)  # a read that stalls is measured too
-            rates = {t.number: self._rates.get(t.number) for t in self._running}
-            best = self._engine.best_range_rate if self._engine is not None else 0.0
-            slow = [
-                t for t in self._running
-                if (r := rates[t.number]) is not None and r * HEDGE_FACTOR < best
-                and t.end - t.pos >= HEDGE_MIN
-            ]  # fmt: skip
+            slow = [t for t in self._running if self._is_slow(t)]
             if not slow:
                 return None
             victim = max(slow, key=lambda t: t.end - t.pos)
             was = self._source.get(victim.number, 0)
-            rate = rates[victim.number] or 0.0
+            rate = self._rates.get(victim.number) or 0.0
+            best = self._best()
             to = self._next_source(was, rate)
             if to is None:
                 return None
@@ -511,6 +506,18 @@ class DownloadJob(Job):
         self._report_switch(was, to, moved, rate, best)
         return rest
 
+    def _best(self) -> float:
+        return self._engine.best_range_rate if self._engine is not None else 0.0
+
+    def _is_slow(self, task: Task) -> bool:
+        """Whether ``task``'s range reads far slower than the best its siblings reached
+        (:data:`HEDGE_FACTOR`) with enough of it left to move. Under ``self._lock``."""
+        rate = self._rates.get(task.number)
+        return (
+            rate is not None and rate * HEDGE_FACTOR < self._best()
+            and task.end - task.pos >= HEDGE_MIN
+        )  # fmt: skip
+
     def _next_source(self, was: int, rate: float) -> int | None:
         """Mark source ``was`` slow (a range read from it at ``rate``) and pick the source
         to read from instead, or None. Under ``self._lock``."""
@@ -530,12 +537,10 @@ class DownloadJob(Job):
         the rest from there. (Idle workers move slow ranges too (:meth:`steal`), but when
         the source slows for every stream at once no worker is idle.) Returns what
         :meth:`_report_switch` says of it, or None. Under ``self._lock``."""
-        if not self.alternates or task.end - task.pos < HEDGE_MIN:
+        if not self.alternates or not self._is_slow(task):
             return None
-        rate = self._rates.get(task.number)
-        best = self._engine.best_range_rate if self._engine is not None else 0.0
-        if rate is None or rate * HEDGE_FACTOR >= best:
-            return None
+        rate = self._rates.get(task.number) or 0.0
+        best = self._best()
         was = self._source.get(task.number, 0)
         to = self._next_source(was, rate)
         if to is None:
