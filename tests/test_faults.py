@@ -197,11 +197,16 @@ def test_every_range_cut_still_completes_while_it_advances(
     tmp_path: Path,
 ) -> None:
     """Every GET answer is cut 10-90% into its body: an attempt that moved bytes does not
-    count against max_attempts, so even 3 attempts are enough to finish."""
+    count against max_attempts, so even 3 attempts are enough to finish.
+
+    A reset can move nothing: the kernel drops what the client had not read yet when the
+    RST arrives, and on loopback the whole cut body is often still unread. Such an attempt
+    rightly counts, and three of them in a row on one range failed about 1 run in 7, so
+    resets get 6 attempts; truncation keeps the strict 3."""
     src, digest = source
     modelhaul.copy(src, f"s3://{bucket}/cut/model.bin", config=CONFIG)
     proxy.set_faults([Fault(mode, 1.0, method="GET")])
-    config = replace(CONFIG, max_attempts=3)
+    config = replace(CONFIG, max_attempts=3 if mode == "truncate" else 6)
     dest = tmp_path / "model.bin"
 
     stats = modelhaul.copy(f"s3://{bucket}/cut/model.bin", dest, profile=_via(proxy), config=config)

@@ -13,15 +13,17 @@ Requests are counted through a relaying proxy, by method.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import modelhaul
 from modelhaul import EmbeddedServer, S3Store
 from modelhaul._core.checksum import crc32c
+from modelhaul._store.base import ObjectInfo
 from tests.conftest import make_file
 from tests.faultproxy import Fault, FaultProxy
 
@@ -175,3 +177,74 @@ def test_a_small_tree_with_a_wrong_secret_fails_as_one_file_does(
     assert "secret key is wrong" in str(info.value)
     assert "not-the-secret-at-all" not in str(info.value)
     assert list(store.list(bucket, "denied/")) == []
+
+
+def _boto3_listing(server: EmbeddedServer, bucket: str, prefix: str) -> list[tuple[Any, ...]]:
+    """The listing as boto3 (the real client users run) reads it."""
+    import boto3
+
+    client = boto3.client(
+        "s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
+        aws_access_key_id=server.access_key_id, aws_secret_access_key=server.secret_access_key,
+    )  # fmt: skip
+    out = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            out.append((o["Key"], o["Size"], o["ETag"], o["LastModified"].timestamp()))
+    return out
+
+
+def _ours(infos: Iterable[ObjectInfo]) -> list[tuple[Any, ...]]:
+    return [(o.key, o.size, o.etag, o.last_modified) for o in infos]
+
+
+@pytest.fixture
+def many_keys(env: dict[str, str], store: S3Store, tmp_path: Path) -> tuple[str, str]:
+    """1,003 objects (two listing pages) with names a parser gets wrong: spaces, '+',
+    '%', '&', '<', unicode."""
+    root = tmp_path / "many"
+    for i in range(1003):
+        folder = root / ("a b+c" if i % 2 else "é ü%41&<x>")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f {i:04d}+%2F.bin").write_bytes(bytes([i % 256]) * (i % 7))
+    bucket = "many-keys"
+    if bucket not in {b["Name"] for b in store.client().list_buckets()["Buckets"]}:
+        store.client().create_bucket(Bucket=bucket)
+    modelhaul.copy(str(root), f"s3://{bucket}/p/", recursive=True)
+    return bucket, "p/"
+
+
+def test_a_listing_on_the_crt_reads_every_page_as_boto3_does(
+    server: EmbeddedServer, store: S3Store, many_keys: tuple[str, str]
+) -> None:
+    bucket, prefix = many_keys
+    want = _boto3_listing(server, bucket, prefix)
+    assert len(want) == 1003
+    crt = store.small_requests()
+    assert crt is not None
+    first = crt.list_page(bucket, prefix, None, timeout=30)
+    assert first is not None
+    page, token = first
+    assert token is not None and len(page) == 1000
+    second = crt.list_page(bucket, prefix, token, timeout=30)
+    assert second is not None and second[1] is None
+    assert _ours(page + second[0]) == want
+    assert _ours(store.list(bucket, prefix)) == want
+
+
+def test_a_listing_page_that_fails_on_the_crt_is_read_by_botocore(
+    server: EmbeddedServer, many_keys: tuple[str, str]
+) -> None:
+    """The CRT makes each request once: the page it could not read (a 500 on the second
+    page here) and the rest come from botocore, with nothing missing or twice."""
+    bucket, prefix = many_keys
+    want = _boto3_listing(server, bucket, prefix)
+    with FaultProxy(server.host, server.port) as proxy:
+        proxy.set_faults([Fault("error500", 1.0, method="GET", target="continuation-token",
+                                limit=1)])  # fmt: skip
+        via = S3Store(modelhaul.load_profile(endpoint_url=proxy.url))
+        got = _ours(via.list(bucket, prefix))
+        listings = [t for m, t, _ in proxy.log if m == "GET" and "list-type=2" in t]
+    assert proxy.injected == {"error500": 1}
+    assert got == want
+    assert len(listings) == 3, listings  # page 1 on the CRT, page 2 failed there, retried

@@ -17,6 +17,7 @@ same host, addressing style and region botocore would use (taken from a URL it s
 from __future__ import annotations
 
 import base64
+import datetime
 import logging
 import os
 import threading
@@ -27,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree
 
 from awscrt import auth, common, http, io, s3
 
 from .._core.checksum import crc32c
+from .base import ObjectInfo
 
 if TYPE_CHECKING:
     from .s3 import S3Store
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["CrtReply", "CrtRequests", "orphan"]
 
 log = logging.getLogger("modelhaul.store")
+
+# How long a cancelled request may take to let go of its buffers.
+CANCEL_WAIT = 2.0
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
 
@@ -93,6 +99,22 @@ _orphans: list[object] = []
 def orphan(inherited: object) -> None:
     """Keep ``inherited`` (a CRT object made before a fork) alive and never touch it."""
     _orphans.append(inherited)
+
+
+# The CRT's threads are not Python's: each callback into Python from one of them made a
+# new thread state and freed it after (a 16 KiB frame stack mmap'd and unmapped, a gettid,
+# the runtime's lock), three times a request. One extra PyGILState_Ensure on each thread,
+# never released, keeps its thread state for the thread's life: later callbacks reuse it.
+_kept_states: set[int] = set()
+
+
+def _keep_thread_state() -> None:
+    ident = threading.get_ident()
+    if ident not in _kept_states:
+        import ctypes
+
+        _kept_states.add(ident)
+        ctypes.pythonapi.PyGILState_Ensure()  # PyDLL: called with the GIL held
 
 
 @dataclass
@@ -299,6 +321,53 @@ class CrtRequests:
             reply=reply, operation_name="GetObject", on_body=on_body,
         )  # fmt: skip
 
+    def list_page(
+        self, bucket: str, prefix: str, token: str | None, *, timeout: float
+    ) -> tuple[list[ObjectInfo], str | None] | None:
+        """One ListObjectsV2 page under ``prefix`` (from ``token``): its objects and the
+        next page's token (None on the last), or None where the request did not go right
+        (the caller asks botocore, which retries and raises what users know).
+
+        botocore spends ~50 ms of Python parsing each page of 1,000 keys; expat takes ~5.
+        """
+        query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
+        if token:
+            query.append(("continuation-token", token))
+        where = self._location(bucket)
+        path = (
+            (where.prefix.rstrip("/") or "/")
+            + "?"
+            + urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe="~")
+        )
+        request = http.HttpRequest("GET", path, http.HttpHeaders([("Host", where.host)]))
+        reply = CrtReply(None)
+        finished = threading.Event()
+
+        def on_body(chunk: bytes, **_: Any) -> None:
+            reply.body += chunk  # in order: one request, one connection
+
+        try:
+            handle = self._make(
+                s3.S3RequestType.DEFAULT, request, bucket, lambda _: finished.set(),
+                reply=reply, operation_name="ListObjectsV2", on_body=on_body,
+            )  # fmt: skip
+        except Exception as exc:
+            log.debug("listing s3://%s/%s on the CRT: %s", bucket, prefix, exc)
+            return None
+        if not finished.wait(timeout):
+            handle.cancel()
+            finished.wait(CANCEL_WAIT)
+            return None
+        if not reply.ok:
+            log.debug("listing s3://%s/%s on the CRT: %s", bucket, prefix,
+                      reply.error or f"HTTP {reply.status}")  # fmt: skip
+            return None
+        try:
+            return _list_page(bytes(reply.body))
+        except (ValueError, KeyError, ElementTree.ParseError) as exc:
+            log.debug("listing s3://%s/%s on the CRT: %s", bucket, prefix, exc)
+            return None
+
     def _make(
         self,
         kind: s3.S3RequestType,
@@ -311,6 +380,7 @@ class CrtRequests:
         reply = reply if reply is not None else CrtReply(None)
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+            _keep_thread_state()
             reply.status = status_code
             reply.headers = {k.lower(): v for k, v in headers}
 
@@ -343,6 +413,43 @@ class CrtRequests:
             with self._lock:
                 self.in_flight -= 1
             raise
+
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def _list_page(body: bytes) -> tuple[list[ObjectInfo], str | None]:
+    """A ListObjectsV2 answer (``encoding-type=url``) as botocore reads it: keys decoded,
+    ETags with their quotes, times in seconds."""
+    # The store's answer, parsed as botocore parses it (expat >= 2.4 refuses entity
+    # expansion bombs; ElementTree fetches no external entities).
+    root = ElementTree.fromstring(body)  # noqa: S314
+    ns = _NS if root.tag.startswith(_NS) else ""
+    if root.tag != f"{ns}ListBucketResult":
+        raise ValueError(f"not a listing: <{root.tag}>")
+    encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
+    out = []
+    for item in root.iter(f"{ns}Contents"):
+        key = item.findtext(f"{ns}Key")
+        if key is None:
+            raise ValueError("an entry without a Key")
+        stamp = item.findtext(f"{ns}LastModified") or ""
+        out.append(
+            ObjectInfo(
+                key=urllib.parse.unquote_plus(key) if encoded else key,
+                size=int(item.findtext(f"{ns}Size") or "0"),
+                etag=item.findtext(f"{ns}ETag") or "",
+                last_modified=(
+                    datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                    if stamp else 0.0
+                ),
+            )
+        )  # fmt: skip
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
+    token = root.findtext(f"{ns}NextContinuationToken") if truncated else None
+    if truncated and not token:
+        raise ValueError("a truncated listing without a continuation token")
+    return out, token
 
 
 def _crt_credentials(credentials: Any) -> auth.AwsCredentials:

@@ -1026,6 +1026,20 @@ class S3Store(ObjectStore):
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        # Pages on the CRT where it applies (~10x less CPU a page than botocore's parser);
+        # the first page that does not go right there, and the rest, on botocore.
+        crt = self.small_requests(connect_timeout=self._connect_timeout)
+        while crt is not None:
+            page = crt.list_page(
+                bucket, prefix, kwargs.get("ContinuationToken"), timeout=self._read_timeout
+            )
+            if page is None:
+                break
+            items, token = page
+            yield from items
+            if token is None:
+                return
+            kwargs["ContinuationToken"] = token
         while True:
             r = self._call("ListObjectsV2", lambda c: c.list_objects_v2(**kwargs), bucket=bucket)
             for item in r.get("Contents", []):

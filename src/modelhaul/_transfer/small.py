@@ -54,12 +54,17 @@ SMALL_OBJECT = 1 << 20
 #: Requests in flight together (measured: 64 reaches the wire's rate for 64 KiB objects
 #: on loopback; more only queues in the CRT).
 IN_FLIGHT = 64
-#: Threads opening the partial files of downloads ahead of their GETs. Creating a file is
-#: the costliest call per small download: ~50 µs on ext4, ~0.8 ms of system time when many
-#: files were deleted in the last 30 s (ext4 scans the inode table for recently freed
-#: inodes: ``rm -rf model && modelhaul cp -r ...``). On the thread that starts the
-#: requests it capped a run at ~1,200 files/s.
-CLAIMERS = 4
+#: Creating a file is the costliest call of a small download: ~50 µs on ext4, but ~0.8 ms
+#: of system time when many files were deleted in the last 30 s (ext4 scans the inode
+#: table for recently freed inodes on each create: ``rm -rf model && modelhaul cp -r``).
+#: On the thread that starts the requests that capped a run near 1,200 files/s. So the
+#: partial files are opened on that thread while creates are cheap (claimer threads
+#: there only doubled the GIL hand-offs: 52 futex calls a file instead of 23, measured),
+#: and on CLAIMERS threads ahead of their GETs once the last CREATE_WINDOW creates took
+#: SLOW_CREATE of CPU time on average.
+CLAIMERS = 2
+CREATE_WINDOW = 32
+SLOW_CREATE = 300e-6
 
 
 @dataclass(eq=False)
@@ -159,9 +164,11 @@ class _SmallRun:
         self.folder_lock = threading.Lock()
         self.stall = engine.config.stall_timeout
         # The next items, in order, each download with its partial file being opened by
-        # a claimer thread (None for an upload): see CLAIMERS.
+        # a claimer thread, or None (an upload, or creates are cheap): see CLAIMERS.
         self.ahead: collections.deque[tuple[Small, Future[str | None] | None]] = collections.deque()
-        self.claimers: ThreadPoolExecutor | None = None
+        self.claimers: ThreadPoolExecutor | None = None  # once creates are slow
+        self.creates = 0  # in this window of CREATE_WINDOW, and the seconds they took
+        self.create_seconds = 0.0
 
     def run(self, items: Sequence[Small]) -> list[Job]:
         pending = iter(items)
@@ -199,11 +206,25 @@ class _SmallRun:
             if item is None:
                 return
             claim = None
-            if isinstance(item, SmallDownload):
-                if self.claimers is None:
-                    self.claimers = ThreadPoolExecutor(CLAIMERS, "modelhaul-claim")
+            if isinstance(item, SmallDownload) and self.claimers is not None:
                 claim = self.claimers.submit(self._claim, item)
             self.ahead.append((item, claim))
+
+    def _claim_here(self, item: SmallDownload) -> str | None:
+        """:meth:`_claim` on this thread, timed: slow creates start the claimer threads."""
+        # CPU time, not wall: the wait for the GIL after the call is not the create's.
+        began = time.thread_time()
+        why = self._claim(item)
+        self.create_seconds += time.thread_time() - began
+        self.creates += 1
+        if self.creates == CREATE_WINDOW:
+            slow = self.create_seconds / self.creates > SLOW_CREATE
+            if slow and CLAIMERS and self.claimers is None:
+                log.debug("creating a file takes %.2f ms here: opening them ahead",
+                          self.create_seconds / self.creates * 1e3)  # fmt: skip
+                self.claimers = ThreadPoolExecutor(CLAIMERS, "modelhaul-claim")
+            self.creates, self.create_seconds = 0, 0.0
+        return why
 
     def _start(self, item: Small, claim: Future[str | None] | None) -> None:
         label = item.job.label
@@ -219,7 +240,7 @@ class _SmallRun:
                     crc32c=item.crc32c,
                 )  # fmt: skip
             else:
-                why = claim.result() if claim is not None else "not claimed"
+                why = claim.result() if claim is not None else self._claim_here(item)
                 if why is not None:
                     self._close(item)
                     self._fail(item, why)
@@ -236,7 +257,7 @@ class _SmallRun:
         self.engine.emit("file_started", label, size, 0)
 
     def _claim(self, item: SmallDownload) -> str | None:
-        """Open and lock the partial file the GET will fill (on a claimer thread); the
+        """Open and lock the partial file the GET will fill (here or on a claimer thread); the
         reason the engine must take the item instead, or None: a folder in the way,
         another process on it, an earlier run's journal to resume from, a local error."""
         dest = item.dest
