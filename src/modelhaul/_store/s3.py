@@ -1026,9 +1026,13 @@ class S3Store(ObjectStore):
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        # Pages on the CRT where it applies (~10x less CPU a page than botocore's parser);
-        # the first page that does not go right there, and the rest, on botocore.
-        crt = self.small_requests(connect_timeout=self._connect_timeout)
+        # Pages on the CRT where a caller made its client already (a recursive copy: ~20 ms
+        # less CPU a page than botocore's parser); the first page that does not go right
+        # there, and the rest, on botocore. Not made here: a long-lived process (serve)
+        # would keep the CRT's connections to the store open for a listing now and then.
+        crt = self._crt if self._crt_pid == os.getpid() and self._crt is not None else None
+        if crt is not None and crt.closed:
+            crt = None
         while crt is not None:
             page = crt.list_page(
                 bucket, prefix, kwargs.get("ContinuationToken"), timeout=self._read_timeout

@@ -312,6 +312,8 @@ def _plan(
     assert store_in is not None  # narrowing: the source is s3://, and copy() opened its store
     if recursive:
         prefix = source.key if source.is_prefix else source.key + "/"
+        if not config.bandwidth_limit:  # the small path's CRT client lists too
+            store_in.small_requests(connect_timeout=config.connect_timeout)
         # A listing is retried as any request is (a 503 on it used to end the copy).
         listed_in = retry_call(
             lambda: list(store_in.list(source.bucket, prefix)), f"s3://{source.bucket}/{prefix}"
