@@ -14,7 +14,7 @@ import pytest
 
 import modelhaul
 from modelhaul import S3Store
-from modelhaul._repo.cache import Cache
+from modelhaul._repo.cache import Cache, place_file
 from modelhaul._repo.manifest import RepoId
 from modelhaul._store.lease import FileLeaseBackend, Lease
 from tests.conftest import run_cli
@@ -187,3 +187,17 @@ def test_size_budget_applied_after_pull(tmp_path: Path, bucket: str, env: dict[s
                        config=CONFIG)  # fmt: skip
         modelhaul.pull(name, cache_dir=cache_dir, mirrors=[uri], config=CONFIG)
     assert [e.repo for e in Cache(cache_dir).entries()] == ["acme/b"]
+
+
+def test_placing_a_file_already_linked_to_its_blob_leaves_no_temporary_name(
+    tmp_path: Path,
+) -> None:
+    # rename(2) is a no-op when both names link one inode: a second rank placing the
+    # blob the first one placed must not leave ".name.<hex>.tmp" in the snapshot.
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"weights")
+    dest = tmp_path / "snapshot" / "model.safetensors"
+    assert place_file(blob, dest) == "link"
+    assert place_file(blob, dest) == "link"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["model.safetensors"]
+    assert dest.read_bytes() == b"weights"

@@ -99,10 +99,11 @@ def place_file(blob: Path, dest: Path) -> str:
         how = _clone_or_copy(blob, tmp)
     try:
         os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
+    finally:
+        # rename(2) does nothing when both names are links to one inode (another rank
+        # placed the same blob first): the temporary name would stay beside ``dest``.
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise
     return how
 
 
