@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import datetime
 import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,10 @@ from .._core.errors import ModelhaulError, ObjectChanged, PreconditionFailed, Se
 if TYPE_CHECKING:
     from .crt import CrtRequests
 
-__all__ = ["Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo", "ViewBody"]
+__all__ = [
+    "Body", "ObjectInfo", "ObjectStore", "PartInfo", "RangeReader", "UploadInfo", "ViewBody",
+    "iso_timestamp",
+]  # fmt: skip
 
 
 # What one socket send carries at most. Python's ``sendall`` deadline covers the whole
@@ -100,6 +104,18 @@ class ViewBody(io.RawIOBase):
 
 
 Body = bytes | bytearray | ViewBody
+
+
+def iso_timestamp(value: str) -> datetime.datetime | None:
+    """The ISO 8601 time with a zone that listings give as ``LastModified``, or None for
+    any other form. ``fromisoformat`` takes ~1 µs; botocore's dateutil parse ~85 µs, 0.85 s
+    of a listing of 10,000 keys."""
+    if len(value) >= 20 and value[10:11] == "T":
+        with contextlib.suppress(ValueError):
+            parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if parsed.tzinfo is not None:
+                return parsed
+    return None
 
 
 @dataclass(frozen=True)

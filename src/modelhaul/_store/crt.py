@@ -17,7 +17,6 @@ same host, addressing style and region botocore would use (taken from a URL it s
 from __future__ import annotations
 
 import base64
-import datetime
 import logging
 import os
 import threading
@@ -33,7 +32,7 @@ from xml.etree import ElementTree
 from awscrt import auth, common, http, io, s3
 
 from .._core.checksum import crc32c
-from .base import ObjectInfo
+from .base import ObjectInfo, iso_timestamp
 
 if TYPE_CHECKING:
     from .s3 import S3Store
@@ -434,15 +433,15 @@ def _list_page(body: bytes) -> tuple[list[ObjectInfo], str | None]:
         if key is None:
             raise ValueError("an entry without a Key")
         stamp = item.findtext(f"{ns}LastModified") or ""
+        when = iso_timestamp(stamp) if stamp else None
+        if stamp and when is None:
+            raise ValueError(f"LastModified not in ISO 8601: {stamp!r}")
         out.append(
             ObjectInfo(
                 key=urllib.parse.unquote_plus(key) if encoded else key,
                 size=int(item.findtext(f"{ns}Size") or "0"),
                 etag=item.findtext(f"{ns}ETag") or "",
-                last_modified=(
-                    datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-                    if stamp else 0.0
-                ),
+                last_modified=when.timestamp() if when is not None else 0.0,
             )
         )  # fmt: skip
     truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"

@@ -51,7 +51,16 @@ from .._core.errors import (
     WrongRegion,
     redact,
 )
-from .base import Body, ObjectInfo, ObjectStore, PartInfo, RangeReader, UploadInfo, ViewBody
+from .base import (
+    Body,
+    ObjectInfo,
+    ObjectStore,
+    PartInfo,
+    RangeReader,
+    UploadInfo,
+    ViewBody,
+    iso_timestamp,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -103,18 +112,10 @@ _PLAIN_S3V4 = "modelhaul-s3v4"
 
 
 def _timestamp(value: Any) -> datetime.datetime:
-    """botocore's timestamp parser, fast for the ISO 8601 form listings use.
-
-    botocore parses every ``LastModified`` with dateutil: ~85 µs each, 0.85 s of a listing
-    of 10,000 keys. ``fromisoformat`` takes ~1 µs; anything else (the RFC 1123 dates of
-    headers, epoch numbers) goes to botocore's own parser.
-    """
-    if isinstance(value, str) and len(value) >= 20 and value[10:11] == "T":
-        with contextlib.suppress(ValueError):
-            parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if parsed.tzinfo is not None:
-                return parsed
-    return botocore.utils.parse_timestamp(value)
+    """botocore's timestamp parser, fast for the ISO 8601 form listings use; anything else
+    (the RFC 1123 dates of headers, epoch numbers) goes to botocore's own."""
+    parsed = iso_timestamp(value) if isinstance(value, str) else None
+    return parsed if parsed is not None else botocore.utils.parse_timestamp(value)
 
 
 def _choose_plain_signer(signature_version: Any = None, **_: Any) -> Any:
@@ -292,14 +293,21 @@ class S3Store(ObjectStore):
         where it would not behave as botocore does (see :mod:`modelhaul._store.crt`)."""
         from .crt import CrtRequests, orphan  # awscrt's S3 client: for the commands using it
 
-        pid = os.getpid()
-        if self._crt_pid != pid or (self._crt is not None and self._crt.closed):
-            if self._crt is not None and self._crt_pid != pid:  # the parent's: keep it
+        crt = self._live_crt()
+        if crt is None:
+            if self._crt is not None and self._crt_pid != os.getpid():  # the parent's: keep it
                 orphan(self._crt)
             # One caller at a time makes it (a transfer command asks once, up front).
-            self._crt = CrtRequests.for_store(self, connect_timeout=connect_timeout)
-            self._crt_pid = pid
-        return self._crt
+            crt = self._crt = CrtRequests.for_store(self, connect_timeout=connect_timeout)
+            self._crt_pid = os.getpid()
+        return crt
+
+    def _live_crt(self) -> CrtRequests | None:
+        """The CRT client this process made and has not closed, or None."""
+        crt = self._crt
+        if crt is None or self._crt_pid != os.getpid() or crt.closed:
+            return None
+        return crt
 
     def client(self, bucket: str | None = None) -> S3Client:
         """This process's botocore client for ``bucket``'s region, made on first use."""
@@ -1030,9 +1038,7 @@ class S3Store(ObjectStore):
         # less CPU a page than botocore's parser); the first page that does not go right
         # there, and the rest, on botocore. Not made here: a long-lived process (serve)
         # would keep the CRT's connections to the store open for a listing now and then.
-        crt = self._crt if self._crt_pid == os.getpid() and self._crt is not None else None
-        if crt is not None and crt.closed:
-            crt = None
+        crt = self._live_crt()
         while crt is not None:
             page = crt.list_page(
                 bucket, prefix, kwargs.get("ContinuationToken"), timeout=self._read_timeout
