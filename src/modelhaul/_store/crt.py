@@ -327,7 +327,8 @@ class CrtRequests:
         next page's token (None on the last), or None where the request did not go right
         (the caller asks botocore, which retries and raises what users know).
 
-        botocore spends ~50 ms of Python parsing each page of 1,000 keys; expat takes ~5.
+        A page of 1,000 keys costs ~40 ms of CPU here against botocore's ~67 ms (its parser
+        and response handlers; measured on this project's 2-core VM).
         """
         query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
         if token:

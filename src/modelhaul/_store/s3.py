@@ -60,7 +60,7 @@ from .base import (
     UploadInfo,
     ViewBody,
     iso_timestamp,
-)  # fmt: skip
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

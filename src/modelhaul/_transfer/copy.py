@@ -37,7 +37,7 @@ from .._store.factory import open_store
 from .download import DownloadJob
 from .engine import Engine, Job, ProgressSubscriber, TransferStats
 from .servercopy import COPY_PART, ServerCopyJob
-from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, move_small
+from .small import SMALL_OBJECT, Small, SmallDownload, SmallUpload, move_small, store_client
 from .upload import LocalSource, ObjectSource, UploadJob
 
 __all__ = ["abort_uploads", "copy", "list_uploads"]
@@ -312,8 +312,7 @@ def _plan(
     assert store_in is not None  # narrowing: the source is s3://, and copy() opened its store
     if recursive:
         prefix = source.key if source.is_prefix else source.key + "/"
-        if not config.bandwidth_limit:  # the small path's CRT client lists too
-            store_in.small_requests(connect_timeout=config.connect_timeout)
+        store_client(store_in, config)  # made now, the small path's CRT client lists too
         # A listing is retried as any request is (a 503 on it used to end the copy).
         listed_in = retry_call(
             lambda: list(store_in.list(source.bucket, prefix)), f"s3://{source.bucket}/{prefix}"

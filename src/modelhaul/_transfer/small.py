@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._core.config import TransferConfig
-from .._store.base import ObjectInfo
+from .._store.base import ObjectInfo, ObjectStore
 from .download import DownloadJob
 from .engine import CANCEL_GRACE, Engine, Job, ProgressSubscriber, TransferStats
 from .upload import UploadJob
@@ -44,7 +44,9 @@ from .upload import UploadJob
 if TYPE_CHECKING:
     from .._store.crt import CrtReply, CrtRequests
 
-__all__ = ["SMALL_OBJECT", "SmallDownload", "SmallOutcome", "SmallUpload", "move_small"]
+__all__ = [
+    "SMALL_OBJECT", "SmallDownload", "SmallOutcome", "SmallUpload", "move_small", "store_client",
+]  # fmt: skip
 
 log = logging.getLogger("modelhaul.transfer")
 
@@ -99,14 +101,22 @@ SMALL_BATCH_MIN = 8
 
 
 def small_client(items: Sequence[Small], config: TransferConfig) -> CrtRequests | None:
-    """The CRT client for ``items``, where it applies: enough of them, no bandwidth cap
-    (the engine's bucket meters every byte), one S3 store on their side."""
-    if len(items) < SMALL_BATCH_MIN or config.bandwidth_limit:
+    """The CRT client for ``items``, where it applies: enough of them, one S3 store on
+    their side, and :func:`store_client`'s rule."""
+    if len(items) < SMALL_BATCH_MIN:
         return None
     stores = {id(i.job.store): i.job.store for i in items}
     if len(stores) != 1:
         return None
     (store,) = stores.values()
+    return store_client(store, config)
+
+
+def store_client(store: ObjectStore, config: TransferConfig) -> CrtRequests | None:
+    """``store``'s CRT client unless a bandwidth cap is set (the engine's bucket meters
+    every byte; the CRT's requests would pass it by)."""
+    if config.bandwidth_limit:
+        return None
     return store.small_requests(connect_timeout=config.connect_timeout)
 
 
